@@ -1,0 +1,347 @@
+"""The command line: a thin layer over `actlabel.project.Project` and the stage modules.
+
+Every user mistake ends as one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from actlabel.errors import UserError
+
+EXIT_USER_ERROR = 1
+EXIT_NOT_BUILT = 2
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
+    click.echo(f"actlabel: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _stage(module: str, attr: str) -> Callable[..., Any]:
+    """Import a stage lazily, so `actlabel --help` stays fast and a missing extra is named clearly."""
+    try:
+        mod = importlib.import_module(f"actlabel.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("actlabel"):
+            _fail(f"`{module}` is not built yet in this version of actlabel", EXIT_NOT_BUILT)
+        extra = {"torch": "ml", "sklearn": "ml", "sentence_transformers": "ml", "llama_cpp": "local",
+                 "starlette": "review", "uvicorn": "review", "jinja2": "review", "matplotlib": "report"}
+        hint = extra.get((exc.name or "").split(".")[0])
+        _fail(f"missing dependency {exc.name!r}" + (f": pip install 'actlabel[{hint}]'" if hint else ""))
+    fn = getattr(mod, attr, None)
+    if fn is None:
+        _fail(f"`{module}.{attr}` is not built yet in this version of actlabel", EXIT_NOT_BUILT)
+    return fn
+
+
+def _open(directory: str):
+    from actlabel.project import Project
+
+    return Project(directory)
+
+
+class _Group(click.Group):
+    """Turns the errors a user can cause into one line; anything else is a bug and keeps its traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from actlabel.models.base import ModelError
+
+        try:
+            return super().invoke(ctx)
+        except (UserError, ModelError) as exc:
+            _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except KeyboardInterrupt:
+            click.echo("actlabel: interrupted; everything finished so far is saved, re-run to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="actlabel")
+def main() -> None:
+    """actlabel: labelled datasets at a fraction of the human cost (the ACT method).
+
+    A model annotates every item, a critic estimates which labels are wrong, humans review only the
+    most suspicious items, and downstream models train with the ACT loss.
+    """
+
+
+# ---- init / import / export / status --------------------------------------------------------
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--labels", help="Comma-separated label names, e.g. positive,negative,neutral.")
+@click.option("--labels-file", type=click.Path(dir_okay=False), help="One label per line: `name: description`.")
+@click.option("--instructions", default="", help="Instructions for annotators (models and humans).")
+@click.option("--instructions-file", type=click.Path(dir_okay=False), help="Read the instructions from a file.")
+@click.option("--examples", "examples_file", type=click.Path(dir_okay=False),
+              help="Few-shot examples: CSV/JSONL with `label` and `text` (and/or `image`) columns.")
+def init(directory: str, labels: str | None, labels_file: str | None, instructions: str,
+         instructions_file: str | None, examples_file: str | None) -> None:
+    """Create a project in DIRECTORY with a label set and instructions."""
+    from actlabel.project import Project
+    from actlabel.task import parse_labels, read_examples_file, read_labels_file
+
+    if bool(labels) == bool(labels_file):
+        raise UserError("give the labels with exactly one of --labels or --labels-file")
+    label_list = parse_labels(labels) if labels else read_labels_file(Path(labels_file))
+    if instructions_file:
+        try:
+            instructions = Path(instructions_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{instructions_file}: cannot read instructions ({exc})") from None
+    examples = read_examples_file(Path(examples_file)) if examples_file else []
+    Project.init(directory, label_list, instructions=instructions, examples=examples).close()
+    click.echo(f"created {directory} with {len(label_list)} labels: {', '.join(lab.name for lab in label_list)}")
+    click.echo(f"next: actlabel import {directory} FILE --text COLUMN")
+
+
+@main.command("import")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("file", type=click.Path())
+@click.option("--text", "text_columns", multiple=True, help="A text column (repeat for several).")
+@click.option("--image", "image_column", help="Column with image paths, relative to the table file.")
+@click.option("--id", "id_column", help="Column with stable item ids (default: a hash of the content).")
+@click.option("--gold", "gold_column", help="Column with known-correct labels (for evaluation and --simulate gold).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSONL files.")
+def import_(directory: str, file: str, text_columns: tuple[str, ...], image_column: str | None,
+            id_column: str | None, gold_column: str | None, encoding: str) -> None:
+    """Import items from a CSV, JSONL or Parquet file, or an image folder (sub-folders = classes)."""
+    with _open(directory) as project:
+        result = project.import_file(file, text_columns=text_columns, image_column=image_column,
+                                     id_column=id_column, gold_column=gold_column, encoding=encoding)
+    click.echo(f"imported {result.rows} rows from {file}: {result.new_items} new, "
+               f"{result.already_present} already present")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["labelstudio", "argilla"]),
+              help="Export the selected items as tasks for Label Studio or records for Argilla.")
+def export(directory: str, out: str, fmt: str | None) -> None:
+    """Write the labelled dataset to OUT (.csv, .jsonl or .parquet)."""
+    with _open(directory) as project:
+        n = project.export(out, format=fmt)
+    click.echo(f"wrote {n} rows to {out}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(directory: str, as_json: bool) -> None:
+    """Counts per stage, label distribution, usage and what is left to do."""
+    from dataclasses import asdict
+
+    with _open(directory) as project:
+        st = project.status()
+    if as_json:
+        out = asdict(st)
+        out["residual"] = None if st.residual is None else _residual_dict(st.residual)
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    click.echo(f"project {st.root}: {st.items} items, labels: {', '.join(st.labels)}")
+    click.echo(f"  annotated  {st.annotated.done:>8} ok  {st.annotated.failed:>6} failed  {st.annotated.left:>8} left")
+    click.echo(f"  critiqued  {st.critiqued.done:>8} ok  {st.critiqued.failed:>6} failed  {st.critiqued.left:>8} left")
+    click.echo(f"  selected   {st.selected:>8}     reviewed {st.reviewed}"
+               + (f"   ({st.selected_not_reviewed} selected but not reviewed yet: the ACT loss needs them)"
+                  if st.selected_not_reviewed else ""))
+    if st.gold_items:
+        click.echo(f"  gold labels on {st.gold_items} items")
+    if st.machine_label_counts:
+        click.echo("  machine labels: " + ", ".join(f"{k} {v}" for k, v in st.machine_label_counts.items()))
+    if st.final_label_counts:
+        click.echo("  final labels:   " + ", ".join(f"{k} {v}" for k, v in st.final_label_counts.items()))
+    u = st.usage
+    click.echo(f"  model usage: {int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
+               f"{int(u['input_tokens'])} input + {int(u['output_tokens'])} output tokens, ${u['cost']:.4f}")
+    if st.residual is not None:
+        click.echo("  " + _residual_line(st.residual))
+    for step in st.next_steps:
+        click.echo(f"  next: {step}")
+
+
+def _residual_dict(residual: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(residual) if is_dataclass(residual) else dict(residual)
+
+
+def _residual_line(residual: Any) -> str:
+    d = _residual_dict(residual)
+    if d.get("estimate") is None or d.get("note"):
+        return f"errors left among unreviewed labels: {d.get('note') or 'not estimable'}"
+    return (f"errors left among unreviewed labels: {d['estimate']:.0f} "
+            f"({d['confidence']:.0%} CI {d['low']:.0f} to {d['high']:.0f})")
+
+
+# ---- model stages ---------------------------------------------------------------------------
+
+_model_options = [
+    click.option("--model", help="openai/NAME (with --base-url) or local/NAME or local/PATH.gguf "
+                                 "[default: the embedded model]"),
+    click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
+    click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
+                 help="Calls in flight at once [default: 16 for endpoints, 1 for local models]."),
+    click.option("--max-cost", type=float, help="Stop cleanly once the estimated cost reaches this many dollars."),
+    click.option("--max-tokens", "max_total_tokens", type=int, help="Stop cleanly after this many tokens."),
+    click.option("--limit", type=click.IntRange(1), help="Only the first N items not done yet (a pilot)."),
+    click.option("--no-progress", is_flag=True, help="No live progress bar."),
+]
+
+
+def _with_model_options(fn: Callable) -> Callable:
+    for option in reversed(_model_options):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_with_model_options
+@click.option("--cot", is_flag=True, help="Let the annotator reason before answering (needed by the devil critic).")
+def annotate(directory: str, **opts: Any) -> None:
+    """Stage 1: a model labels every item."""
+    fn = _stage("annotate", "annotate")
+    with _open(directory) as project:
+        project.store.acquire_writer("annotate")
+        result = fn(project.store, progress=not opts.pop("no_progress"), **opts)
+    click.echo(str(result))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_with_model_options
+@click.option("--strategy", default="cot", show_default=True,
+              help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, learned, ensemble.")
+def critique(directory: str, **opts: Any) -> None:
+    """Stage 2: a critic estimates each machine label's probability of being wrong."""
+    fn = _stage("critique", "critique")
+    with _open(directory) as project:
+        project.store.acquire_writer("critique")
+        result = fn(project.store, progress=not opts.pop("no_progress"), **opts)
+    click.echo(str(result))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--budget", required=True, help="Items to review: a count (500), a share (20%), or auto (pilot).")
+@click.option("--rule", type=click.Choice(["threshold", "exponential", "normalized"]), default="threshold",
+              show_default=True)
+@click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Share of the budget spread uniformly, so every item has review_prob > 0.")
+@click.option("--beta", type=float, default=None, help="Steepness of the exponential rule.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def select(directory: str, **opts: Any) -> None:
+    """Stage 3: choose the items humans review, within a budget."""
+    fn = _stage("selection", "select_for_review")
+    with _open(directory) as project:
+        project.store.acquire_writer("select")
+        result = fn(project.store, **opts)
+    click.echo(str(result))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--no-browser", is_flag=True, help="Do not open a browser window.")
+@click.option("--terminal", is_flag=True, help="Review in the terminal instead of the browser.")
+@click.option("--reviewer", default=None, help="Your name, recorded with each review.")
+@click.option("--simulate", type=click.Choice(["gold"]), help="Answer selected items with the gold labels.")
+@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="With --simulate: share of wrong answers.")
+@click.option("--seed", type=int, default=0)
+def review(directory: str, host: str, port: int, no_browser: bool, terminal: bool, reviewer: str | None,
+           simulate: str | None, error_rate: float, seed: int) -> None:
+    """Stage 4: humans review the selected items (web app, terminal, or simulated)."""
+    with _open(directory) as project:
+        if simulate:
+            fn = _stage("review.simulate", "simulate_review")
+            project.store.acquire_writer("review --simulate")
+            click.echo(str(fn(project.store, source=simulate, error_rate=error_rate, seed=seed)))
+        elif terminal:
+            _stage("review.terminal", "run_terminal_review")(project.store, reviewer=reviewer)
+        else:
+            _stage("review.app", "serve")(project.store, host=host, port=port,
+                                          open_browser=not no_browser, reviewer=reviewer)
+
+
+@main.command("import-reviews")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["labelstudio", "argilla"]), required=True)
+def import_reviews(directory: str, file: str, fmt: str) -> None:
+    """Read human labels back from a Label Studio or Argilla export."""
+    fn = _stage("review.adapters", "import_from_tool")
+    with _open(directory) as project:
+        project.store.acquire_writer("import-reviews")
+        click.echo(str(fn(project.store, file, fmt)))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--model", help="Annotator model [default: the embedded model].")
+@click.option("--critic-model", help="Critic model [default: see critique].")
+@click.option("--base-url")
+@click.option("--strategy", default="cot", show_default=True)
+@click.option("--cot", is_flag=True)
+def plan(directory: str, **opts: Any) -> None:
+    """Dry run: one real prompt per stage, and calls, tokens and cost for the whole dataset."""
+    fn = _stage("plan", "plan")
+    with _open(directory) as project:
+        click.echo(fn(project.store, **opts))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="[default: DIR/report.html]")
+def report(directory: str, out: str | None) -> None:
+    """Write a self-contained HTML report with plots."""
+    fn = _stage("report", "write_report")
+    with _open(directory) as project:
+        path = fn(project.store, out or str(Path(directory) / "report.html"))
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@_with_model_options
+@click.option("--critic-model", help="Critic model [default: the annotator's, or a second configured model].")
+@click.option("--strategy", default="cot", show_default=True)
+@click.option("--cot", is_flag=True)
+@click.option("--budget", default="auto", show_default=True)
+@click.option("--rule", type=click.Choice(["threshold", "exponential", "normalized"]), default="threshold")
+@click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
+@click.option("--seed", type=int, default=0)
+def run(directory: str, **opts: Any) -> None:
+    """Annotate + critique + select in one go."""
+    fn = _stage("pipeline", "run_pipeline")
+    with _open(directory) as project:
+        project.store.acquire_writer("run")
+        click.echo(str(fn(project.store, progress=not opts.pop("no_progress"), **opts)))
+
+
+@main.command()
+@click.option("--dataset", type=click.Choice(["tweets", "reuters", "fashion", "fashion-captions"]),
+              default="tweets", show_default=True)
+@click.option("--size", type=click.IntRange(20), default=None, help="Items to label [default: per dataset].")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default="demo-project", show_default=True)
+@click.option("--model", default=None, help="Annotator/critic model [default: the embedded model].")
+@click.option("--seed", type=int, default=0)
+@click.option("--no-progress", is_flag=True)
+def demo(**opts: Any) -> None:
+    """The whole pipeline on a real dataset with the embedded default model, offline."""
+    fn = _stage("demo", "run_demo")
+    fn(progress=not opts.pop("no_progress"), **opts)
+
+
+if __name__ == "__main__":
+    main()

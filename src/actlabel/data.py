@@ -1,0 +1,531 @@
+"""Import (CSV, JSONL, Parquet, image folders) and export (CSV, JSONL, Parquet).
+
+Import streams the file in batches and writes everything in one transaction: a bad row anywhere
+stops the import with a one-line error naming the row, and nothing of that import is kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from actlabel.errors import UserError
+from actlabel.store import Store
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"}
+BATCH_ROWS = 20000
+
+EXPORT_COLUMNS_AFTER_INPUT = (
+    "machine_label",
+    "machine_confidence",
+    "error_prob",
+    "proposed_label",
+    "critic_rationale",
+    "selected",
+    "review_prob",
+    "reviewed",
+    "human_label",
+    "final_label",
+    "label_source",
+    "gold_label",
+)
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    path: str
+    rows: int
+    new_items: int
+    already_present: int
+    columns: list[str]
+    text_columns: list[str]
+    image_column: str | None
+
+
+@dataclass(frozen=True)
+class ColumnRoles:
+    text: list[str]
+    image: str | None
+    id: str | None
+    gold: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# import
+# ---------------------------------------------------------------------------------------------
+
+
+def import_path(
+    store: Store,
+    path: str | Path,
+    *,
+    text_columns: Sequence[str] = (),
+    image_column: str | None = None,
+    id_column: str | None = None,
+    gold_column: str | None = None,
+    encoding: str = "utf-8",
+) -> ImportResult:
+    """Import a table file or an image folder into the project. Re-importing the same file adds nothing."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return _import_image_folder(store, path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise UserError(f"{path}: unknown file type {suffix!r} (use .csv, .tsv, .jsonl, .parquet or an image folder)")
+    task = store.task
+    text_columns = list(text_columns) or list(task.text_columns)
+    image_column = image_column or task.image_column
+    id_column = id_column or task.id_column
+    gold_column = gold_column or task.gold_column
+
+    if suffix in (".csv", ".tsv"):
+        columns, batches = _csv_batches(path, encoding, delimiter="\t" if suffix == ".tsv" else ",")
+    elif suffix in (".jsonl", ".ndjson"):
+        columns, batches = _jsonl_batches(path, encoding)
+    else:
+        columns, batches = _parquet_batches(path)
+
+    roles = _resolve_roles(path, columns, text_columns, image_column, id_column, gold_column)
+    labels = set(task.label_names)
+    run_id = store.start_run("import", {"path": str(path), "roles": roles.__dict__})
+    rows = new = 0
+    check_existing = store.count_items() > 0
+    seen: set[str] = set()
+    try:
+        with store.transaction():
+            for first_row, batch in batches:
+                records = _rows_to_records(path, first_row, batch, roles, labels, seen)
+                if check_existing:
+                    _check_conflicts(store, path, records)
+                new += store.insert_items(((r[0], r[1], r[2], r[3]) for r in records), run_id)
+                rows += len(records)
+            if rows == 0:
+                raise UserError(f"{path}: no rows to import")
+            store.add_input_columns(roles.text + ([roles.image] if roles.image else []))
+            _remember_roles(store, roles)
+    except UserError as exc:
+        store.finish_run(run_id, "failed", str(exc))
+        raise
+    store.finish_run(run_id, "done", f"{rows} rows, {new} new")
+    return ImportResult(str(path), rows, new, rows - new, columns, roles.text, roles.image)
+
+
+def _remember_roles(store: Store, roles: ColumnRoles) -> None:
+    """The first import fixes the task's column roles, so later imports and exports agree."""
+    task = store.task
+    changed = False
+    if not task.text_columns and roles.text:
+        task.text_columns, changed = list(roles.text), True
+    if task.image_column is None and roles.image:
+        task.image_column, changed = roles.image, True
+    if task.id_column is None and roles.id:
+        task.id_column, changed = roles.id, True
+    if task.gold_column is None and roles.gold:
+        task.gold_column, changed = roles.gold, True
+    if changed:
+        store.set_task(task)
+
+
+def _resolve_roles(
+    path: Path,
+    columns: list[str],
+    text_columns: list[str],
+    image_column: str | None,
+    id_column: str | None,
+    gold_column: str | None,
+) -> ColumnRoles:
+    available = set(columns)
+    for role, name in [("--image", image_column), ("--id", id_column), ("--gold", gold_column)] + [
+        ("--text", t) for t in text_columns
+    ]:
+        if name is not None and name not in available:
+            raise UserError(f"{path}: {role} column {name!r} not found (columns: {', '.join(columns)})")
+    if gold_column is None and "gold" not in (image_column, id_column) and "label" in available:
+        gold_column = None  # a column called "label" is not assumed to be gold: the user says so with --gold
+    if not text_columns and image_column is None:
+        others = [c for c in columns if c not in (id_column, gold_column)]
+        if "text" in others:
+            text_columns = ["text"]
+        elif len(others) == 1:
+            text_columns = others
+        else:
+            raise UserError(
+                f"{path}: say which column holds the text with --text (columns: {', '.join(columns)})"
+            )
+    return ColumnRoles(list(text_columns), image_column, id_column, gold_column)
+
+
+def _rows_to_records(
+    path: Path,
+    first_row: int,
+    batch: dict[str, list[Any]],
+    roles: ColumnRoles,
+    labels: set[str],
+    seen: set[str],
+) -> list[tuple[str, str, str | None, str | None]]:
+    """Validate a batch of rows and turn them into (item_id, data_json, image_path, gold) records."""
+    n = len(next(iter(batch.values()))) if batch else 0
+    text_cols = [(c, batch[c]) for c in roles.text]
+    image_vals = batch[roles.image] if roles.image else None
+    id_vals = batch[roles.id] if roles.id else None
+    gold_vals = batch[roles.gold] if roles.gold else None
+    base = path.parent
+    dumps = json.dumps
+    out = []
+    for i in range(n):
+        row_no = first_row + i
+        data = {}
+        for name, values in text_cols:
+            value = values[i]
+            if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+                raise UserError(f"{path}: row {row_no}: empty text in column {name!r}")
+            data[name] = value if isinstance(value, str) else str(value)
+        image_path = None
+        if image_vals is not None:
+            raw = image_vals[i]
+            if raw is None or not str(raw).strip():
+                raise UserError(f"{path}: row {row_no}: empty image path in column {roles.image!r}")
+            image_path = _check_image(path, row_no, (base / str(raw)).resolve())
+            data[roles.image] = str(raw)
+        data_json = dumps(data, ensure_ascii=False)
+        if id_vals is not None:
+            raw_id = id_vals[i]
+            if raw_id is None or not str(raw_id).strip():
+                raise UserError(f"{path}: row {row_no}: empty id in column {roles.id!r}")
+            item_id = str(raw_id)
+            if item_id in seen:
+                raise UserError(f"{path}: row {row_no}: duplicate id {item_id!r} in column {roles.id!r}")
+        else:
+            # Content-addressed id: re-importing the same rows gives the same ids. Identical rows
+            # within one file stay distinct items (suffix ~2, ~3...).
+            item_id = hashlib.blake2b(data_json.encode(), digest_size=8).hexdigest()
+            if item_id in seen:
+                k = 2
+                while f"{item_id}~{k}" in seen:
+                    k += 1
+                item_id = f"{item_id}~{k}"
+        seen.add(item_id)
+        gold = None
+        if gold_vals is not None:
+            g = gold_vals[i]
+            if g is not None and str(g).strip() != "" and not (isinstance(g, float) and math.isnan(g)):
+                gold = str(g).strip()
+                if gold not in labels:
+                    raise UserError(
+                        f"{path}: row {row_no}: gold label {gold!r} is not one of the task's labels "
+                        f"({', '.join(sorted(labels)[:10])}{'...' if len(labels) > 10 else ''})"
+                    )
+        out.append((item_id, data_json, image_path, gold))
+    return out
+
+
+def _check_image(table: Path, row_no: int, image: Path) -> str:
+    if not image.is_file():
+        raise UserError(f"{table}: row {row_no}: image {image} not found")
+    try:
+        with image.open("rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise UserError(f"{table}: row {row_no}: image {image} unreadable ({exc.strerror})") from None
+    if not _looks_like_image(head):
+        raise UserError(f"{table}: row {row_no}: {image} is not an image (unknown format)")
+    return str(image)
+
+
+def _looks_like_image(head: bytes) -> bool:
+    return (
+        head.startswith(b"\x89PNG")
+        or head.startswith(b"\xff\xd8\xff")
+        or head[:6] in (b"GIF87a", b"GIF89a")
+        or head.startswith(b"BM")
+        or (head.startswith(b"RIFF") and head[8:12] == b"WEBP")
+        or head[:4] in (b"II*\x00", b"MM\x00*")
+    )
+
+
+def _check_conflicts(store: Store, path: Path, records: list[tuple[str, str, str | None, str | None]]) -> None:
+    existing = store.existing_item_data([r[0] for r in records])
+    for item_id, data_json, _image, gold in records:
+        if item_id in existing:
+            old_data, old_gold = existing[item_id]
+            if old_data != data_json:
+                raise UserError(f"{path}: item {item_id!r} is already stored with different content")
+            if old_gold != gold and gold is not None:
+                raise UserError(f"{path}: item {item_id!r} is already stored with gold label {old_gold!r}, not {gold!r}")
+
+
+def _csv_batches(path: Path, encoding: str, delimiter: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    try:
+        # Decode the first line alone: a text-mode read would decode a whole buffer and blame
+        # the header for a bad byte further down.
+        with path.open("rb") as fh:
+            first_line = fh.readline().decode(encoding)
+        header = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter), None)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: header is not valid {encoding} ({exc.reason}); pass --encoding") from None
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}") from None
+    if not header:
+        raise UserError(f"{path}: the file is empty (no header row)")
+    if len(set(header)) != len(header):
+        dupes = sorted({c for c in header if header.count(c) > 1})
+        raise UserError(f"{path}: duplicate column names in the header: {', '.join(dupes)}")
+
+    def batches() -> Iterator[tuple[int, dict]]:
+        try:
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(encoding=encoding, block_size=8 << 20),
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={c: pa.string() for c in header}, strings_can_be_null=False
+                ),
+            )
+            row = 1
+            for record_batch in reader:
+                data = {name: record_batch.column(name).to_pylist() for name in record_batch.schema.names}
+                yield row, data
+                row += record_batch.num_rows
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise UserError(_locate_csv_problem(path, encoding, delimiter, len(header), exc)) from None
+
+    return header, batches()
+
+
+def _locate_csv_problem(path: Path, encoding: str, delimiter: str, ncols: int, exc: Exception) -> str:
+    """pyarrow's errors carry no row number: re-read slowly to name the row (only on the error path)."""
+    with path.open("rb") as fh:
+        raw = fh.read()
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        return (
+            f"{path}: row {line - 1} (line {line}): not valid {encoding} text (byte 0x{raw[err.start]:02x}); "
+            "pass --encoding (e.g. --encoding latin-1) if the file uses another encoding"
+        )
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    next(reader, None)
+    try:
+        for row_no, row in enumerate(reader, 1):
+            if len(row) != ncols:
+                return f"{path}: row {row_no} (line {reader.line_num}): expected {ncols} fields, found {len(row)}"
+    except csv.Error as err:
+        return f"{path}: row near line {reader.line_num}: malformed CSV ({err})"
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return f"{path}: malformed CSV ({first})"
+
+
+def _jsonl_batches(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    columns: list[str] = []
+    try:
+        with path.open(encoding=encoding) as fh:
+            for line_no, line in enumerate(fh, 1):
+                if line.strip():
+                    first = _parse_json_line(path, line_no, line)
+                    columns = list(first)
+                    break
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not valid {encoding} text ({exc.reason}); pass --encoding") from None
+    if not columns:
+        raise UserError(f"{path}: the file has no JSON objects")
+
+    def batches() -> Iterator[tuple[int, dict]]:
+        cols: dict[str, list] = {c: [] for c in columns}
+        start = 1
+        row = 0
+        with path.open("rb") as fh:
+            for line_no, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode(encoding)
+                except UnicodeDecodeError as exc:
+                    raise UserError(
+                        f"{path}: line {line_no}: not valid {encoding} text ({exc.reason}); pass --encoding"
+                    ) from None
+                if not line.strip():
+                    continue
+                obj = _parse_json_line(path, line_no, line)
+                row += 1
+                for c in columns:
+                    cols[c].append(obj.get(c))
+                if row - start + 1 >= BATCH_ROWS:
+                    yield start, cols
+                    cols = {c: [] for c in columns}
+                    start = row + 1
+        if cols[columns[0]]:
+            yield start, cols
+
+    return columns, batches()
+
+
+def _parse_json_line(path: Path, line_no: int, line: str) -> dict:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: line {line_no}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: line {line_no}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def _parquet_batches(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise UserError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from None
+    columns = pf.schema_arrow.names
+
+    def batches() -> Iterator[tuple[int, dict]]:
+        row = 1
+        for record_batch in pf.iter_batches(batch_size=BATCH_ROWS):
+            yield row, {name: record_batch.column(name).to_pylist() for name in record_batch.schema.names}
+            row += record_batch.num_rows
+
+    return columns, batches()
+
+
+def _import_image_folder(store: Store, folder: Path) -> ImportResult:
+    """An image folder: files at the top level have no gold label; each sub-folder is a class (gold label)."""
+    labels = set(store.task.label_names)
+    records = []
+    for image in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = image.relative_to(folder)
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        gold = None
+        if len(rel.parts) > 1:
+            gold = rel.parts[0]
+            if gold not in labels:
+                raise UserError(f"{folder}: sub-folder {gold!r} is not one of the task's labels")
+        records.append((rel.as_posix(), json.dumps({"image": rel.as_posix()}), _check_image(folder, len(records) + 1, image.resolve()), gold))
+    if not records:
+        raise UserError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    run_id = store.start_run("import", {"path": str(folder), "kind": "image-folder"})
+    with store.transaction():
+        if store.count_items():
+            _check_conflicts(store, folder, records)
+        new = store.insert_items(records, run_id)
+        store.add_input_columns(["image"])
+        task = store.task
+        if task.image_column is None:
+            task.image_column = "image"
+            store.set_task(task)
+    store.finish_run(run_id, "done", f"{len(records)} images, {new} new")
+    return ImportResult(str(folder), len(records), new, len(records) - new, ["image"], [], "image")
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+
+
+def export_columns(store: Store) -> list[str]:
+    return ["item_id", *store.input_columns(), *EXPORT_COLUMNS_AFTER_INPUT]
+
+
+def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, list]]:
+    """The export table in column batches (DESIGN.md's columns, empty where a stage has not run)."""
+    inputs = store.input_columns()
+    cols = store.CURRENT_COLUMNS
+    idx = {c: i for i, c in enumerate(cols)}
+    loads = json.loads
+    for rows in store.iter_current(batch):
+        out: dict[str, list] = {c: [] for c in export_columns(store)}
+        for r in rows:
+            data = loads(r[idx["data"]])
+            machine = r[idx["machine_label"]]
+            human = r[idx["human_label"]]
+            out["item_id"].append(r[idx["item_id"]])
+            for c in inputs:
+                v = data.get(c)
+                out[c].append(None if v is None else (v if isinstance(v, str) else json.dumps(v)))
+            out["machine_label"].append(machine)
+            out["machine_confidence"].append(r[idx["machine_confidence"]])
+            out["error_prob"].append(r[idx["error_prob"]])
+            out["proposed_label"].append(r[idx["proposed_label"]])
+            out["critic_rationale"].append(r[idx["critic_rationale"]])
+            sel = r[idx["selected"]]
+            out["selected"].append(None if sel is None else int(sel))
+            out["review_prob"].append(r[idx["review_prob"]])
+            out["reviewed"].append(0 if human is None else 1)
+            out["human_label"].append(human)
+            final = human if human is not None else machine
+            out["final_label"].append(final)
+            out["label_source"].append("human" if human is not None else ("machine" if machine is not None else None))
+            out["gold_label"].append(r[idx["gold_label"]])
+        yield out
+
+
+def _arrow_schema(columns: list[str]) -> pa.Schema:
+    types = {
+        "machine_confidence": pa.float64(),
+        "error_prob": pa.float64(),
+        "review_prob": pa.float64(),
+        "selected": pa.int8(),
+        "reviewed": pa.int8(),
+    }
+    return pa.schema([(c, types.get(c, pa.string())) for c in columns])
+
+
+def export(store: Store, out: str | Path) -> int:
+    """Write the project's table to .csv, .jsonl or .parquet (by extension). Returns rows written."""
+    out = Path(out)
+    suffix = out.suffix.lower()
+    if suffix not in (".csv", ".jsonl", ".parquet"):
+        raise UserError(f"{out}: unknown export type {suffix!r} (use .csv, .jsonl or .parquet)")
+    if not out.parent.exists():
+        raise UserError(f"{out.parent}: no such folder")
+    columns = export_columns(store)
+    schema = _arrow_schema(columns)
+    tmp = out.with_name(out.name + ".partial")
+    n = 0
+    try:
+        if suffix == ".jsonl":
+            with tmp.open("w", encoding="utf-8") as fh:
+                for batch in iter_export_batches(store):
+                    keys = list(batch)
+                    for values in zip(*batch.values(), strict=True):
+                        fh.write(json.dumps(dict(zip(keys, values, strict=True)), ensure_ascii=False))
+                        fh.write("\n")
+                        n += 1
+        else:
+            writer: Any = None
+            try:
+                for batch in iter_export_batches(store):
+                    table = pa.table(batch, schema=schema)
+                    if writer is None:
+                        writer = (
+                            pq.ParquetWriter(tmp, schema)
+                            if suffix == ".parquet"
+                            else pacsv.CSVWriter(tmp, schema)
+                        )
+                    writer.write_table(table)
+                    n += table.num_rows
+                if writer is None:  # no items: still write the header / schema
+                    empty = pa.table({c: [] for c in columns}, schema=schema)
+                    if suffix == ".parquet":
+                        pq.write_table(empty, tmp)
+                    else:
+                        pacsv.write_csv(empty, tmp)
+            finally:
+                if writer is not None:
+                    writer.close()
+        tmp.replace(out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return n

@@ -1,0 +1,163 @@
+"""`Project`: the one easy entry object. The CLI is a thin layer over it; each method calls one stage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actlabel import data
+from actlabel.store import Store
+from actlabel.task import Example, Label, Task
+
+
+@dataclass
+class StageStatus:
+    done: int
+    failed: int = 0
+    left: int = 0
+
+
+@dataclass
+class ProjectStatus:
+    root: str
+    items: int
+    labels: list[str]
+    annotated: StageStatus
+    critiqued: StageStatus
+    selected: int
+    reviewed: int
+    selected_not_reviewed: int
+    machine_label_counts: dict[str, int]
+    final_label_counts: dict[str, int]
+    gold_items: int
+    runs: list[dict[str, Any]]
+    usage: dict[str, float]
+    residual: Any = None
+    next_steps: list[str] = field(default_factory=list)
+
+
+class Project:
+    """An actlabel project folder. `Project.init(...)` creates one, `Project(dir)` opens one."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.store = Store.open(self.root)
+
+    @classmethod
+    def init(
+        cls,
+        root: str | Path,
+        labels: list[Label] | list[str],
+        *,
+        instructions: str = "",
+        examples: list[Example] | None = None,
+    ) -> Project:
+        task = Task(
+            labels=[lab if isinstance(lab, Label) else Label(lab) for lab in labels],
+            instructions=instructions,
+            examples=list(examples or []),
+        )
+        Store.create(root, task).close()
+        return cls(root)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Project:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def task(self) -> Task:
+        return self.store.task
+
+    # ---- stages ----------------------------------------------------------------------------
+    def import_file(self, path: str | Path, **roles: Any) -> data.ImportResult:
+        self.store.acquire_writer("import")
+        try:
+            return data.import_path(self.store, path, **roles)
+        finally:
+            self.store.release_writer()
+
+    def export(self, out: str | Path, *, format: str | None = None) -> int:
+        if format:
+            from actlabel.review import adapters
+
+            return adapters.export_for_tool(self.store, out, format)
+        return data.export(self.store, out)
+
+    # ---- status ----------------------------------------------------------------------------
+    def status(self) -> ProjectStatus:
+        store = self.store
+        n = store.count_items()
+        machine = Counter()
+        final = Counter()
+        ann_ok = ann_failed = crit_ok = crit_failed = sel = rev = sel_not_rev = gold = 0
+        for rows in store.iter_current():
+            for r in rows:
+                (_rowid, _iid, _data, gold_label, m_label, _conf, a_status, e_prob, _p, _rat, selected, _pi, human, _rv, _img) = r
+                if a_status == "ok":
+                    ann_ok += 1
+                    machine[m_label] += 1
+                elif a_status == "failed":
+                    ann_failed += 1
+                if e_prob is not None:
+                    crit_ok += 1
+                if selected:
+                    sel += 1
+                    if human is None:
+                        sel_not_rev += 1
+                if human is not None:
+                    rev += 1
+                label = human if human is not None else m_label
+                if label is not None:
+                    final[label] += 1
+                if gold_label is not None:
+                    gold += 1
+        crit_failed = store.count("critiques", "status = 'failed'")
+        runs = store.runs()
+        usage = {
+            k: sum(float(r[k] or 0) for r in runs)
+            for k in ("calls", "cache_hits", "input_tokens", "output_tokens", "cost")
+        }
+        steps = []
+        if n == 0:
+            steps.append(f"actlabel import {self.root} FILE")
+        elif ann_ok + ann_failed < n or ann_failed:
+            steps.append(f"actlabel annotate {self.root}")
+        elif crit_ok < ann_ok:
+            steps.append(f"actlabel critique {self.root}")
+        elif sel == 0:
+            steps.append(f"actlabel select {self.root} --budget 20%")
+        elif sel_not_rev:
+            steps.append(f"actlabel review {self.root}")
+        else:
+            steps.append(f"actlabel export {self.root} labels.csv")
+        residual = None
+        try:
+            from actlabel.residual import estimate_for_store
+
+            residual = estimate_for_store(store)
+        except ImportError:
+            residual = None
+        return ProjectStatus(
+            root=str(self.root),
+            items=n,
+            labels=store.task.label_names,
+            annotated=StageStatus(ann_ok, ann_failed, n - ann_ok - ann_failed),
+            critiqued=StageStatus(crit_ok, crit_failed, max(0, ann_ok - crit_ok)),
+            selected=sel,
+            reviewed=rev,
+            selected_not_reviewed=sel_not_rev,
+            machine_label_counts=dict(machine.most_common()),
+            final_label_counts=dict(final.most_common()),
+            gold_items=gold,
+            runs=runs,
+            usage=usage,
+            residual=residual,
+            next_steps=steps,
+        )

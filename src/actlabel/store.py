@@ -1,0 +1,528 @@
+"""The project store: one SQLite file (WAL) per project folder.
+
+Records are appended, never updated in place: each stage writes new rows and the current value of
+an item is its latest row (highest id). A stage can therefore be re-run without touching the
+others, and a crash loses at most the batch being written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actlabel.errors import NotAProject, ProjectBusy, UserError
+from actlabel.task import Task
+
+DB_NAME = "actlabel.db"
+LOCK_NAME = ".actlabel.lock"
+FORMAT = "actlabel-project"
+BUSY_TIMEOUT_S = 30.0
+
+# Each entry moves the schema from version i to i+1. Never edit a shipped entry: append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (
+        run_id INTEGER PRIMARY KEY,
+        stage TEXT NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}',
+        started_at REAL NOT NULL,
+        finished_at REAL,
+        status TEXT NOT NULL DEFAULT 'running',
+        calls INTEGER NOT NULL DEFAULT 0,
+        cache_hits INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        cost REAL NOT NULL DEFAULT 0,
+        message TEXT
+    );
+    CREATE TABLE items (
+        rowid INTEGER PRIMARY KEY,
+        item_id TEXT NOT NULL UNIQUE,
+        data TEXT NOT NULL,
+        image_path TEXT,
+        gold_label TEXT,
+        run_id INTEGER NOT NULL
+    );
+    CREATE TABLE annotations (
+        id INTEGER PRIMARY KEY,
+        item_rowid INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        label TEXT,
+        confidence REAL,
+        reasoning TEXT,
+        raw TEXT,
+        status TEXT NOT NULL,
+        error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX annotations_item ON annotations (item_rowid, id);
+    CREATE TABLE critiques (
+        id INTEGER PRIMARY KEY,
+        item_rowid INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        model TEXT NOT NULL,
+        strategy TEXT NOT NULL,
+        error_prob REAL,
+        proposed_label TEXT,
+        rationale TEXT,
+        raw TEXT,
+        status TEXT NOT NULL,
+        error TEXT,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX critiques_item ON critiques (item_rowid, id);
+    CREATE INDEX critiques_run ON critiques (run_id);
+    CREATE TABLE selections (
+        id INTEGER PRIMARY KEY,
+        item_rowid INTEGER NOT NULL,
+        run_id INTEGER NOT NULL,
+        round INTEGER NOT NULL,
+        selected INTEGER NOT NULL,
+        review_prob REAL NOT NULL,
+        round_prob REAL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX selections_item ON selections (item_rowid, id);
+    CREATE TABLE reviews (
+        id INTEGER PRIMARY KEY,
+        item_rowid INTEGER NOT NULL,
+        reviewer TEXT NOT NULL,
+        label TEXT NOT NULL,
+        source TEXT NOT NULL,
+        duration_ms INTEGER,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX reviews_item ON reviews (item_rowid, id);
+    CREATE TABLE model_calls (
+        key TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        response TEXT NOT NULL,
+        input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE leases (
+        item_rowid INTEGER PRIMARY KEY,
+        reviewer TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
+]
+
+
+@dataclass(frozen=True)
+class Item:
+    rowid: int
+    item_id: str
+    data: dict[str, Any]
+    image_path: str | None
+    gold_label: str | None
+
+    @property
+    def text(self) -> str:
+        """All text fields joined; single-field tasks get the field as is."""
+        return "\n".join(str(v) for k, v in self.data.items() if k != "__image__" and v is not None)
+
+
+class ResponseCache:
+    """The content-addressed model response cache, as `models.cache.CachedBackend` expects it."""
+
+    def __init__(self, store: Store):
+        self._store = store
+
+    def get(self, key: str) -> dict | None:
+        row = self._store.conn.execute("SELECT response FROM model_calls WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def put(self, key: str, spec: str, response: dict, input_tokens: int, output_tokens: int) -> None:
+        with self._store.transaction():
+            self._store.conn.execute(
+                "INSERT OR REPLACE INTO model_calls VALUES (?, ?, ?, ?, ?, ?)",
+                (key, spec, json.dumps(response), input_tokens, output_tokens, time.time()),
+            )
+
+    def __len__(self) -> int:
+        return self._store.conn.execute("SELECT count(*) FROM model_calls").fetchone()[0]
+
+
+class Store:
+    """One project: a folder holding `actlabel.db`. Open with `Store.open(dir)` or `Store.create(dir, task)`."""
+
+    def __init__(self, root: Path, conn: sqlite3.Connection):
+        self.root = root
+        self.conn = conn
+        self._lock_fh: Any = None
+        self._task: Task | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves so bulk writes are one transaction.
+        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    @classmethod
+    def create(cls, root: str | Path, task: Task) -> Store:
+        root = Path(root)
+        if (root / DB_NAME).exists():
+            raise UserError(f"{root} is already an actlabel project (delete {root / DB_NAME} to start over)")
+        if root.exists() and not root.is_dir():
+            raise UserError(f"{root} exists and is not a folder")
+        root.mkdir(parents=True, exist_ok=True)
+        store = cls(root, cls._connect(root / DB_NAME))
+        store._migrate()
+        with store.transaction():
+            store.conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+            store.conn.execute("INSERT INTO meta VALUES ('task', ?)", (task.to_json(),))
+            store.conn.execute("INSERT INTO meta VALUES ('created_at', ?)", (str(time.time()),))
+        return store
+
+    @classmethod
+    def open(cls, root: str | Path) -> Store:
+        root = Path(root)
+        db = root / DB_NAME
+        if not db.is_file():
+            raise NotAProject(f"{root} is not an actlabel project (no {DB_NAME}; create one with `actlabel init`)")
+        try:
+            conn = cls._connect(db)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise NotAProject(f"{db} is not a readable actlabel project ({exc})") from None
+        if row is None or row[0] != FORMAT:
+            raise NotAProject(f"{db} is not an actlabel project database")
+        store = cls(root, conn)
+        store._migrate()
+        return store
+
+    def close(self) -> None:
+        self.release_writer()
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise UserError(
+                f"{self.root} was written by a newer actlabel (schema {version} > {len(MIGRATIONS)}); upgrade actlabel"
+            )
+        for target in range(version, len(MIGRATIONS)):
+            with self.transaction():
+                for statement in MIGRATIONS[target].split(";"):
+                    if statement.strip():
+                        self.conn.execute(statement)
+                self.conn.execute(f"PRAGMA user_version = {target + 1}")
+
+    # ---- concurrency -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; rolls back on error so nothing half-written stays."""
+        if self.conn.in_transaction:  # nested: the outer transaction owns commit/rollback
+            yield self.conn
+            return
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" in str(exc) or "busy" in str(exc):
+                raise ProjectBusy(f"{self.root}: the project is busy (another process is writing); try again") from None
+            raise
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    def acquire_writer(self, command: str) -> None:
+        """Take the project's writer lock for a stage command; a second writer is told who holds it."""
+        if self._lock_fh is not None:
+            return
+        path = self.root / LOCK_NAME
+        fh = open(path, "a+")  # noqa: SIM115 - held for the life of the command
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "another process"
+            fh.close()
+            raise ProjectBusy(f"{self.root}: the project is busy ({holder}); wait for it to finish") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} is running `actlabel {command}`")
+        fh.flush()
+        self._lock_fh = fh
+
+    def release_writer(self) -> None:
+        if self._lock_fh is not None:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    # ---- meta / task -----------------------------------------------------------------------
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            row = self.conn.execute("SELECT value FROM meta WHERE key = 'task'").fetchone()
+            self._task = Task.from_json(row[0])
+        return self._task
+
+    def set_task(self, task: Task) -> None:
+        with self.transaction():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('task', ?)", (task.to_json(),))
+        self._task = task
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction():
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    def response_cache(self) -> ResponseCache:
+        return ResponseCache(self)
+
+    # ---- runs ------------------------------------------------------------------------------
+    def start_run(self, stage: str, params: dict[str, Any] | None = None) -> int:
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO runs (stage, params, started_at) VALUES (?, ?, ?)",
+                (stage, json.dumps(params or {}, sort_keys=True, default=str), time.time()),
+            )
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, status: str = "done", message: str | None = None, **usage: float) -> None:
+        allowed = {"calls", "cache_hits", "failures", "input_tokens", "output_tokens", "cost"}
+        unknown = set(usage) - allowed
+        if unknown:
+            raise ValueError(f"unknown usage fields {sorted(unknown)}")
+        sets = ", ".join(f"{k} = ?" for k in usage)
+        with self.transaction():
+            self.conn.execute(
+                f"UPDATE runs SET finished_at = ?, status = ?, message = ?{', ' + sets if sets else ''} WHERE run_id = ?",
+                (time.time(), status, message, *usage.values(), run_id),
+            )
+
+    def runs(self, stage: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM runs" + (" WHERE stage = ?" if stage else "") + " ORDER BY run_id"
+        cur = self.conn.execute(sql, (stage,) if stage else ())
+        cols = [c[0] for c in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+    # ---- items -----------------------------------------------------------------------------
+    def insert_items(self, rows: Iterable[tuple[str, str, str | None, str | None]], run_id: int) -> int:
+        """Insert (item_id, data_json, image_path, gold_label) rows; existing item_ids are kept as they are.
+
+        Must be called inside `transaction()` by bulk importers so a failed import leaves nothing behind.
+        Returns how many rows were new.
+        """
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO items (item_id, data, image_path, gold_label, run_id) VALUES (?, ?, ?, ?, ?)",
+            ((item_id, data, image, gold, run_id) for item_id, data, image, gold in rows),
+        )
+        return self.conn.total_changes - before
+
+    def existing_item_data(self, item_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """item_id -> (data_json, gold_label) for those already stored, to detect conflicting re-imports."""
+        out: dict[str, tuple[str, str | None]] = {}
+        for start in range(0, len(item_ids), 900):
+            chunk = item_ids[start : start + 900]
+            marks = ",".join("?" * len(chunk))
+            for item_id, data, gold in self.conn.execute(
+                f"SELECT item_id, data, gold_label FROM items WHERE item_id IN ({marks})", chunk
+            ):
+                out[item_id] = (data, gold)
+        return out
+
+    def count_items(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+
+    def _item(self, row: tuple) -> Item:
+        return Item(row[0], row[1], json.loads(row[2]), row[3], row[4])
+
+    def iter_items(self, rowids: Sequence[int] | None = None, batch: int = 2000) -> Iterator[Item]:
+        if rowids is None:
+            last = 0
+            while True:
+                rows = self.conn.execute(
+                    "SELECT rowid, item_id, data, image_path, gold_label FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                    (last, batch),
+                ).fetchall()
+                if not rows:
+                    return
+                for row in rows:
+                    yield self._item(row)
+                last = rows[-1][0]
+        else:
+            for start in range(0, len(rowids), 900):
+                chunk = list(rowids[start : start + 900])
+                marks = ",".join("?" * len(chunk))
+                by_id = {
+                    row[0]: row
+                    for row in self.conn.execute(
+                        f"SELECT rowid, item_id, data, image_path, gold_label FROM items WHERE rowid IN ({marks})",
+                        chunk,
+                    )
+                }
+                for rowid in chunk:
+                    if rowid in by_id:
+                        yield self._item(by_id[rowid])
+
+    def get_item(self, rowid: int) -> Item | None:
+        row = self.conn.execute(
+            "SELECT rowid, item_id, data, image_path, gold_label FROM items WHERE rowid = ?", (rowid,)
+        ).fetchone()
+        return None if row is None else self._item(row)
+
+    def rowid_of(self, item_id: str) -> int | None:
+        row = self.conn.execute("SELECT rowid FROM items WHERE item_id = ?", (item_id,)).fetchone()
+        return None if row is None else row[0]
+
+    def item_rowids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT rowid FROM items ORDER BY rowid")]
+
+    def input_columns(self) -> list[str]:
+        """The imported input columns, in import order (from the first item of each import)."""
+        raw = self.get_meta("input_columns")
+        return json.loads(raw) if raw else []
+
+    def add_input_columns(self, columns: Sequence[str]) -> None:
+        current = self.input_columns()
+        merged = current + [c for c in columns if c not in current]
+        if merged != current:
+            self.conn.execute("INSERT OR REPLACE INTO meta VALUES ('input_columns', ?)", (json.dumps(merged),))
+
+    # ---- stage records ---------------------------------------------------------------------
+    def add_annotations(self, records: Iterable[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO annotations (item_rowid, run_id, model, label, confidence, reasoning, raw, status, error, created_at)"
+                " VALUES (:item_rowid, :run_id, :model, :label, :confidence, :reasoning, :raw, :status, :error, :created_at)",
+                ({"confidence": None, "reasoning": None, "raw": None, "error": None, "created_at": now} | r for r in records),
+            )
+
+    def add_critiques(self, records: Iterable[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO critiques (item_rowid, run_id, model, strategy, error_prob, proposed_label, rationale, raw,"
+                " status, error, created_at) VALUES (:item_rowid, :run_id, :model, :strategy, :error_prob,"
+                " :proposed_label, :rationale, :raw, :status, :error, :created_at)",
+                (
+                    {"proposed_label": None, "rationale": None, "raw": None, "error": None, "created_at": now} | r
+                    for r in records
+                ),
+            )
+
+    def add_selections(self, records: Iterable[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO selections (item_rowid, run_id, round, selected, review_prob, round_prob, created_at)"
+                " VALUES (:item_rowid, :run_id, :round, :selected, :review_prob, :round_prob, :created_at)",
+                ({"round_prob": None, "created_at": now} | r for r in records),
+            )
+
+    def add_review(self, item_rowid: int, label: str, *, reviewer: str, source: str, duration_ms: int | None = None) -> int:
+        if label not in self.task.label_names:
+            raise UserError(f"item {item_rowid}: review label {label!r} is not one of the task's labels")
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (item_rowid, reviewer, label, source, duration_ms, time.time()),
+            )
+        return int(cur.lastrowid)
+
+    def add_reviews(self, records: Iterable[dict[str, Any]]) -> None:
+        labels = set(self.task.label_names)
+        now = time.time()
+        rows = []
+        for r in records:
+            if r["label"] not in labels:
+                raise UserError(f"item {r['item_rowid']}: review label {r['label']!r} is not one of the task's labels")
+            rows.append({"duration_ms": None, "created_at": now} | r)
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at)"
+                " VALUES (:item_rowid, :reviewer, :label, :source, :duration_ms, :created_at)",
+                rows,
+            )
+
+    def latest(self, table: str, columns: Sequence[str], where: str = "") -> dict[int, tuple]:
+        """item_rowid -> the chosen columns of its latest record in `table` (SQLite's bare-column max())."""
+        if table not in {"annotations", "critiques", "selections", "reviews"}:
+            raise ValueError(f"unknown stage table {table!r}")
+        cols = ", ".join(columns)
+        sql = f"SELECT item_rowid, max(id), {cols} FROM {table} {('WHERE ' + where) if where else ''} GROUP BY item_rowid"
+        return {row[0]: row[2:] for row in self.conn.execute(sql)}
+
+    def count(self, table: str, where: str = "") -> int:
+        if table not in {"items", "annotations", "critiques", "selections", "reviews", "model_calls", "runs"}:
+            raise ValueError(f"unknown table {table!r}")
+        return self.conn.execute(f"SELECT count(*) FROM {table} {('WHERE ' + where) if where else ''}").fetchone()[0]
+
+    # ---- the current state of every item, for export / status / report ---------------------
+    CURRENT_COLUMNS = (
+        "rowid",
+        "item_id",
+        "data",
+        "gold_label",
+        "machine_label",
+        "machine_confidence",
+        "annotation_status",
+        "error_prob",
+        "proposed_label",
+        "critic_rationale",
+        "selected",
+        "review_prob",
+        "human_label",
+        "reviewer",
+        "image_path",
+    )
+
+    def iter_current(self, batch: int = 10000) -> Iterator[list[tuple]]:
+        """Batches of rows in CURRENT_COLUMNS order: each item with the latest record of every stage."""
+        sql = """
+            SELECT i.rowid, i.item_id, i.data, i.gold_label,
+                   a.label, a.confidence, a.status,
+                   c.error_prob, c.proposed_label, c.rationale,
+                   s.selected, s.review_prob,
+                   r.label, r.reviewer, i.image_path
+            FROM items i
+            LEFT JOIN (SELECT item_rowid, max(id), label, confidence, status FROM annotations GROUP BY item_rowid) a
+                   ON a.item_rowid = i.rowid
+            LEFT JOIN (SELECT item_rowid, max(id), error_prob, proposed_label, rationale FROM critiques
+                       GROUP BY item_rowid) c ON c.item_rowid = i.rowid
+            LEFT JOIN (SELECT item_rowid, max(id), selected, review_prob FROM selections GROUP BY item_rowid) s
+                   ON s.item_rowid = i.rowid
+            LEFT JOIN (SELECT item_rowid, max(id), label, reviewer FROM reviews GROUP BY item_rowid) r
+                   ON r.item_rowid = i.rowid
+            ORDER BY i.rowid
+        """
+        cur = self.conn.execute(sql)
+        while True:
+            rows = cur.fetchmany(batch)
+            if not rows:
+                return
+            yield rows

@@ -1,0 +1,141 @@
+"""The labelling task: label set (with optional descriptions), instructions, input fields, few-shot examples."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from actlabel.errors import UserError
+
+MIN_LABELS = 2
+MAX_LABELS = 1000
+
+
+@dataclass(frozen=True)
+class Label:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A few-shot example shown to the annotator; `image` is a path, absolute or relative to the project."""
+
+    label: str
+    text: str = ""
+    image: str = ""
+
+
+@dataclass
+class Task:
+    labels: list[Label]
+    instructions: str = ""
+    text_columns: list[str] = field(default_factory=list)
+    image_column: str | None = None
+    id_column: str | None = None
+    gold_column: str | None = None
+    examples: list[Example] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label.name for label in self.labels]
+
+    def validate(self) -> None:
+        names = [label.name for label in self.labels]
+        if len(names) < MIN_LABELS:
+            raise UserError(f"a task needs at least {MIN_LABELS} labels, got {len(names)}")
+        if len(names) > MAX_LABELS:
+            raise UserError(f"a task takes at most {MAX_LABELS} labels, got {len(names)}")
+        seen: dict[str, str] = {}
+        for i, name in enumerate(names, 1):
+            if not name.strip():
+                raise UserError(f"label {i} is empty")
+            if name != name.strip():
+                raise UserError(f"label {i} {name!r} has leading or trailing spaces")
+            if "\n" in name:
+                raise UserError(f"label {i} {name!r} contains a line break")
+            key = name.casefold()
+            if key in seen:
+                raise UserError(f"duplicate label {name!r} (labels must be unique, ignoring case)")
+            seen[key] = name
+        for label in self.labels:
+            if "\n" in label.description:
+                raise UserError(f"the description of label {label.name!r} must be one line")
+        for i, ex in enumerate(self.examples, 1):
+            if ex.label not in seen.values():
+                raise UserError(f"few-shot example {i}: label {ex.label!r} is not one of the task's labels")
+            if not ex.text.strip() and not ex.image:
+                raise UserError(f"few-shot example {i}: it has neither text nor image")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Task:
+        data = json.loads(text)
+        data["labels"] = [Label(**label) for label in data["labels"]]
+        data["examples"] = [Example(**ex) for ex in data.get("examples", [])]
+        return cls(**data)
+
+
+def parse_labels(spec: str) -> list[Label]:
+    """Labels from the command line: `positive,negative,neutral` (descriptions come from a file)."""
+    names = [part.strip() for part in spec.split(",")]
+    if any(not n for n in names):
+        raise UserError(f"--labels {spec!r} has an empty label (check for doubled or trailing commas)")
+    return [Label(n) for n in names]
+
+
+def read_labels_file(path: Path) -> list[Label]:
+    """One label per line: `name` or `name: one-line description`. Blank lines and `#` comments are skipped."""
+    labels = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such labels file") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for line in lines:
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, description = line.partition(":")
+        labels.append(Label(name.strip(), description.strip()))
+    return labels
+
+
+def read_examples_file(path: Path, *, text_column: str = "text", label_column: str = "label") -> list[Example]:
+    """Few-shot examples from a CSV or JSONL file with a label column and a text and/or image column."""
+    if not path.exists():
+        raise UserError(f"{path}: no such examples file")
+    rows: list[dict[str, str]]
+    try:
+        if path.suffix.lower() in (".jsonl", ".json"):
+            rows = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise UserError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
+        else:
+            with path.open(newline="", encoding="utf-8") as fh:
+                rows = list(csv.DictReader(fh))
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    examples = []
+    for n, row in enumerate(rows, 1):
+        if label_column not in row:
+            raise UserError(f"{path}: row {n}: no {label_column!r} column")
+        examples.append(
+            Example(
+                label=str(row[label_column]).strip(),
+                text=str(row.get(text_column) or ""),
+                image=str(row.get("image") or ""),
+            )
+        )
+    return examples

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from actlabel.cli import main
+
+from .conftest import TWEETS, write_csv
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "actlabel.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_init_import_status_export_through_the_real_cli(tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "t.csv", [{"text": t, "gold": g} for t, g in TWEETS])
+    proj = str(tmp_path / "proj")
+    r = run("init", proj, "--labels", "positive,negative,neutral", "--instructions", "Sentiment.")
+    assert r.returncode == 0, r.stderr
+    r = run("import", proj, str(data), "--text", "text", "--gold", "gold")
+    assert r.returncode == 0, r.stderr
+    assert "12 new" in r.stdout
+    r = run("status", proj, "--json")
+    st = json.loads(r.stdout)
+    assert st["items"] == 12 and st["annotated"]["left"] == 12 and st["gold_items"] == 12
+    r = run("export", proj, str(tmp_path / "out.csv"))
+    assert r.returncode == 0 and "wrote 12 rows" in r.stdout
+
+
+def test_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
+    cases = [
+        ("status", str(tmp_path)),
+        ("init", str(tmp_path / "x"), "--labels", "a,,b"),
+        ("init", str(tmp_path / "y"), "--labels", "a,A"),
+        ("init", str(tmp_path / "z"), "--labels", "only"),
+    ]
+    for args in cases:
+        r = run(*args)
+        assert r.returncode == 1, args
+        assert r.stderr.startswith("actlabel: error: "), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+def test_help_everywhere() -> None:
+    runner = CliRunner()
+    result = runner.invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for command in main.commands:
+        sub = runner.invoke(main, [command, "--help"])
+        assert sub.exit_code == 0, command
+        assert "Usage:" in sub.output

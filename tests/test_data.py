@@ -1,0 +1,197 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from actlabel.data import EXPORT_COLUMNS_AFTER_INPUT, export
+from actlabel.errors import UserError
+from actlabel.project import Project
+
+from .conftest import LABELS, TWEETS, write_csv
+
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360f8cf000000030101001825dd5c0000000049454e44ae426082"
+)
+
+
+def new_project(tmp_path: Path, name: str = "p") -> Project:
+    return Project.init(tmp_path / name, LABELS)
+
+
+def test_csv_import_is_idempotent(project: Project, tweets_csv: Path) -> None:
+    assert project.store.count_items() == len(TWEETS)
+    again = project.import_file(tweets_csv, text_columns=["text"], gold_column="gold")
+    assert (again.new_items, again.already_present) == (0, len(TWEETS))
+    assert project.store.count_items() == len(TWEETS)
+
+
+def test_identical_rows_stay_distinct_items(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", [{"text": "same"}, {"text": "same"}, {"text": "other"}])
+    with new_project(tmp_path) as proj:
+        assert proj.import_file(path).new_items == 3
+        assert proj.import_file(path).new_items == 0
+
+
+def test_jsonl_and_parquet_import(tmp_path: Path) -> None:
+    jl = tmp_path / "d.jsonl"
+    jl.write_text("\n".join(json.dumps({"id": f"i{i}", "body": t, "y": g}) for i, (t, g) in enumerate(TWEETS)) + "\n")
+    pqf = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"body": [t for t, _ in TWEETS], "y": [g for _, g in TWEETS]}), pqf)
+    with new_project(tmp_path) as proj:
+        r = proj.import_file(jl, text_columns=["body"], id_column="id", gold_column="y")
+        assert r.new_items == len(TWEETS)
+        assert proj.store.rowid_of("i3") is not None
+    with new_project(tmp_path, "q") as proj:
+        assert proj.import_file(pqf, text_columns=["body"], gold_column="y").new_items == len(TWEETS)
+        golds = {it.gold_label for it in proj.store.iter_items()}
+        assert golds == set(LABELS)
+
+
+def test_table_with_image_paths_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        (tmp_path / "imgs" / f"{i}.png").write_bytes(PNG_1PX)
+    path = write_csv(tmp_path / "t.csv", [{"img": f"imgs/{i}.png", "caption": f"photo {i}"} for i in range(3)])
+    with new_project(tmp_path) as proj:
+        proj.import_file(path, text_columns=["caption"], image_column="img")
+        items = list(proj.store.iter_items())
+        assert all(Path(it.image_path).is_file() for it in items)
+        assert items[0].data == {"caption": "photo 0", "img": "imgs/0.png"}
+
+
+def test_image_folder_subfolders_are_gold(tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    for label in ("positive", "negative"):
+        (root / label).mkdir(parents=True)
+        (root / label / "a.png").write_bytes(PNG_1PX)
+    (root / "loose.png").write_bytes(PNG_1PX)
+    with new_project(tmp_path) as proj:
+        r = proj.import_file(root)
+        assert r.new_items == 3
+        golds = {it.item_id: it.gold_label for it in proj.store.iter_items()}
+        assert golds == {"positive/a.png": "positive", "negative/a.png": "negative", "loose.png": None}
+        assert proj.import_file(root).new_items == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "kwargs", "message"),
+    [
+        ("text,gold\nhello,positive\n,negative\n", {"gold_column": "gold"}, r"row 2: empty text in column 'text'"),
+        ("text,gold\nhello,positive\nbye,angry\n", {"gold_column": "gold"}, r"row 2: gold label 'angry' is not one"),
+        ("text,gold\nhello,positive\n", {"text_columns": ["body"]}, r"--text column 'body' not found"),
+        ("text,gold\nhello,positive\nbye,negative,extra\n", {}, r"row 2 \(line 3\): expected 2 fields, found 3"),
+        ("id,text\n1,hello\n1,bye\n", {"id_column": "id"}, r"row 2: duplicate id '1'"),
+        ("", {}, r"empty"),
+        ("a,a\n1,2\n", {}, r"duplicate column names"),
+        ("body,other\nx,y\n", {}, r"say which column holds the text"),
+    ],
+)
+def test_bad_csv_input_is_one_line_and_stores_nothing(
+    tmp_path: Path, content: str, kwargs: dict, message: str
+) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with new_project(tmp_path) as proj:
+        with pytest.raises(UserError, match=message) as info:
+            proj.import_file(path, **kwargs)
+        assert "\n" not in str(info.value)
+        assert str(path) in str(info.value)
+        assert proj.store.count_items() == 0
+
+
+def test_non_utf8_names_the_row_and_encoding_option_works(tmp_path: Path) -> None:
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text\ncaf\u00e9 au lait\nna\u00efve\n".encode("latin-1"))
+    with new_project(tmp_path) as proj:
+        with pytest.raises(UserError, match=r"row 1 \(line 2\): not valid utf-8.*--encoding"):
+            proj.import_file(path)
+        assert proj.store.count_items() == 0
+        proj.import_file(path, encoding="latin-1")
+        assert sorted(it.data["text"] for it in proj.store.iter_items()) == ["café au lait", "naïve"]
+
+
+def test_malformed_json_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "ok"}\n{"text": broken}\n')
+    with new_project(tmp_path) as proj:
+        with pytest.raises(UserError, match=r"bad.jsonl: line 2: not valid JSON"):
+            proj.import_file(path)
+        assert proj.store.count_items() == 0
+
+
+def test_missing_and_unreadable_images(tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_text("not an image")
+    path = write_csv(tmp_path / "t.csv", [{"img": "nope.png"}])
+    path2 = write_csv(tmp_path / "t2.csv", [{"img": "fake.png"}])
+    with new_project(tmp_path) as proj:
+        with pytest.raises(UserError, match=r"row 1: image .*nope.png not found"):
+            proj.import_file(path, image_column="img")
+        with pytest.raises(UserError, match=r"row 1: .*fake.png is not an image"):
+            proj.import_file(path2, image_column="img")
+
+
+def test_failed_reimport_keeps_what_was_stored(project: Project, tmp_path: Path) -> None:
+    rows = [{"text": t, "gold": g} for t, g in TWEETS] + [{"text": "new one", "gold": "nonsense"}]
+    bad = write_csv(tmp_path / "more.csv", rows)
+    with pytest.raises(UserError, match="row 13: gold label 'nonsense'"):
+        project.import_file(bad, text_columns=["text"], gold_column="gold")
+    assert project.store.count_items() == len(TWEETS)
+
+
+def test_conflicting_reimport_with_ids(tmp_path: Path) -> None:
+    a = write_csv(tmp_path / "a.csv", [{"id": "1", "text": "hello"}])
+    b = write_csv(tmp_path / "b.csv", [{"id": "1", "text": "changed"}])
+    with new_project(tmp_path) as proj:
+        proj.import_file(a, id_column="id")
+        with pytest.raises(UserError, match=r"item '1' is already stored with different content"):
+            proj.import_file(b, id_column="id")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_export_has_exactly_the_design_columns(project: Project, tmp_path: Path, suffix: str) -> None:
+    store = project.store
+    rowids = store.item_rowids()
+    store.add_annotations(
+        [{"item_rowid": r, "run_id": 1, "model": "m", "label": "neutral", "confidence": 0.5, "status": "ok"} for r in rowids]
+    )
+    store.add_critiques(
+        [{"item_rowid": rowids[0], "run_id": 2, "model": "c", "strategy": "cot", "error_prob": 0.9,
+          "proposed_label": "positive", "rationale": "sounds happy", "status": "ok"}]
+    )
+    store.add_selections(
+        [{"item_rowid": r, "run_id": 3, "round": 1, "selected": int(r == rowids[0]), "review_prob": 1.0 if r == rowids[0] else 0.05}
+         for r in rowids]
+    )
+    store.add_review(rowids[0], "positive", reviewer="ann", source="web")
+    out = tmp_path / f"out{suffix}"
+    assert export(store, out) == len(TWEETS)
+    if suffix == ".csv":
+        with out.open() as fh:
+            rows = list(csv.DictReader(fh))
+    elif suffix == ".jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        rows = pq.read_table(out).to_pylist()
+    assert list(rows[0]) == ["item_id", "text", *EXPORT_COLUMNS_AFTER_INPUT]
+    first = rows[0]
+    assert first["human_label"] == "positive" and first["final_label"] == "positive"
+    assert first["label_source"] == "human" and str(first["reviewed"]) == "1" and str(first["selected"]) == "1"
+    assert float(first["error_prob"]) == 0.9 and first["critic_rationale"] == "sounds happy"
+    second = rows[1]
+    assert second["final_label"] == "neutral" and second["label_source"] == "machine"
+    assert float(second["review_prob"]) == 0.05 and str(second["reviewed"]) == "0"
+    assert second["error_prob"] in (None, "")  # empty where the stage has not run for the item
+    assert {r["gold_label"] for r in rows} == set(LABELS)
+
+
+def test_export_to_missing_folder_or_bad_suffix(project: Project, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no such folder"):
+        export(project.store, tmp_path / "nope" / "x.csv")
+    with pytest.raises(UserError, match="unknown export type"):
+        export(project.store, tmp_path / "x.xlsx")
