@@ -13,7 +13,9 @@ from .conftest import TWEETS, write_csv
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "actlabel.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "actlabel.cli", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_init_import_status_export_through_the_real_cli(tmp_path: Path) -> None:

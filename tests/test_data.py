@@ -40,7 +40,9 @@ def test_identical_rows_stay_distinct_items(tmp_path: Path) -> None:
 
 def test_jsonl_and_parquet_import(tmp_path: Path) -> None:
     jl = tmp_path / "d.jsonl"
-    jl.write_text("\n".join(json.dumps({"id": f"i{i}", "body": t, "y": g}) for i, (t, g) in enumerate(TWEETS)) + "\n")
+    jl.write_text(
+        "\n".join(json.dumps({"id": f"i{i}", "body": t, "y": g}) for i, (t, g) in enumerate(TWEETS)) + "\n"
+    )
     pqf = tmp_path / "d.parquet"
     pq.write_table(pa.table({"body": [t for t, _ in TWEETS], "y": [g for _, g in TWEETS]}), pqf)
     with new_project(tmp_path) as proj:
@@ -57,7 +59,9 @@ def test_table_with_image_paths_relative_to_the_file(tmp_path: Path) -> None:
     (tmp_path / "imgs").mkdir()
     for i in range(3):
         (tmp_path / "imgs" / f"{i}.png").write_bytes(PNG_1PX)
-    path = write_csv(tmp_path / "t.csv", [{"img": f"imgs/{i}.png", "caption": f"photo {i}"} for i in range(3)])
+    path = write_csv(
+        tmp_path / "t.csv", [{"img": f"imgs/{i}.png", "caption": f"photo {i}"} for i in range(3)]
+    )
     with new_project(tmp_path) as proj:
         proj.import_file(path, text_columns=["caption"], image_column="img")
         items = list(proj.store.iter_items())
@@ -82,10 +86,22 @@ def test_image_folder_subfolders_are_gold(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "kwargs", "message"),
     [
-        ("text,gold\nhello,positive\n,negative\n", {"gold_column": "gold"}, r"row 2: empty text in column 'text'"),
-        ("text,gold\nhello,positive\nbye,angry\n", {"gold_column": "gold"}, r"row 2: gold label 'angry' is not one"),
+        (
+            "text,gold\nhello,positive\n,negative\n",
+            {"gold_column": "gold"},
+            r"row 2: empty text in column 'text'",
+        ),
+        (
+            "text,gold\nhello,positive\nbye,angry\n",
+            {"gold_column": "gold"},
+            r"row 2: gold label 'angry' is not one",
+        ),
         ("text,gold\nhello,positive\n", {"text_columns": ["body"]}, r"--text column 'body' not found"),
-        ("text,gold\nhello,positive\nbye,negative,extra\n", {}, r"row 2 \(line 3\): expected 2 fields, found 3"),
+        (
+            "text,gold\nhello,positive\nbye,negative,extra\n",
+            {},
+            r"row 2 \(line 3\): expected 2 fields, found 3",
+        ),
         ("id,text\n1,hello\n1,bye\n", {"id_column": "id"}, r"row 2: duplicate id '1'"),
         ("", {}, r"empty"),
         ("a,a\n1,2\n", {}, r"duplicate column names"),
@@ -158,15 +174,43 @@ def test_export_has_exactly_the_design_columns(project: Project, tmp_path: Path,
     store = project.store
     rowids = store.item_rowids()
     store.add_annotations(
-        [{"item_rowid": r, "run_id": 1, "model": "m", "label": "neutral", "confidence": 0.5, "status": "ok"} for r in rowids]
+        [
+            {
+                "item_rowid": r,
+                "run_id": 1,
+                "model": "m",
+                "label": "neutral",
+                "confidence": 0.5,
+                "status": "ok",
+            }
+            for r in rowids
+        ]
     )
     store.add_critiques(
-        [{"item_rowid": rowids[0], "run_id": 2, "model": "c", "strategy": "cot", "error_prob": 0.9,
-          "proposed_label": "positive", "rationale": "sounds happy", "status": "ok"}]
+        [
+            {
+                "item_rowid": rowids[0],
+                "run_id": 2,
+                "model": "c",
+                "strategy": "cot",
+                "error_prob": 0.9,
+                "proposed_label": "positive",
+                "rationale": "sounds happy",
+                "status": "ok",
+            }
+        ]
     )
     store.add_selections(
-        [{"item_rowid": r, "run_id": 3, "round": 1, "selected": int(r == rowids[0]), "review_prob": 1.0 if r == rowids[0] else 0.05}
-         for r in rowids]
+        [
+            {
+                "item_rowid": r,
+                "run_id": 3,
+                "round": 1,
+                "selected": int(r == rowids[0]),
+                "review_prob": 1.0 if r == rowids[0] else 0.05,
+            }
+            for r in rowids
+        ]
     )
     store.add_review(rowids[0], "positive", reviewer="ann", source="web")
     out = tmp_path / f"out{suffix}"
@@ -181,7 +225,9 @@ def test_export_has_exactly_the_design_columns(project: Project, tmp_path: Path,
     assert list(rows[0]) == ["item_id", "text", *EXPORT_COLUMNS_AFTER_INPUT]
     first = rows[0]
     assert first["human_label"] == "positive" and first["final_label"] == "positive"
-    assert first["label_source"] == "human" and str(first["reviewed"]) == "1" and str(first["selected"]) == "1"
+    assert (
+        first["label_source"] == "human" and str(first["reviewed"]) == "1" and str(first["selected"]) == "1"
+    )
     assert float(first["error_prob"]) == 0.9 and first["critic_rationale"] == "sounds happy"
     second = rows[1]
     assert second["final_label"] == "neutral" and second["label_source"] == "machine"
@@ -195,3 +241,15 @@ def test_export_to_missing_folder_or_bad_suffix(project: Project, tmp_path: Path
         export(project.store, tmp_path / "nope" / "x.csv")
     with pytest.raises(UserError, match="unknown export type"):
         export(project.store, tmp_path / "x.xlsx")
+
+
+def test_duplicate_id_across_batches_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import actlabel.data as data_mod
+
+    monkeypatch.setattr(data_mod, "BATCH_ROWS", 2)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "text": f"t{i}"}) + "\n" for i in [1, 2, 3, 1]))
+    with new_project(tmp_path) as proj:
+        with pytest.raises(UserError, match=r"row 4: duplicate id '1'"):
+            proj.import_file(path, id_column="id")
+        assert proj.store.count_items() == 0

@@ -32,8 +32,16 @@ def _stage(module: str, attr: str) -> Callable[..., Any]:
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("actlabel"):
             _fail(f"`{module}` is not built yet in this version of actlabel", EXIT_NOT_BUILT)
-        extra = {"torch": "ml", "sklearn": "ml", "sentence_transformers": "ml", "llama_cpp": "local",
-                 "starlette": "review", "uvicorn": "review", "jinja2": "review", "matplotlib": "report"}
+        extra = {
+            "torch": "ml",
+            "sklearn": "ml",
+            "sentence_transformers": "ml",
+            "llama_cpp": "local",
+            "starlette": "review",
+            "uvicorn": "review",
+            "jinja2": "review",
+            "matplotlib": "report",
+        }
         hint = extra.get((exc.name or "").split(".")[0])
         _fail(f"missing dependency {exc.name!r}" + (f": pip install 'actlabel[{hint}]'" if hint else ""))
     fn = getattr(mod, attr, None)
@@ -59,7 +67,9 @@ class _Group(click.Group):
         except (UserError, ModelError) as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         except KeyboardInterrupt:
-            click.echo("actlabel: interrupted; everything finished so far is saved, re-run to resume", err=True)
+            click.echo(
+                "actlabel: interrupted; everything finished so far is saved, re-run to resume", err=True
+            )
             sys.exit(130)
 
 
@@ -79,13 +89,27 @@ def main() -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--labels", help="Comma-separated label names, e.g. positive,negative,neutral.")
-@click.option("--labels-file", type=click.Path(dir_okay=False), help="One label per line: `name: description`.")
+@click.option(
+    "--labels-file", type=click.Path(dir_okay=False), help="One label per line: `name: description`."
+)
 @click.option("--instructions", default="", help="Instructions for annotators (models and humans).")
-@click.option("--instructions-file", type=click.Path(dir_okay=False), help="Read the instructions from a file.")
-@click.option("--examples", "examples_file", type=click.Path(dir_okay=False),
-              help="Few-shot examples: CSV/JSONL with `label` and `text` (and/or `image`) columns.")
-def init(directory: str, labels: str | None, labels_file: str | None, instructions: str,
-         instructions_file: str | None, examples_file: str | None) -> None:
+@click.option(
+    "--instructions-file", type=click.Path(dir_okay=False), help="Read the instructions from a file."
+)
+@click.option(
+    "--examples",
+    "examples_file",
+    type=click.Path(dir_okay=False),
+    help="Few-shot examples: CSV/JSONL with `label` and `text` (and/or `image`) columns.",
+)
+def init(
+    directory: str,
+    labels: str | None,
+    labels_file: str | None,
+    instructions: str,
+    instructions_file: str | None,
+    examples_file: str | None,
+) -> None:
     """Create a project in DIRECTORY with a label set and instructions."""
     from actlabel.project import Project
     from actlabel.task import parse_labels, read_examples_file, read_labels_file
@@ -100,7 +124,9 @@ def init(directory: str, labels: str | None, labels_file: str | None, instructio
             raise UserError(f"{instructions_file}: cannot read instructions ({exc})") from None
     examples = read_examples_file(Path(examples_file)) if examples_file else []
     Project.init(directory, label_list, instructions=instructions, examples=examples).close()
-    click.echo(f"created {directory} with {len(label_list)} labels: {', '.join(lab.name for lab in label_list)}")
+    click.echo(
+        f"created {directory} with {len(label_list)} labels: {', '.join(lab.name for lab in label_list)}"
+    )
     click.echo(f"next: actlabel import {directory} FILE --text COLUMN")
 
 
@@ -110,23 +136,44 @@ def init(directory: str, labels: str | None, labels_file: str | None, instructio
 @click.option("--text", "text_columns", multiple=True, help="A text column (repeat for several).")
 @click.option("--image", "image_column", help="Column with image paths, relative to the table file.")
 @click.option("--id", "id_column", help="Column with stable item ids (default: a hash of the content).")
-@click.option("--gold", "gold_column", help="Column with known-correct labels (for evaluation and --simulate gold).")
+@click.option(
+    "--gold", "gold_column", help="Column with known-correct labels (for evaluation and --simulate gold)."
+)
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSONL files.")
-def import_(directory: str, file: str, text_columns: tuple[str, ...], image_column: str | None,
-            id_column: str | None, gold_column: str | None, encoding: str) -> None:
+def import_(
+    directory: str,
+    file: str,
+    text_columns: tuple[str, ...],
+    image_column: str | None,
+    id_column: str | None,
+    gold_column: str | None,
+    encoding: str,
+) -> None:
     """Import items from a CSV, JSONL or Parquet file, or an image folder (sub-folders = classes)."""
     with _open(directory) as project:
-        result = project.import_file(file, text_columns=text_columns, image_column=image_column,
-                                     id_column=id_column, gold_column=gold_column, encoding=encoding)
-    click.echo(f"imported {result.rows} rows from {file}: {result.new_items} new, "
-               f"{result.already_present} already present")
+        result = project.import_file(
+            file,
+            text_columns=text_columns,
+            image_column=image_column,
+            id_column=id_column,
+            gold_column=gold_column,
+            encoding=encoding,
+        )
+    click.echo(
+        f"imported {result.rows} rows from {file}: {result.new_items} new, "
+        f"{result.already_present} already present"
+    )
 
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["labelstudio", "argilla"]),
-              help="Export the selected items as tasks for Label Studio or records for Argilla.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["labelstudio", "argilla"]),
+    help="Export the selected items as tasks for Label Studio or records for Argilla.",
+)
 def export(directory: str, out: str, fmt: str | None) -> None:
     """Write the labelled dataset to OUT (.csv, .jsonl or .parquet)."""
     with _open(directory) as project:
@@ -149,11 +196,20 @@ def status(directory: str, as_json: bool) -> None:
         click.echo(json.dumps(out, indent=2, default=str))
         return
     click.echo(f"project {st.root}: {st.items} items, labels: {', '.join(st.labels)}")
-    click.echo(f"  annotated  {st.annotated.done:>8} ok  {st.annotated.failed:>6} failed  {st.annotated.left:>8} left")
-    click.echo(f"  critiqued  {st.critiqued.done:>8} ok  {st.critiqued.failed:>6} failed  {st.critiqued.left:>8} left")
-    click.echo(f"  selected   {st.selected:>8}     reviewed {st.reviewed}"
-               + (f"   ({st.selected_not_reviewed} selected but not reviewed yet: the ACT loss needs them)"
-                  if st.selected_not_reviewed else ""))
+    click.echo(
+        f"  annotated  {st.annotated.done:>8} ok  {st.annotated.failed:>6} failed  {st.annotated.left:>8} left"
+    )
+    click.echo(
+        f"  critiqued  {st.critiqued.done:>8} ok  {st.critiqued.failed:>6} failed  {st.critiqued.left:>8} left"
+    )
+    click.echo(
+        f"  selected   {st.selected:>8}     reviewed {st.reviewed}"
+        + (
+            f"   ({st.selected_not_reviewed} selected but not reviewed yet: the ACT loss needs them)"
+            if st.selected_not_reviewed
+            else ""
+        )
+    )
     if st.gold_items:
         click.echo(f"  gold labels on {st.gold_items} items")
     if st.machine_label_counts:
@@ -161,8 +217,10 @@ def status(directory: str, as_json: bool) -> None:
     if st.final_label_counts:
         click.echo("  final labels:   " + ", ".join(f"{k} {v}" for k, v in st.final_label_counts.items()))
     u = st.usage
-    click.echo(f"  model usage: {int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
-               f"{int(u['input_tokens'])} input + {int(u['output_tokens'])} output tokens, ${u['cost']:.4f}")
+    click.echo(
+        f"  model usage: {int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
+        f"{int(u['input_tokens'])} input + {int(u['output_tokens'])} output tokens, ${u['cost']:.4f}"
+    )
     if st.residual is not None:
         click.echo("  " + _residual_line(st.residual))
     for step in st.next_steps:
@@ -177,21 +235,31 @@ def _residual_dict(residual: Any) -> dict[str, Any]:
 
 def _residual_line(residual: Any) -> str:
     d = _residual_dict(residual)
-    if d.get("estimate") is None or d.get("note"):
-        return f"errors left among unreviewed labels: {d.get('note') or 'not estimable'}"
-    return (f"errors left among unreviewed labels: {d['estimate']:.0f} "
-            f"({d['confidence']:.0%} CI {d['low']:.0f} to {d['high']:.0f})")
+    if not d.get("identifiable", True):
+        return f"errors left among unreviewed labels: {d.get('note')}"
+    return (
+        f"errors left among {d['n_unreviewed']} unreviewed labels: about {d['estimate']:.0f} "
+        f"({d['confidence']:.0%} CI {d['lower']:.0f} to {d['upper']:.0f}); {d['errors_found']} found by review"
+    )
 
 
 # ---- model stages ---------------------------------------------------------------------------
 
 _model_options = [
-    click.option("--model", help="openai/NAME (with --base-url) or local/NAME or local/PATH.gguf "
-                                 "[default: the embedded model]"),
+    click.option(
+        "--model",
+        help="openai/NAME (with --base-url) or local/NAME or local/PATH.gguf [default: the embedded model]",
+    ),
     click.option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1."),
-    click.option("--concurrency", type=click.IntRange(1, 1024), default=None,
-                 help="Calls in flight at once [default: 16 for endpoints, 1 for local models]."),
-    click.option("--max-cost", type=float, help="Stop cleanly once the estimated cost reaches this many dollars."),
+    click.option(
+        "--concurrency",
+        type=click.IntRange(1, 1024),
+        default=None,
+        help="Calls in flight at once [default: 16 for endpoints, 1 for local models].",
+    ),
+    click.option(
+        "--max-cost", type=float, help="Stop cleanly once the estimated cost reaches this many dollars."
+    ),
     click.option("--max-tokens", "max_total_tokens", type=int, help="Stop cleanly after this many tokens."),
     click.option("--limit", type=click.IntRange(1), help="Only the first N items not done yet (a pilot)."),
     click.option("--no-progress", is_flag=True, help="No live progress bar."),
@@ -207,7 +275,9 @@ def _with_model_options(fn: Callable) -> Callable:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @_with_model_options
-@click.option("--cot", is_flag=True, help="Let the annotator reason before answering (needed by the devil critic).")
+@click.option(
+    "--cot", is_flag=True, help="Let the annotator reason before answering (needed by the devil critic)."
+)
 def annotate(directory: str, **opts: Any) -> None:
     """Stage 1: a model labels every item."""
     fn = _stage("annotate", "annotate")
@@ -220,8 +290,12 @@ def annotate(directory: str, **opts: Any) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @_with_model_options
-@click.option("--strategy", default="cot", show_default=True,
-              help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, learned, ensemble.")
+@click.option(
+    "--strategy",
+    default="cot",
+    show_default=True,
+    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, learned, ensemble.",
+)
 def critique(directory: str, **opts: Any) -> None:
     """Stage 2: a critic estimates each machine label's probability of being wrong."""
     fn = _stage("critique", "critique")
@@ -233,11 +307,22 @@ def critique(directory: str, **opts: Any) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--budget", required=True, help="Items to review: a count (500), a share (20%), or auto (pilot).")
-@click.option("--rule", type=click.Choice(["threshold", "exponential", "normalized"]), default="threshold",
-              show_default=True)
-@click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Share of the budget spread uniformly, so every item has review_prob > 0.")
+@click.option(
+    "--budget", required=True, help="Items to review: a count (500), a share (20%), or auto (pilot)."
+)
+@click.option(
+    "--rule",
+    type=click.Choice(["threshold", "exponential", "normalized"]),
+    default="threshold",
+    show_default=True,
+)
+@click.option(
+    "--uniform",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="Share of the budget spread uniformly, so every item has review_prob > 0.",
+)
 @click.option("--beta", type=float, default=None, help="Steepness of the exponential rule.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def select(directory: str, **opts: Any) -> None:
@@ -257,10 +342,21 @@ def select(directory: str, **opts: Any) -> None:
 @click.option("--terminal", is_flag=True, help="Review in the terminal instead of the browser.")
 @click.option("--reviewer", default=None, help="Your name, recorded with each review.")
 @click.option("--simulate", type=click.Choice(["gold"]), help="Answer selected items with the gold labels.")
-@click.option("--error-rate", type=click.FloatRange(0, 1), default=0.0, help="With --simulate: share of wrong answers.")
+@click.option(
+    "--error-rate", type=click.FloatRange(0, 1), default=0.0, help="With --simulate: share of wrong answers."
+)
 @click.option("--seed", type=int, default=0)
-def review(directory: str, host: str, port: int, no_browser: bool, terminal: bool, reviewer: str | None,
-           simulate: str | None, error_rate: float, seed: int) -> None:
+def review(
+    directory: str,
+    host: str,
+    port: int,
+    no_browser: bool,
+    terminal: bool,
+    reviewer: str | None,
+    simulate: str | None,
+    error_rate: float,
+    seed: int,
+) -> None:
     """Stage 4: humans review the selected items (web app, terminal, or simulated)."""
     with _open(directory) as project:
         if simulate:
@@ -270,8 +366,9 @@ def review(directory: str, host: str, port: int, no_browser: bool, terminal: boo
         elif terminal:
             _stage("review.terminal", "run_terminal_review")(project.store, reviewer=reviewer)
         else:
-            _stage("review.app", "serve")(project.store, host=host, port=port,
-                                          open_browser=not no_browser, reviewer=reviewer)
+            _stage("review.app", "serve")(
+                project.store, host=host, port=port, open_browser=not no_browser, reviewer=reviewer
+            )
 
 
 @main.command("import-reviews")
@@ -330,10 +427,16 @@ def run(directory: str, **opts: Any) -> None:
 
 
 @main.command()
-@click.option("--dataset", type=click.Choice(["tweets", "reuters", "fashion", "fashion-captions"]),
-              default="tweets", show_default=True)
+@click.option(
+    "--dataset",
+    type=click.Choice(["tweets", "reuters", "fashion", "fashion-captions"]),
+    default="tweets",
+    show_default=True,
+)
 @click.option("--size", type=click.IntRange(20), default=None, help="Items to label [default: per dataset].")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default="demo-project", show_default=True)
+@click.option(
+    "--dir", "directory", type=click.Path(file_okay=False), default="demo-project", show_default=True
+)
 @click.option("--model", default=None, help="Annotator/critic model [default: the embedded model].")
 @click.option("--seed", type=int, default=0)
 @click.option("--no-progress", is_flag=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -85,7 +86,9 @@ def import_path(
         return _import_image_folder(store, path)
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise UserError(f"{path}: unknown file type {suffix!r} (use .csv, .tsv, .jsonl, .parquet or an image folder)")
+        raise UserError(
+            f"{path}: unknown file type {suffix!r} (use .csv, .tsv, .jsonl, .parquet or an image folder)"
+        )
     task = store.task
     text_columns = list(text_columns) or list(task.text_columns)
     image_column = image_column or task.image_column
@@ -169,6 +172,10 @@ def _resolve_roles(
     return ColumnRoles(list(text_columns), image_column, id_column, gold_column)
 
 
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+
+
 def _rows_to_records(
     path: Path,
     first_row: int,
@@ -177,59 +184,95 @@ def _rows_to_records(
     labels: set[str],
     seen: set[str],
 ) -> list[tuple[str, str, str | None, str | None]]:
-    """Validate a batch of rows and turn them into (item_id, data_json, image_path, gold) records."""
+    """Validate a batch of rows and turn them into (item_id, data_json, image_path, gold) records.
+
+    Column-wise list comprehensions rather than one loop with branches per row: import speed
+    (100k+ rows/s) comes from here.
+    """
     n = len(next(iter(batch.values()))) if batch else 0
-    text_cols = [(c, batch[c]) for c in roles.text]
-    image_vals = batch[roles.image] if roles.image else None
-    id_vals = batch[roles.id] if roles.id else None
-    gold_vals = batch[roles.gold] if roles.gold else None
-    base = path.parent
-    dumps = json.dumps
-    out = []
-    for i in range(n):
-        row_no = first_row + i
-        data = {}
-        for name, values in text_cols:
-            value = values[i]
-            if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
-                raise UserError(f"{path}: row {row_no}: empty text in column {name!r}")
-            data[name] = value if isinstance(value, str) else str(value)
-        image_path = None
-        if image_vals is not None:
-            raw = image_vals[i]
-            if raw is None or not str(raw).strip():
-                raise UserError(f"{path}: row {row_no}: empty image path in column {roles.image!r}")
-            image_path = _check_image(path, row_no, (base / str(raw)).resolve())
-            data[roles.image] = str(raw)
-        data_json = dumps(data, ensure_ascii=False)
-        if id_vals is not None:
-            raw_id = id_vals[i]
-            if raw_id is None or not str(raw_id).strip():
-                raise UserError(f"{path}: row {row_no}: empty id in column {roles.id!r}")
-            item_id = str(raw_id)
-            if item_id in seen:
-                raise UserError(f"{path}: row {row_no}: duplicate id {item_id!r} in column {roles.id!r}")
-        else:
-            # Content-addressed id: re-importing the same rows gives the same ids. Identical rows
-            # within one file stay distinct items (suffix ~2, ~3...).
-            item_id = hashlib.blake2b(data_json.encode(), digest_size=8).hexdigest()
-            if item_id in seen:
-                k = 2
-                while f"{item_id}~{k}" in seen:
-                    k += 1
-                item_id = f"{item_id}~{k}"
-        seen.add(item_id)
-        gold = None
-        if gold_vals is not None:
-            g = gold_vals[i]
-            if g is not None and str(g).strip() != "" and not (isinstance(g, float) and math.isnan(g)):
-                gold = str(g).strip()
-                if gold not in labels:
+    columns: list[tuple[str, list[str]]] = []
+    for name in roles.text:
+        values = batch[name]
+        if not all(type(v) is str and v.strip() for v in values):
+            for i, v in enumerate(values):
+                if _is_blank(v):
+                    raise UserError(f"{path}: row {first_row + i}: empty text in column {name!r}")
+            values = [str(v) for v in values]
+        columns.append((name, values))
+    image_paths: list[str | None] = [None] * n
+    if roles.image:
+        raw_images = batch[roles.image]
+        base = path.parent
+        for i, raw in enumerate(raw_images):
+            if _is_blank(raw):
+                raise UserError(f"{path}: row {first_row + i}: empty image path in column {roles.image!r}")
+            image_paths[i] = _check_image(path, first_row + i, (base / str(raw)).resolve())
+        columns.append((roles.image, [str(v) for v in raw_images]))
+    # orjson: the stdlib encoder was a third of the import time.
+    odumps = orjson.dumps
+    if len(columns) == 1:
+        key = odumps(columns[0][0]).decode() + ":"
+        data_jsons = ["{" + key + odumps(v).decode() + "}" for v in columns[0][1]]
+    else:
+        names = [c for c, _ in columns]
+        data_jsons = [
+            odumps(dict(zip(names, row, strict=True))).decode()
+            for row in zip(*(v for _, v in columns), strict=True)
+        ]
+
+    if roles.id:
+        ids = []
+        for i, raw_id in enumerate(batch[roles.id]):
+            if _is_blank(raw_id):
+                raise UserError(f"{path}: row {first_row + i}: empty id in column {roles.id!r}")
+            ids.append(str(raw_id))
+        if len(set(ids)) != len(ids) or not seen.isdisjoint(ids):
+            local: set[str] = set()
+            for i, item_id in enumerate(ids):
+                if item_id in seen or item_id in local:
                     raise UserError(
-                        f"{path}: row {row_no}: gold label {gold!r} is not one of the task's labels "
-                        f"({', '.join(sorted(labels)[:10])}{'...' if len(labels) > 10 else ''})"
+                        f"{path}: row {first_row + i}: duplicate id {item_id!r} in column {roles.id!r}"
                     )
-        out.append((item_id, data_json, image_path, gold))
+                local.add(item_id)
+        seen.update(ids)
+    else:
+        # Content-addressed ids: re-importing the same rows gives the same ids. Identical rows
+        # within one file stay distinct items (suffix ~2, ~3...).
+        blake = hashlib.blake2b
+        ids = [blake(d.encode(), digest_size=8).hexdigest() for d in data_jsons]
+        before = len(seen)
+        seen.update(ids)
+        if len(seen) - before != len(ids):
+            seen.difference_update(ids)
+            ids = _dedupe_ids(ids, seen)
+            seen.update(ids)
+
+    golds: list[str | None] = [None] * n
+    if roles.gold:
+        golds = [
+            (g.strip() or None) if type(g) is str else (None if _is_blank(g) else str(g).strip())
+            for g in batch[roles.gold]
+        ]
+        unknown = {g for g in golds if g is not None} - labels
+        if unknown:
+            i = next(i for i, g in enumerate(golds) if g in unknown)
+            raise UserError(
+                f"{path}: row {first_row + i}: gold label {golds[i]!r} is not one of the task's labels "
+                f"({', '.join(sorted(labels)[:10])}{'...' if len(labels) > 10 else ''})"
+            )
+    return list(zip(ids, data_jsons, image_paths, golds, strict=True))
+
+
+def _dedupe_ids(ids: list[str], seen: set[str]) -> list[str]:
+    out = []
+    for item_id in ids:
+        if item_id in seen:
+            k = 2
+            while f"{item_id}~{k}" in seen:
+                k += 1
+            item_id = f"{item_id}~{k}"
+        seen.add(item_id)
+        out.append(item_id)
     return out
 
 
@@ -257,7 +300,9 @@ def _looks_like_image(head: bytes) -> bool:
     )
 
 
-def _check_conflicts(store: Store, path: Path, records: list[tuple[str, str, str | None, str | None]]) -> None:
+def _check_conflicts(
+    store: Store, path: Path, records: list[tuple[str, str, str | None, str | None]]
+) -> None:
     existing = store.existing_item_data([r[0] for r in records])
     for item_id, data_json, _image, gold in records:
         if item_id in existing:
@@ -265,7 +310,9 @@ def _check_conflicts(store: Store, path: Path, records: list[tuple[str, str, str
             if old_data != data_json:
                 raise UserError(f"{path}: item {item_id!r} is already stored with different content")
             if old_gold != gold and gold is not None:
-                raise UserError(f"{path}: item {item_id!r} is already stored with gold label {old_gold!r}, not {gold!r}")
+                raise UserError(
+                    f"{path}: item {item_id!r} is already stored with gold label {old_gold!r}, not {gold!r}"
+                )
 
 
 def _csv_batches(path: Path, encoding: str, delimiter: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
@@ -411,7 +458,14 @@ def _import_image_folder(store: Store, folder: Path) -> ImportResult:
             gold = rel.parts[0]
             if gold not in labels:
                 raise UserError(f"{folder}: sub-folder {gold!r} is not one of the task's labels")
-        records.append((rel.as_posix(), json.dumps({"image": rel.as_posix()}), _check_image(folder, len(records) + 1, image.resolve()), gold))
+        records.append(
+            (
+                rel.as_posix(),
+                json.dumps({"image": rel.as_posix()}),
+                _check_image(folder, len(records) + 1, image.resolve()),
+                gold,
+            )
+        )
     if not records:
         raise UserError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
     run_id = store.start_run("import", {"path": str(folder), "kind": "image-folder"})
@@ -440,34 +494,47 @@ def export_columns(store: Store) -> list[str]:
 def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, list]]:
     """The export table in column batches (DESIGN.md's columns, empty where a stage has not run)."""
     inputs = store.input_columns()
-    cols = store.CURRENT_COLUMNS
-    idx = {c: i for i, c in enumerate(cols)}
-    loads = json.loads
+    names = export_columns(store)
+    loads, dumps = orjson.loads, json.dumps
     for rows in store.iter_current(batch):
-        out: dict[str, list] = {c: [] for c in export_columns(store)}
-        for r in rows:
-            data = loads(r[idx["data"]])
-            machine = r[idx["machine_label"]]
-            human = r[idx["human_label"]]
-            out["item_id"].append(r[idx["item_id"]])
-            for c in inputs:
-                v = data.get(c)
-                out[c].append(None if v is None else (v if isinstance(v, str) else json.dumps(v)))
-            out["machine_label"].append(machine)
-            out["machine_confidence"].append(r[idx["machine_confidence"]])
-            out["error_prob"].append(r[idx["error_prob"]])
-            out["proposed_label"].append(r[idx["proposed_label"]])
-            out["critic_rationale"].append(r[idx["critic_rationale"]])
-            sel = r[idx["selected"]]
-            out["selected"].append(None if sel is None else int(sel))
-            out["review_prob"].append(r[idx["review_prob"]])
-            out["reviewed"].append(0 if human is None else 1)
-            out["human_label"].append(human)
-            final = human if human is not None else machine
-            out["final_label"].append(final)
-            out["label_source"].append("human" if human is not None else ("machine" if machine is not None else None))
-            out["gold_label"].append(r[idx["gold_label"]])
-        yield out
+        (
+            _rowid,
+            item_id,
+            data,
+            gold,
+            machine,
+            confidence,
+            _status,
+            error_prob,
+            proposed,
+            rationale,
+            selected,
+            review_prob,
+            human,
+            _reviewer,
+            _image,
+        ) = (list(c) for c in zip(*rows, strict=True))
+        parsed = [loads(d) for d in data]
+        out: dict[str, list] = {"item_id": item_id}
+        for c in inputs:
+            values = [d.get(c) for d in parsed]
+            out[c] = [v if v is None or type(v) is str else dumps(v) for v in values]
+        out["machine_label"] = machine
+        out["machine_confidence"] = confidence
+        out["error_prob"] = error_prob
+        out["proposed_label"] = proposed
+        out["critic_rationale"] = rationale
+        out["selected"] = selected
+        out["review_prob"] = review_prob
+        out["reviewed"] = [0 if h is None else 1 for h in human]
+        out["human_label"] = human
+        out["final_label"] = [m if h is None else h for m, h in zip(machine, human, strict=True)]
+        out["label_source"] = [
+            "human" if h is not None else ("machine" if m is not None else None)
+            for m, h in zip(machine, human, strict=True)
+        ]
+        out["gold_label"] = gold
+        yield {c: out[c] for c in names}
 
 
 def _arrow_schema(columns: list[str]) -> pa.Schema:
@@ -496,12 +563,16 @@ def export(store: Store, out: str | Path) -> int:
     try:
         if suffix == ".jsonl":
             with tmp.open("w", encoding="utf-8") as fh:
+                odumps = orjson.dumps
                 for batch in iter_export_batches(store):
                     keys = list(batch)
-                    for values in zip(*batch.values(), strict=True):
-                        fh.write(json.dumps(dict(zip(keys, values, strict=True)), ensure_ascii=False))
-                        fh.write("\n")
-                        n += 1
+                    lines = [
+                        odumps(dict(zip(keys, values, strict=True))).decode()
+                        for values in zip(*batch.values(), strict=True)
+                    ]
+                    fh.write("\n".join(lines))
+                    fh.write("\n")
+                    n += len(lines)
         else:
             writer: Any = None
             try:

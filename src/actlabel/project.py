@@ -99,7 +99,23 @@ class Project:
         ann_ok = ann_failed = crit_ok = crit_failed = sel = rev = sel_not_rev = gold = 0
         for rows in store.iter_current():
             for r in rows:
-                (_rowid, _iid, _data, gold_label, m_label, _conf, a_status, e_prob, _p, _rat, selected, _pi, human, _rv, _img) = r
+                (
+                    _rowid,
+                    _iid,
+                    _data,
+                    gold_label,
+                    m_label,
+                    _conf,
+                    a_status,
+                    e_prob,
+                    _p,
+                    _rat,
+                    selected,
+                    _pi,
+                    human,
+                    _rv,
+                    _img,
+                ) = r
                 if a_status == "ok":
                     ann_ok += 1
                     machine[m_label] += 1

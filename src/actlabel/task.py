@@ -108,7 +108,9 @@ def read_labels_file(path: Path) -> list[Label]:
     return labels
 
 
-def read_examples_file(path: Path, *, text_column: str = "text", label_column: str = "label") -> list[Example]:
+def read_examples_file(
+    path: Path, *, text_column: str = "text", label_column: str = "label"
+) -> list[Example]:
     """Few-shot examples from a CSV or JSONL file with a label column and a text and/or image column."""
     if not path.exists():
         raise UserError(f"{path}: no such examples file")
