@@ -278,6 +278,14 @@ def _with_model_options(fn: Callable) -> Callable:
 @click.option(
     "--cot", is_flag=True, help="Let the annotator reason before answering (needed by the devil critic)."
 )
+@click.option(
+    "--reasoning-tokens",
+    "cot_max_tokens",
+    type=click.IntRange(16, 8192),
+    default=256,
+    show_default=True,
+    help="With --cot: the most tokens of reasoning per item.",
+)
 def annotate(directory: str, **opts: Any) -> None:
     """Stage 1: a model labels every item."""
     fn = _stage("annotate", "annotate")
@@ -294,7 +302,16 @@ def annotate(directory: str, **opts: Any) -> None:
     "--strategy",
     default="cot",
     show_default=True,
-    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, learned, ensemble.",
+    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, learned, ensemble "
+    "(ensemble:cot,logit picks its members).",
+)
+@click.option(
+    "--reasoning-tokens",
+    "max_tokens",
+    type=click.IntRange(16, 8192),
+    default=256,
+    show_default=True,
+    help="The most tokens of reasoning per item (cot, devil, cot-logit, cot-ppl).",
 )
 def critique(directory: str, **opts: Any) -> None:
     """Stage 2: a critic estimates each machine label's probability of being wrong."""
@@ -303,6 +320,18 @@ def critique(directory: str, **opts: Any) -> None:
         project.store.acquire_writer("critique")
         result = fn(project.store, progress=not opts.pop("no_progress"), **opts)
     click.echo(str(result))
+
+
+@main.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--method", type=click.Choice(["isotonic", "platt"]), default="isotonic", show_default=True)
+@click.option("--strategy", default=None, help="The critic to calibrate [default: the latest one run].")
+def calibrate(directory: str, method: str, strategy: str | None) -> None:
+    """Calibrate a critic's error probabilities on reviewed items (ECE before and after)."""
+    fn = _stage("critique", "calibrate")
+    with _open(directory) as project:
+        project.store.acquire_writer("calibrate")
+        click.echo(str(fn(project.store, method=method, strategy=strategy)))
 
 
 @main.command()
@@ -325,6 +354,10 @@ def critique(directory: str, **opts: Any) -> None:
 )
 @click.option("--beta", type=float, default=None, help="Steepness of the exponential rule.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-budget", default=None,
+              help="With --budget auto: never more than this many reviews in all (a count or a percentage).")
+@click.option("--pilot-size", type=click.IntRange(1), default=None,
+              help="With --budget auto: the uniform pilot's size [default: 5% of the items, 30 to 300].")
 def select(directory: str, **opts: Any) -> None:
     """Stage 3: choose the items humans review, within a budget."""
     fn = _stage("selection", "select_for_review")
@@ -439,6 +472,7 @@ def run(directory: str, **opts: Any) -> None:
 )
 @click.option("--model", default=None, help="Annotator/critic model [default: the embedded model].")
 @click.option("--seed", type=int, default=0)
+@click.option("--max-budget", default="20%", show_default=True, help="Most human reviews, pilot included.")
 @click.option("--no-progress", is_flag=True)
 def demo(**opts: Any) -> None:
     """The whole pipeline on a real dataset with the embedded default model, offline."""

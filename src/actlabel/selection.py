@@ -122,8 +122,12 @@ def select_for_review(
     beta: float | None = None,
     seed: int = 0,
     pilot_size: int | None = None,
+    max_budget: str | None = None,
 ) -> SelectionSummary:
-    """Choose items for human review. `budget` is a count, a percentage, or `auto` (pilot first)."""
+    """Choose items for human review. `budget` is a count, a percentage, or `auto` (pilot first).
+
+    `max_budget` (a count or a percentage of all items) caps what `auto` recommends.
+    """
     state = current_state(store)
     n = state.rowids.size
     if n == 0:
@@ -148,6 +152,14 @@ def select_for_review(
         b = _budget_from_pilot(store, state, pilot)
         advice = b.explanation
         added = b.budget
+        if max_budget is not None:
+            try:
+                cap = rules.budget_from_spec(str(max_budget), n) - int(reviewed.sum())
+            except ValueError as exc:
+                raise UserError(f"--max-budget {max_budget}: {exc}") from None
+            if cap < added:
+                advice += f"; capped at {max(cap, 0)} by --max-budget {max_budget}"
+                added = max(cap, 0)
     else:
         try:
             added = rules.budget_from_spec(str(budget), int((~reviewed).sum()))

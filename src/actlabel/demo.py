@@ -1,0 +1,377 @@
+"""`actlabel demo`: the whole ACT pipeline on a real dataset with the embedded default models, offline.
+
+Steps (each resumable: a re-run reuses the project and its model cache and finishes quickly):
+ 1. write a real labelled dataset into the project folder: a pool to label (gold kept for the
+    simulated reviewer and for evaluation only), a held-out test set, few-shot examples;
+ 2. annotate the pool with the embedded model (text) or the few-shot image model (images);
+ 3. criticize with the embedded LLM's yes/no token probabilities (text) — a first error signal;
+ 4. select a uniform pilot (`--budget auto`), review it with the simulated reviewer;
+ 5. train the learned critic on those reviews (features + the LLM critic's signal);
+ 6. select the recommended budget with the threshold rule plus a uniform share, review it;
+ 7. train a downstream classifier on frozen features with full human labels, full machine
+    labels and the ACT data (ACT loss), and compare test accuracy;
+ 8. write report.html and print a summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actlabel import datasets
+from actlabel.errors import UserError
+from actlabel.project import Project
+from actlabel.store import DB_NAME
+from actlabel.task import Example, Label
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    name: str
+    kind: str  # "text" | "image" | "image+text"
+    default_size: int
+    test_size: int
+    shots_per_class: int
+    instructions: str
+
+
+SPECS = {
+    "tweets": DemoSpec(
+        "tweets", "text", 400, 1500, 3,
+        "Classify the sentiment the author of the tweet expresses.",
+    ),
+    "reuters": DemoSpec(
+        "reuters", "text", 300, 1000, 1,
+        "Classify the Reuters newswire article by its main topic.",
+    ),
+    "fashion": DemoSpec(
+        "fashion", "image", 600, 2000, 5,
+        "Classify the clothing item in the product photo.",
+    ),
+    "fashion-captions": DemoSpec(
+        "fashion-captions", "image+text", 600, 2000, 5,
+        "Classify the clothing item from its product photo and its caption.",
+    ),
+}  # fmt: skip
+
+# Crowd agreement floor for the tweets: the gold labels stand in for careful human labels.
+TWEETS_MIN_AGREEMENT = 0.6
+# A later round's uniform share: every item keeps review_prob > 0, so the ACT loss stays
+# unbiased and the residual-error estimate is identifiable.
+UNIFORM_SHARE = 0.05
+LLM_CRITIC = "logit"
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[demo] {message}", flush=True)
+
+
+# ---- data preparation ---------------------------------------------------------------------
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _prepare_text(spec: DemoSpec, size: int, seed: int, folder: Path) -> dict[str, Any]:
+    if spec.name == "tweets":
+        ds = datasets.load_tweets(min_agreement=TWEETS_MIN_AGREEMENT)
+        test_texts, test_labels = None, None
+    else:
+        ds = datasets.load_reuters_r8("train")
+        test = datasets.load_reuters_r8("test")
+        test_texts, test_labels = test.texts, test.labels
+    n_shots = spec.shots_per_class * len(ds.label_names)
+    test_n = 0 if test_texts is not None else spec.test_size
+    pool_idx, shot_idx, test_idx = datasets.stratified_split(ds.labels, (size, n_shots * 4, test_n), seed)
+    shots: list[Example] = []
+    per_class: dict[str, int] = {}
+    for i in shot_idx:
+        label = ds.labels[i]
+        if per_class.get(label, 0) < spec.shots_per_class:
+            per_class[label] = per_class.get(label, 0) + 1
+            shots.append(Example(label=label, text=ds.texts[i]))
+    _write_rows(folder / "items.csv", [{"text": ds.texts[i], "gold": ds.labels[i]} for i in pool_idx])
+    if test_texts is None:
+        test_texts = [ds.texts[i] for i in test_idx]
+        test_labels = [ds.labels[i] for i in test_idx]
+    else:
+        pick = np.random.default_rng(seed).permutation(len(test_texts))[: spec.test_size]
+        test_texts = [test_texts[i] for i in pick]
+        test_labels = [test_labels[i] for i in pick]
+    _write_rows(
+        folder / "test.csv", [{"text": t, "gold": g} for t, g in zip(test_texts, test_labels, strict=True)]
+    )
+    return {
+        "labels": [Label(n, ds.descriptions.get(n, "")) for n in ds.label_names],
+        "examples": shots,
+        "source": ds.source,
+        "import": {"text_columns": ["text"], "gold_column": "gold"},
+    }
+
+
+CAPTION_TEMPLATES = [
+    "Product photo from an online clothing store.",
+    "Item {k} of the new season catalogue.",
+    "Photo of an item for sale.",
+]
+
+
+def _prepare_images(spec: DemoSpec, size: int, seed: int, folder: Path) -> dict[str, Any]:
+    images, labels = datasets.load_fashion_mnist("t10k")
+    names = datasets.FASHION_NAMES
+    str_labels = [names[k] for k in labels]
+    n_shots = spec.shots_per_class * len(names)
+    pool_idx, shot_idx, test_idx = datasets.stratified_split(
+        str_labels, (size, n_shots * 4, spec.test_size), seed
+    )
+    img_dir = folder / "images"
+    img_dir.mkdir(exist_ok=True)
+    rows = []
+    for k, i in enumerate(pool_idx):
+        path = img_dir / f"{int(i)}.png"
+        if not path.exists():
+            datasets.write_png(images[i], path)
+        row = {"image": f"images/{int(i)}.png", "gold": str_labels[i]}
+        if spec.kind == "image+text":
+            # The captions are templates that carry no label information: the label is real, the
+            # text is not (there is no offline image+text dataset with human labels).
+            row["caption"] = CAPTION_TEMPLATES[k % len(CAPTION_TEMPLATES)].format(k=k)
+        rows.append(row)
+    _write_rows(folder / "items.csv", rows)
+    shots: list[Example] = []
+    per_class: dict[str, int] = {}
+    shot_dir = folder / "examples"
+    shot_dir.mkdir(exist_ok=True)
+    for i in shot_idx:
+        label = str_labels[i]
+        if per_class.get(label, 0) < spec.shots_per_class:
+            per_class[label] = per_class.get(label, 0) + 1
+            path = shot_dir / f"{int(i)}.png"
+            datasets.write_png(images[i], path)
+            shots.append(
+                Example(
+                    label=label,
+                    image=str(path.resolve()),
+                    text=CAPTION_TEMPLATES[0] if spec.kind == "image+text" else "",
+                )
+            )
+    np.save(folder / "test_images.npy", images[test_idx])
+    np.save(folder / "test_labels.npy", labels[test_idx])
+    roles: dict[str, Any] = {"image_column": "image", "gold_column": "gold"}
+    if spec.kind == "image+text":
+        roles["text_columns"] = ["caption"]
+    return {
+        "labels": [Label(n, d) for n, d in zip(names, datasets.FASHION_DESCRIPTIONS, strict=True)],
+        "examples": shots,
+        "source": "Fashion-MNIST t10k (Debian dataset-fashion-mnist)"
+        + (
+            ", with template captions (no label information in the text)" if spec.kind == "image+text" else ""
+        ),
+        "import": roles,
+    }
+
+
+def _open_or_create(root: Path, spec: DemoSpec, size: int, seed: int, progress: bool) -> Project:
+    marker = root / "demo.json"
+    wanted = {"dataset": spec.name, "size": size, "seed": seed}
+    if (root / DB_NAME).exists():
+        if not marker.exists() or json.loads(marker.read_text()) != wanted:
+            raise UserError(
+                f"{root} holds another project or demo settings; pass --dir NEW_FOLDER (or delete {root})"
+            )
+        _say(progress, f"reusing {root} (cached model calls make this fast)")
+        return Project(root)
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"{root} exists and is not empty; pass --dir NEW_FOLDER")
+    data_dir = root / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _say(progress, f"preparing {spec.name}: {size} items to label, a held-out test set, few-shot examples")
+    prep = (_prepare_text if spec.kind == "text" else _prepare_images)(spec, size, seed, data_dir)
+    project = Project.init(root, prep["labels"], instructions=spec.instructions, examples=prep["examples"])
+    result = project.import_file(data_dir / "items.csv", **prep["import"])
+    project.store.set_meta("demo_source", prep["source"])
+    marker.write_text(json.dumps(wanted))
+    _say(progress, f"imported {result.rows} items from {prep['source']}")
+    return project
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+
+
+def _selected_unreviewed(project: Project) -> int:
+    return project.status().selected_not_reviewed
+
+
+def _review(project: Project, progress: bool, seed: int) -> None:
+    from actlabel.review.simulate import simulate_review
+
+    if _selected_unreviewed(project):
+        _say(progress, str(simulate_review(project.store, source="gold", error_rate=0.0, seed=seed)))
+
+
+def _rounds(project: Project) -> int:
+    row = project.store.conn.execute("SELECT max(round) FROM selections").fetchone()
+    return int(row[0] or 0)
+
+
+def _train_features(
+    project: Project, spec: DemoSpec, root: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frozen features for the pool items and the test set, and the test labels (class indices)."""
+    from actlabel.models import features
+
+    names = project.task.label_names
+    items = list(project.store.iter_items())
+    if spec.kind == "text":
+        with (root / "data" / "test.csv").open(encoding="utf-8") as fh:
+            test = list(csv.DictReader(fh))
+        train_x = features.cached_text_features([it.data["text"] for it in items], root)
+        test_x = features.cached_text_features([r["text"] for r in test], root)
+        test_y = np.array([names.index(r["gold"]) for r in test])
+    else:
+        train_x = features.cached_image_features([it.image_path for it in items], root)
+        test_images = np.load(root / "data" / "test_images.npy")
+        test_dir = root / "data" / "test_images"
+        test_dir.mkdir(exist_ok=True)
+        paths = []
+        for k, img in enumerate(test_images):
+            path = test_dir / f"{k}.png"
+            if not path.exists():
+                datasets.write_png(img, path)
+            paths.append(str(path))
+        test_x = features.cached_image_features(paths, root)
+        test_y = np.load(root / "data" / "test_labels.npy")
+    return train_x, test_x, test_y
+
+
+def _downstream(
+    project: Project, spec: DemoSpec, root: Path, seed: int, progress: bool
+) -> list[dict[str, Any]]:
+    from actlabel.downstream import compare_training_sets
+    from actlabel.selection import current_state
+
+    names = project.task.label_names
+    state = current_state(project.store)
+    golds = {it.rowid: it.gold_label for it in project.store.iter_items()}
+    train_x, test_x, test_y = _train_features(project, spec, root)
+    gold = np.array([names.index(golds[int(r)]) for r in state.rowids])
+    reviewed = state.reviewed
+    human = np.array([names.index(h) if h is not None else -1 for h in state.human_label])
+    # An item the annotator failed on has no machine label: the reviewed label stands in, and an
+    # unreviewed one cannot be used for training by any method.
+    machine = np.array(
+        [
+            names.index(m) if m is not None else (human[k] if reviewed[k] else -1)
+            for k, m in enumerate(state.machine_label)
+        ]
+    )
+    keep = machine >= 0
+    pi = np.where(reviewed, np.nan_to_num(state.review_prob, nan=1.0), 1.0)
+    _say(progress, "training downstream classifiers on frozen features (full human, full machine, ACT)")
+    rows = compare_training_sets(
+        train_x[keep], test_x, test_y, gold=gold[keep], machine=machine[keep], human=human[keep],
+        reviewed=reviewed[keep], review_prob=pi[keep], n_classes=len(names), seed=seed,
+    )  # fmt: skip
+    table = [r.as_dict() for r in rows]
+    machine_acc = float((machine[keep] == gold[keep]).mean())
+    final = np.where(reviewed, human, machine)
+    note = (
+        f"{spec.name}: linear classifier on frozen {'MiniLM text embeddings' if spec.kind == 'text' else 'EfficientNet-Lite0 image features'}"
+        f", {int(keep.sum())} training items, {len(test_y)} held-out test items; machine label accuracy "
+        f"{machine_acc:.3f}, final label accuracy {float((final[keep] == gold[keep]).mean()):.3f}"
+    )
+    project.store.set_meta("downstream", json.dumps({"rows": table, "note": note}))
+    return table
+
+
+def run_demo(
+    *,
+    dataset: str = "tweets",
+    size: int | None = None,
+    directory: str = "demo-project",
+    model: str | None = None,
+    seed: int = 0,
+    max_budget: str = "20%",
+    progress: bool = True,
+) -> dict[str, Any]:
+    if dataset not in SPECS:
+        raise UserError(f"unknown demo dataset {dataset!r} (use {', '.join(SPECS)})")
+    spec = SPECS[dataset]
+    size = size or spec.default_size
+    started = time.perf_counter()
+    root = Path(directory)
+    from actlabel.annotate import annotate
+    from actlabel.critique import critique
+    from actlabel.report import write_report
+    from actlabel.selection import select_for_review
+
+    with _open_or_create(root, spec, size, seed, progress) as project:
+        store = project.store
+        store.acquire_writer("demo")
+        _say(progress, "annotating every item with the embedded model")
+        _say(progress, str(annotate(store, model=model, progress=progress)))
+        if spec.kind == "text":
+            _say(progress, f"criticizing with the embedded LLM ({LLM_CRITIC}: yes/no token probabilities)")
+            _say(progress, str(critique(store, model=model, strategy=LLM_CRITIC, progress=progress)))
+        if _rounds(project) == 0:
+            _say(progress, str(select_for_review(store, budget="auto", seed=seed)))
+        _review(project, progress, seed)
+        _say(progress, "training the learned critic on the reviewed pilot")
+        _say(progress, str(critique(store, strategy="learned", progress=progress)))
+        if _rounds(project) == 1:
+            main_round = select_for_review(
+                store,
+                budget="auto",
+                rule="threshold",
+                uniform=UNIFORM_SHARE,
+                seed=seed,
+                max_budget=max_budget,
+            )
+            _say(progress, str(main_round))
+        _review(project, progress, seed)
+        table = _downstream(project, spec, root, seed, progress)
+        report = write_report(store, root / "report.html")
+        status = project.status()
+    elapsed = time.perf_counter() - started
+    _print_summary(table, status, report, elapsed, progress)
+    return {"downstream": table, "report": str(report), "elapsed_s": elapsed}
+
+
+def _print_summary(
+    table: list[dict[str, Any]], status: Any, report: Path, elapsed: float, progress: bool
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    t = Table(title="Downstream test accuracy by training data")
+    for col in table[0]:
+        t.add_column(col)
+    for row in table:
+        t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(t)
+    human = table[0]["test accuracy"]
+    act = table[2]["test accuracy"]
+    console.print(
+        f"ACT is {100 * (human - act):+.1f} points from full human labels "
+        f"with {table[2]['human reviews']} of {table[0]['human reviews']} items reviewed "
+        f"({100 * table[2]['budget (share of items)']:.1f}%)"
+    )
+    if status.residual is not None and status.residual.identifiable:
+        r = status.residual
+        console.print(
+            f"errors left among unreviewed labels: about {r.estimate:.0f} "
+            f"(95% CI {r.lower:.0f} to {r.upper:.0f})"
+        )
+    console.print(f"report: {report}   ({elapsed:.0f} s)")
