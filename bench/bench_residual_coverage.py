@@ -1,0 +1,158 @@
+"""Coverage of the residual-error interval (actlabel.metrics.residual_error_estimate), by simulation.
+
+For each design (rule + uniform share), machine error rate and kind of critic, simulate many
+projects, select with actlabel.select, review the selected items, and count how often the
+interval contains the true number of wrong labels left among the unreviewed items.
+
+    .venv/bin/python bench/bench_residual_coverage.py [--reps 500] [--items 2000] [--no-write]
+
+Writes the section "Residual-error interval coverage" of docs/benchmarks.md (unless --no-write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
+
+from benchdoc import machine_line, write_section  # noqa: E402
+
+from actlabel.metrics import residual_error_estimate  # noqa: E402
+from actlabel.select import select  # noqa: E402
+
+DESIGNS = [
+    ("threshold", 0.05),
+    ("threshold", 0.10),
+    ("threshold", 0.20),
+    ("exponential", 0.05),
+    ("exponential", 0.0),
+]
+ERROR_RATES = [0.05, 0.15, 0.30]
+CRITICS = ["calibrated", "pessimistic", "overconfident"]
+
+
+def simulate_project(
+    rng: np.random.Generator, n: int, error_rate: float, critic: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return (is_error, error_prob) for one synthetic project.
+
+    calibrated: e ~ Beta(0.6, 0.6 (1 - r) / r) and y ~ Bernoulli(e), so P(y | e) = e exactly.
+    pessimistic: y ~ Bernoulli(r), e | error ~ Beta(4, 2), e | correct ~ Beta(1, 6): a good
+    ranking (AUROC about 0.95) but probabilities too high on correct labels.
+    overconfident: as calibrated, but the critic reports e / 2 (it misses half the risk).
+    """
+    if critic == "pessimistic":
+        y = rng.random(n) < error_rate
+        return y, np.where(y, rng.beta(4, 2, n), rng.beta(1, 6, n))
+    e = rng.beta(0.6, 0.6 * (1 - error_rate) / error_rate, n)
+    y = rng.random(n) < e
+    return y, (e if critic == "calibrated" else e / 2.0)
+
+
+def coverage(
+    rule: str, uniform: float, error_rate: float, critic: str, n: int, reps: int, seed: int
+) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    budget = int(round(1.2 * error_rate * n))  # paper insight 6: budget near the expected errors
+    hits = {"adjusted": 0, "wald": 0}
+    width = {"adjusted": 0.0, "wald": 0.0}
+    truth = 0.0
+    not_identifiable = 0
+    for _ in range(reps):
+        y, e = simulate_project(rng, n, error_rate, critic)
+        sel = select(e, budget, rule=rule, uniform=uniform, seed=int(rng.integers(2**31)))
+        d = sel.selected
+        left = int((y & ~d).sum())
+        truth += left
+        for method in hits:
+            res = residual_error_estimate(np.where(d, y, -1), d, sel.review_prob, e, interval=method)
+            if not res.identifiable:
+                not_identifiable += 1
+            hits[method] += res.lower <= left <= res.upper
+            width[method] += res.upper - res.lower
+    return {
+        "budget": budget,
+        "cov_adjusted": hits["adjusted"] / reps,
+        "cov_wald": hits["wald"] / reps,
+        "width_adjusted": width["adjusted"] / reps,
+        "width_wald": width["wald"] / reps,
+        "mean_left": truth / reps,
+        "not_identifiable": not_identifiable,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=500)
+    ap.add_argument("--items", type=int, default=2000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
+    args = ap.parse_args()
+
+    started = time.perf_counter()
+    rows = []
+    header = (
+        "| design | machine error rate | critic | B/N | errors left (mean) "
+        "| coverage (adjusted) | width (adjusted) | coverage (Wald) | width (Wald) |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    print(header)
+    for rule, uniform in DESIGNS:
+        for critic in CRITICS:
+            for rate in ERROR_RATES:
+                r = coverage(rule, uniform, rate, critic, args.items, args.reps, args.seed)
+                design = f"{rule} + uniform {uniform:.0%}" if uniform else f"{rule}, no uniform share"
+                line = (
+                    f"| {design} | {rate:.0%} | {critic} | {r['budget'] / args.items:.0%} | {r['mean_left']:.0f} "
+                    f"| {r['cov_adjusted']:.3f} | {r['width_adjusted']:.0f} | {r['cov_wald']:.3f} | {r['width_wald']:.0f} |"
+                )
+                print(line, flush=True)
+                lines.append(line)
+                rows.append(r)
+    elapsed = time.perf_counter() - started
+    covs = [r["cov_adjusted"] for r in rows]
+    walds = [r["cov_wald"] for r in rows]
+    summary = (
+        f"Adjusted interval coverage ranges {min(covs):.3f}-{max(covs):.3f} (median {np.median(covs):.3f}); "
+        f"the plain Wald interval {min(walds):.3f}-{max(walds):.3f} (median {np.median(walds):.3f})."
+    )
+    print(summary)
+    print(f"{elapsed:.0f} s")
+    if args.no_write:
+        return
+    cmd = "bench/bench_residual_coverage.py"
+    if args.reps != 500 or args.items != 2000 or args.seed != 0:
+        cmd += f" --reps {args.reps} --items {args.items} --seed {args.seed}"
+    body = f"""
+Command: `.venv/bin/python {cmd}` ({dt.date.today().isoformat()}; {machine_line()}; {elapsed:.0f} s)
+
+Nominal 95% intervals for the number of wrong machine labels left among unreviewed items
+(`actlabel.metrics.residual_error_estimate`), {args.reps} simulated projects of {args.items} items
+per row. Budget B = 1.2 x error rate x N (near the expected number of errors, as the paper
+advises). Critic "calibrated": P(error | e) = e; "pessimistic": good ranking, probabilities too
+high on correct labels; "overconfident": reports half the calibrated probability (see the script). Coverage is the share of projects whose interval holds the
+true count; with 500 projects its standard error is about 0.01 at 95%. "adjusted" is the
+default interval (variance guarded by pseudo-counts and by the calibrated-critic design variance,
+docs/statistics.md section 5), "Wald" the plain normal interval with the Horvitz-Thompson variance
+estimate. Widths are in items (mean upper - lower).
+
+{chr(10).join(lines)}
+
+{summary} The Wald interval fails where few items are sampled from the unreviewed part
+(small uniform share times small budget: threshold + 5% with a 6% budget samples about 6 of the
+1,880 unreviewed items); there any valid interval is wide, and the adjusted one is (hundreds of
+items). The adjusted interval is conservative (coverage near 1) when the critic is calibrated or
+pessimistic, and closest to nominal when it is overconfident; a larger uniform share buys the
+narrowest valid intervals.
+"""
+    write_section("Residual-error interval coverage", body)
+
+
+if __name__ == "__main__":
+    main()

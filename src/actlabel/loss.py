@@ -1,0 +1,299 @@
+"""The ACT loss: train on machine labels plus a few human reviews, unbiased for full human labels.
+
+For items i = 1..N with machine label m_i, human label h_i (known only where d_i = 1) and review
+probability pi_i (from :mod:`actlabel.select`), with a per-item loss l (cross-entropy here):
+
+    L_lam(theta) = (1/N) sum_i [ lam * l(x_i, m_i) + (l(x_i, h_i) - lam * l(x_i, m_i)) * d_i / pi_i ]
+
+Because E[d_i] = pi_i, E[L_lam] = (1/N) sum_i l(x_i, h_i), the loss on full human labels, for any
+lam, as long as every item has pi_i > 0 (docs/statistics.md).  lam = 1 is the paper's loss;
+lam < 1 ("power tuning") shrinks the negative weight lam * (1 - 1/pi_i) that a reviewed item puts
+on its machine label.  With pi in {0, 1} (threshold rule, no uniform share) the loss is plain
+cross-entropy on the corrected labels.
+
+Mini-batches: the loss is a mean over items of a per-item term, so its mean over a uniformly
+shuffled mini-batch of size b is an unbiased estimate of the full-data loss; we therefore divide
+by the batch size, never by the sum of weights (that would be a ratio estimator: biased, and it
+changes with which reviewed items land in the batch).
+
+``act_loss`` needs PyTorch (an optional extra), imported inside the function; everything else
+here is NumPy only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; torch is optional
+    import torch
+
+Reduction = Literal["mean", "sum", "none"]
+
+
+# ----------------------------------------------------------------------------------------------
+# shared validation
+
+
+def _check_lam(lam: float) -> float:
+    lam = float(lam)
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+    return lam
+
+
+def _check_max_weight(max_weight: float | None) -> float | None:
+    if max_weight is None:
+        return None
+    mw = float(max_weight)
+    if not (mw >= 1.0):  # also rejects nan; 1/pi >= 1 always, so a cap below 1 is meaningless
+        raise ValueError(f"max_weight must be >= 1 (it caps 1/pi), got {max_weight!r}")
+    return mw
+
+
+def _np_reviewed_prob(reviewed: np.ndarray, review_prob: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    d = np.asarray(reviewed)
+    if d.shape != (n,):
+        raise ValueError(f"reviewed must have shape ({n},), got {d.shape}")
+    if d.dtype != bool:
+        ok = np.isin(d, (0, 1))
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"reviewed must be boolean or 0/1; got {d[i].item()!r} at index {i}")
+        d = d.astype(bool)
+    pi = np.asarray(review_prob, dtype=float)
+    if pi.shape != (n,):
+        raise ValueError(f"review_prob must have shape ({n},), got {pi.shape}")
+    bad = ~np.isfinite(pi) | (pi < 0) | (pi > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    bad = d & (pi <= 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"item {i} is reviewed but has review_prob 0: its weight d/pi is undefined")
+    return d, pi
+
+
+def review_weights(
+    reviewed: np.ndarray, review_prob: np.ndarray, *, max_weight: float | None = None
+) -> np.ndarray:
+    """w_i = d_i / pi_i (0 where not reviewed), optionally clipped at ``max_weight``.
+
+    Clipping min(w, c) lowers the variance at the price of a bias towards the machine labels.
+    """
+    pi = np.asarray(review_prob, dtype=float)
+    if pi.ndim != 1:
+        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
+    d, pi = _np_reviewed_prob(reviewed, pi, pi.shape[0])
+    mw = _check_max_weight(max_weight)
+    w = np.zeros(pi.shape)
+    w[d] = 1.0 / pi[d]
+    return np.minimum(w, mw) if mw is not None else w
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch
+
+
+def act_loss(
+    logits: torch.Tensor,
+    machine_labels: torch.Tensor,
+    human_labels: torch.Tensor,
+    reviewed: torch.Tensor,
+    review_prob: torch.Tensor,
+    *,
+    lam: float = 1.0,
+    max_weight: float | None = None,
+    reduction: Reduction = "mean",
+    check_inputs: bool = True,
+) -> torch.Tensor:
+    """ACT loss with cross-entropy: mean_i[ lam*l_m + (l_h - lam*l_m) * d_i/pi_i ].
+
+    Shapes: ``logits`` (b, K); labels, ``reviewed`` and ``review_prob`` (b,).  ``human_labels``
+    may hold anything (e.g. -1) where ``reviewed`` is false: those entries are replaced by a valid
+    class before the cross-entropy and multiplied by a zero weight, so they produce neither NaN
+    values nor NaN gradients.  ``max_weight`` clips 1/pi (biased, lower variance).
+
+    reduction: "mean" divides the sum by the batch size b (unbiased for the full-data mean under
+    uniform shuffling), "sum" returns the sum, "none" the per-item terms.
+    ``check_inputs`` validates label ranges and review probabilities (one device sync per call).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lam = _check_lam(lam)
+    max_weight = _check_max_weight(max_weight)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
+    b, k = logits.shape
+    for name, t in (
+        ("machine_labels", machine_labels),
+        ("human_labels", human_labels),
+        ("reviewed", reviewed),
+        ("review_prob", review_prob),
+    ):
+        if tuple(t.shape) != (b,):
+            raise ValueError(f"{name} must have shape ({b},), got {tuple(t.shape)}")
+    d = reviewed.to(device=logits.device, dtype=torch.bool)
+    m = machine_labels.to(device=logits.device, dtype=torch.long)
+    h = human_labels.to(device=logits.device, dtype=torch.long)
+    pi = review_prob.to(device=logits.device, dtype=logits.dtype)
+    if check_inputs:
+        bad_m = (m < 0) | (m >= k)
+        bad_h = d & ((h < 0) | (h >= k))
+        bad_pi = ~torch.isfinite(pi) | (pi < 0) | (pi > 1) | (d & (pi <= 0))
+        # one device sync in the common (valid) case; locate the culprit only on failure
+        if bool((bad_m | bad_h | bad_pi).any()):
+            if bool(bad_m.any()):
+                i = int(torch.nonzero(bad_m)[0])
+                raise ValueError(f"machine label {int(m[i])} at index {i} is not a class in [0, {k})")
+            if bool(bad_h.any()):
+                i = int(torch.nonzero(bad_h)[0])
+                raise ValueError(
+                    f"item {i} is reviewed but its human label {int(h[i])} is not a class in [0, {k})"
+                )
+            i = int(torch.nonzero(bad_pi)[0])
+            raise ValueError(
+                f"review_prob {float(pi[i])!r} at index {i} must be in [0, 1] and > 0 when reviewed"
+            )
+    # Unreviewed items: substitute the machine label (a valid class) and weight 1 for pi so that
+    # nothing computed on them is NaN/inf; their weight is set to exactly 0 below.
+    h_safe = torch.where(d, h, m)
+    pi_safe = torch.where(d, pi, torch.ones_like(pi))
+    w = torch.where(d, 1.0 / pi_safe, torch.zeros_like(pi))
+    if max_weight is not None:
+        w = w.clamp(max=max_weight)
+    loss_m = F.cross_entropy(logits, m, reduction="none")
+    loss_h = F.cross_entropy(logits, h_safe, reduction="none")
+    per_item = lam * loss_m + (loss_h - lam * loss_m) * w
+    if reduction == "none":
+        return per_item
+    if reduction == "sum":
+        return per_item.sum()
+    return per_item.sum() / b if b > 0 else per_item.sum()
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPy
+
+
+def act_mean(
+    loss_human: np.ndarray,
+    loss_machine: np.ndarray,
+    reviewed: np.ndarray,
+    review_prob: np.ndarray,
+    *,
+    lam: float = 1.0,
+    max_weight: float | None = None,
+) -> float:
+    """The ACT estimate for any per-item losses: (1/N) sum_i [lam l_m + (l_h - lam l_m) d_i/pi_i].
+
+    ``loss_human`` is only read where ``reviewed`` is true (NaN elsewhere is fine).
+    """
+    lam = _check_lam(lam)
+    lm = np.asarray(loss_machine, dtype=float)
+    n = lm.shape[0] if lm.ndim == 1 else -1
+    if lm.ndim != 1:
+        raise ValueError(f"loss_machine must be a 1-D array, got shape {lm.shape}")
+    lh = np.asarray(loss_human, dtype=float)
+    if lh.shape != (n,):
+        raise ValueError(f"loss_human must have shape ({n},), got {lh.shape}")
+    w = review_weights(reviewed, review_prob, max_weight=max_weight)
+    corr = np.where(w > 0, lh - lam * lm, 0.0)
+    if n == 0:
+        return float("nan")
+    return float(np.mean(lam * lm + corr * w))
+
+
+def act_sample_weights(
+    machine_labels: np.ndarray,
+    human_labels: np.ndarray,
+    reviewed: np.ndarray,
+    review_prob: np.ndarray,
+    *,
+    lam: float = 1.0,
+    max_weight: float | None = None,
+    clip_negative: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows ``(X_index, y, sample_weight)`` that turn the ACT loss into weighted training data.
+
+    Item i contributes the pair (m_i, lam * (1 - w_i)) and, if reviewed, (h_i, w_i), with
+    w_i = d_i / pi_i (clipped at ``max_weight``).  Pairs of the same item with the same label are
+    merged (weights added), and zero weights are dropped.  Train with ``X[X_index], y,
+    sample_weight``: then sum_rows weight * l(x, y) = N * L_lam, so any trainer that minimises a
+    weighted sum of losses minimises the ACT loss (up to the scale of its regulariser).
+
+    Negative weights: a reviewed item with pi_i < 1 gets lam * (1 - 1/pi_i) < 0 on its machine
+    label (when it differs from the human label).  That is what makes the loss unbiased, but some
+    trainers reject negative ``sample_weight`` and it can destabilise training.  Options: lam < 1
+    or ``max_weight`` to shrink it, lam = 0 to remove it (pure Horvitz-Thompson on the human
+    labels, higher variance), or ``clip_negative=True``, which sets negative weights to 0: a
+    biased estimate (the machine label of a corrected item is then simply removed).
+
+    Rows are ordered by item index, machine row before human row.  ``human_labels`` is only read
+    where ``reviewed`` is true (e.g. -1 elsewhere).
+    """
+    lam = _check_lam(lam)
+    m = np.asarray(machine_labels)
+    if m.ndim != 1:
+        raise ValueError(f"machine_labels must be a 1-D array, got shape {m.shape}")
+    n = m.shape[0]
+    h = np.asarray(human_labels)
+    if h.shape != (n,):
+        raise ValueError(f"human_labels must have shape ({n},), got {h.shape}")
+    d, _ = _np_reviewed_prob(reviewed, review_prob, n)
+    if np.issubdtype(h.dtype, np.number):
+        bad = d & ((h < 0) | ~np.isfinite(h.astype(float)))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"item {i} is reviewed but has no human label ({h[i].item()!r})")
+    w = review_weights(d, review_prob, max_weight=max_weight)
+    same = d & (h == m)
+    machine_w = lam * (1.0 - w) + np.where(same, w, 0.0)
+    human_rows = np.flatnonzero(d & ~same)
+    idx = np.concatenate([np.arange(n), human_rows])
+    is_human = np.concatenate([np.zeros(n, dtype=bool), np.ones(human_rows.size, dtype=bool)])
+    y = np.concatenate([m, h[human_rows].astype(m.dtype, copy=False)])
+    weight = np.concatenate([machine_w, w[human_rows]])
+    if clip_negative:
+        weight = np.maximum(weight, 0.0)
+    keep = weight != 0.0
+    order = np.lexsort((is_human[keep], idx[keep]))
+    return idx[keep][order], y[keep][order], weight[keep][order]
+
+
+def act_variance(
+    loss_human: np.ndarray, loss_machine: np.ndarray, review_prob: np.ndarray, *, lam: float = 1.0
+) -> float:
+    """Variance of the ACT loss (at fixed theta) under Poisson sampling d_i ~ Bernoulli(pi_i):
+
+        Var = (1/N^2) sum_i (l_h,i - lam * l_m,i)^2 (1 - pi_i) / pi_i
+
+    It is zero with a perfect annotator (l_h = l_m, lam = 1) or a perfect critic (pi_i = 1 where
+    the labels differ).  Items with pi_i = 0 are never reviewed: they contribute no variance but a
+    bias, and are left out of the sum (the term is taken as 0).  The fixed-size systematic design
+    of :mod:`actlabel.select` has a variance close to this formula (docs/statistics.md section 2).
+    """
+    lam = _check_lam(lam)
+    lh = np.asarray(loss_human, dtype=float)
+    lm = np.asarray(loss_machine, dtype=float)
+    pi = np.asarray(review_prob, dtype=float)
+    if lh.ndim != 1 or lh.shape != lm.shape or lh.shape != pi.shape:
+        raise ValueError(
+            f"loss_human, loss_machine and review_prob must be 1-D of the same length, got "
+            f"{lh.shape}, {lm.shape}, {pi.shape}"
+        )
+    bad = ~np.isfinite(pi) | (pi < 0) | (pi > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    n = lh.size
+    if n == 0:
+        return 0.0
+    pos = pi > 0
+    terms = (lh[pos] - lam * lm[pos]) ** 2 * (1.0 - pi[pos]) / pi[pos]
+    return float(terms.sum() / n**2)

@@ -1,0 +1,742 @@
+"""Metrics for ACT: how good the critic is, what the review budget bought, and what errors remain.
+
+Pure NumPy functions (arrays in, floats or small dataclasses out).  Definitions follow
+PAPER.md "Metrics"; formulas are in each docstring and derived in docs/statistics.md.
+
+* critic quality: :func:`error_detection_auroc`, :func:`expected_calibration_error`,
+  :func:`reliability_diagram`, calibration by :func:`fit_calibrator` (isotonic / Platt, NumPy
+  only) and :func:`ece_before_after`;
+* budget value: :func:`annotation_quality_gain` (AQG), :func:`annotation_budget_saving` (ABS),
+  :func:`budget_curve`, :func:`random_budget_curve`, :func:`oracle_budget_curve`;
+* what is left: :func:`residual_error_estimate`, a prediction-powered, design-unbiased estimate of
+  the number of wrong labels among the unreviewed items, with a confidence interval;
+* :func:`downstream_gap`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def _prob_array(x: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=float)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
+    bad = ~np.isfinite(a) | (a < 0) | (a > 1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{name} must be in [0, 1]; got {a[i].item()!r} at index {i}")
+    return a
+
+
+def _bool_array(x: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
+    if n is not None and a.shape[0] != n:
+        raise ValueError(f"{name} must have length {n}, got {a.shape[0]}")
+    if a.dtype != bool:
+        ok = np.isin(a, (0, 1))
+        if not ok.all():
+            i = int(np.flatnonzero(~ok)[0])
+            raise ValueError(f"{name} must be boolean or 0/1; got {a[i].item()!r} at index {i}")
+        a = a.astype(bool)
+    return a
+
+
+def _weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
+    if sample_weight is None:
+        return np.ones(n)
+    w = np.asarray(sample_weight, dtype=float)
+    if w.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},), got {w.shape}")
+    bad = ~np.isfinite(w) | (w < 0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"sample_weight must be finite and >= 0; got {w[i].item()!r} at index {i}")
+    return w
+
+
+def _z(confidence: float) -> float:
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# critic quality
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties get the average of the ranks they span."""
+    n = x.size
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
+    avg = (bounds[:-1] + bounds[1:] + 1) / 2.0  # mean of ranks start+1 .. end
+    ranks = np.empty(n)
+    ranks[order] = np.repeat(avg, np.diff(bounds))
+    return ranks
+
+
+def error_detection_auroc(error_prob: np.ndarray, is_error: np.ndarray) -> float:
+    """AUROC of ``error_prob`` as a detector of machine errors (m_i != true label).
+
+    Mann-Whitney form: AUROC = (sum of ranks of errors - n1 (n1 + 1) / 2) / (n1 n0), average ranks
+    for ties, i.e. P(e_error > e_correct) + 0.5 P(tie).  NaN when only one class is present.
+    """
+    e = np.asarray(error_prob, dtype=float)
+    if e.ndim != 1 or (~np.isfinite(e)).any():
+        raise ValueError("error_prob must be a 1-D array of finite numbers")
+    y = _bool_array(is_error, "is_error", e.size)
+    n1 = int(y.sum())
+    n0 = y.size - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    ranks = _average_ranks(e)
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+
+
+@dataclass(frozen=True)
+class ReliabilityDiagram:
+    """Per-bin calibration table; empty bins have NaN means and zero counts."""
+
+    bin_edges: np.ndarray
+    bin_centers: np.ndarray
+    mean_predicted: np.ndarray
+    observed_frequency: np.ndarray
+    counts: np.ndarray
+    #: sum of sample weights per bin (equals ``counts`` without weights)
+    weights: np.ndarray
+
+
+def reliability_diagram(
+    prob: np.ndarray, outcome: np.ndarray, n_bins: int = 10, *, sample_weight: np.ndarray | None = None
+) -> ReliabilityDiagram:
+    """Equal-width bins on [0, 1] (bin b = [b/n_bins, (b+1)/n_bins), the last one closed).
+
+    Per bin: mean predicted probability, observed frequency of ``outcome``, number of items.
+    ``sample_weight`` (e.g. 1/pi on reviewed items) makes the means weighted, so the diagram
+    estimates the whole population's calibration from a non-uniform sample.
+    """
+    p = _prob_array(prob, "prob")
+    y = _bool_array(outcome, "outcome", p.size).astype(float)
+    w = _weights(sample_weight, p.size)
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
+        raise ValueError(f"n_bins must be a whole number >= 1, got {n_bins!r}")
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    b = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    counts = np.bincount(b, minlength=n_bins)
+    wsum = np.bincount(b, weights=w, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(b, weights=w * p, minlength=n_bins) / wsum
+        freq = np.bincount(b, weights=w * y, minlength=n_bins) / wsum
+    empty = wsum == 0
+    mean_p[empty] = np.nan
+    freq[empty] = np.nan
+    return ReliabilityDiagram(
+        bin_edges=edges,
+        bin_centers=(edges[:-1] + edges[1:]) / 2.0,
+        mean_predicted=mean_p,
+        observed_frequency=freq,
+        counts=counts,
+        weights=wsum,
+    )
+
+
+def expected_calibration_error(
+    prob: np.ndarray, outcome: np.ndarray, n_bins: int = 10, *, sample_weight: np.ndarray | None = None
+) -> float:
+    """ECE = sum_b (W_b / W) |mean predicted_b - observed frequency_b| over equal-width bins.
+
+    W_b is the (weighted) number of items in bin b.  NaN for empty input.
+    """
+    rd = reliability_diagram(prob, outcome, n_bins, sample_weight=sample_weight)
+    total = rd.weights.sum()
+    if total <= 0:
+        return float("nan")
+    full = rd.weights > 0
+    gaps = np.abs(rd.mean_predicted[full] - rd.observed_frequency[full])
+    return float((rd.weights[full] / total * gaps).sum())
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration
+
+
+class IsotonicCalibrator:
+    """Monotone (non-decreasing) map from error_prob to P(error), fitted by pool-adjacent-violators.
+
+    PAV minimises sum_i w_i (y_i - f(x_i))^2 over non-decreasing f.  Prediction interpolates
+    linearly between the fitted points (like scikit-learn's ``IsotonicRegression``) and is
+    constant beyond the fitted range.  Learned state: ``x_thresholds_``, ``y_thresholds_``.
+    """
+
+    def __init__(self, y_min: float = 0.0, y_max: float = 1.0) -> None:
+        self.y_min = y_min
+        self.y_max = y_max
+
+    def fit(
+        self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> IsotonicCalibrator:
+        x = _prob_array(error_prob, "error_prob")
+        y = _bool_array(outcome, "outcome", x.size).astype(float)
+        w = _weights(sample_weight, x.size)
+        keep = w > 0
+        x, y, w = x[keep], y[keep], w[keep]
+        if x.size == 0:
+            raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
+        # Pool equal x first: PAV needs one value per distinct x.
+        ux, inv = np.unique(x, return_inverse=True)
+        wsum = np.bincount(inv, weights=w)
+        ymean = np.bincount(inv, weights=w * y) / wsum
+        # Pool adjacent violators with a stack of blocks (value, weight, first index, last index).
+        vals: list[float] = []
+        wts: list[float] = []
+        starts: list[int] = []
+        ends: list[int] = []
+        for i in range(ux.size):
+            v, wt, s = float(ymean[i]), float(wsum[i]), i
+            while vals and vals[-1] >= v:
+                pv, pw = vals.pop(), wts.pop()
+                s = starts.pop()
+                ends.pop()
+                v = (pv * pw + v * wt) / (pw + wt)
+                wt = pw + wt
+            vals.append(v)
+            wts.append(wt)
+            starts.append(s)
+            ends.append(i)
+        xs: list[float] = []
+        ys: list[float] = []
+        for v, s, e in zip(vals, starts, ends, strict=True):
+            v = min(max(v, self.y_min), self.y_max)
+            xs.append(float(ux[s]))
+            ys.append(v)
+            if e != s:
+                xs.append(float(ux[e]))
+                ys.append(v)
+        self.x_thresholds_ = np.asarray(xs)
+        self.y_thresholds_ = np.asarray(ys)
+        return self
+
+    def predict(self, error_prob: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "x_thresholds_"):
+            raise ValueError("IsotonicCalibrator is not fitted yet: call fit first")
+        x = _prob_array(error_prob, "error_prob")
+        return np.interp(x, self.x_thresholds_, self.y_thresholds_)
+
+    __call__ = predict
+
+
+class PlattCalibrator:
+    """Logistic recalibration: P(error) = sigmoid(a * logit(e) + b).
+
+    On the logit of the critic's probability (identity at a = 1, b = 0), fitted by Newton's method
+    on the weighted log-loss with Platt's smoothed targets t+ = (N+ + 1)/(N+ + 2),
+    t- = 1/(N- + 2) (which keeps the fit finite on separable data) and a small ridge
+    ``reg/2 * ((a - 1)^2 + b^2)`` pulling towards "trust the critic as is".
+    Learned state: ``coef_`` (a), ``intercept_`` (b), ``n_iter_``.
+    """
+
+    def __init__(self, reg: float = 1e-6, max_iter: int = 100, tol: float = 1e-10, eps: float = 1e-6) -> None:
+        self.reg = reg
+        self.max_iter = max_iter
+        self.tol = tol
+        self.eps = eps
+
+    def _logit(self, e: np.ndarray) -> np.ndarray:
+        e = np.clip(e, self.eps, 1.0 - self.eps)
+        return np.log(e) - np.log1p(-e)
+
+    def fit(
+        self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> PlattCalibrator:
+        x = _prob_array(error_prob, "error_prob")
+        y = _bool_array(outcome, "outcome", x.size)
+        w = _weights(sample_weight, x.size)
+        if w.sum() <= 0:
+            raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
+        s = self._logit(x)
+        n_pos, n_neg = float(w[y].sum()), float(w[~y].sum())
+        t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+        z = np.stack([s, np.ones_like(s)], axis=1)
+        theta = np.array([1.0, 0.0])
+        prior = np.array([1.0, 0.0])
+
+        def objective(th: np.ndarray) -> float:
+            f = z @ th
+            # log(1 + exp(f)) - t f, computed stably
+            return float(
+                (w * (np.logaddexp(0.0, f) - t * f)).sum() + 0.5 * self.reg * ((th - prior) ** 2).sum()
+            )
+
+        obj = objective(theta)
+        n_iter = 0
+        while n_iter < self.max_iter:
+            n_iter += 1
+            p = 0.5 * (1.0 + np.tanh(0.5 * (z @ theta)))
+            grad = z.T @ (w * (p - t)) + self.reg * (theta - prior)
+            hess = (z * (w * p * (1 - p))[:, None]).T @ z + self.reg * np.eye(2)
+            step = np.linalg.solve(hess + 1e-12 * np.eye(2), grad)
+            # Backtracking keeps Newton monotone when the curvature is tiny (near-separable data).
+            size = 1.0
+            while size > 1e-8:
+                cand = theta - size * step
+                cand_obj = objective(cand)
+                if cand_obj <= obj:
+                    break
+                size /= 2.0
+            else:
+                break
+            done = abs(obj - cand_obj) <= self.tol * max(1.0, abs(obj))
+            theta, obj = cand, cand_obj
+            if done:
+                break
+        self.coef_ = float(theta[0])
+        self.intercept_ = float(theta[1])
+        self.n_iter_ = n_iter
+        return self
+
+    def predict(self, error_prob: np.ndarray) -> np.ndarray:
+        if not hasattr(self, "coef_"):
+            raise ValueError("PlattCalibrator is not fitted yet: call fit first")
+        s = self._logit(_prob_array(error_prob, "error_prob"))
+        return 0.5 * (1.0 + np.tanh(0.5 * (self.coef_ * s + self.intercept_)))
+
+    __call__ = predict
+
+
+Calibrator = IsotonicCalibrator | PlattCalibrator
+CalibrationMethod = Literal["isotonic", "platt"]
+
+
+def _make_calibrator(method: str) -> Calibrator:
+    if method == "isotonic":
+        return IsotonicCalibrator()
+    if method == "platt":
+        return PlattCalibrator()
+    raise ValueError(f"unknown calibration method {method!r}; choose 'isotonic' or 'platt'")
+
+
+def fit_calibrator(
+    error_prob: np.ndarray,
+    outcome: np.ndarray,
+    method: CalibrationMethod = "isotonic",
+    *,
+    sample_weight: np.ndarray | None = None,
+) -> Calibrator:
+    """Fit a calibrator mapping the critic's error_prob to P(machine label wrong).
+
+    Fit on reviewed items (outcome = human label != machine label).  Those were chosen mostly
+    because e was high; pass ``sample_weight = 1 / review_prob`` (with a uniform share in the
+    design) to calibrate for the whole population rather than for the reviewed sample.
+    """
+    return _make_calibrator(method).fit(error_prob, outcome, sample_weight)
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """ECE of the raw error probabilities and of cross-fitted calibrated ones."""
+
+    ece_before: float
+    ece_after: float
+    method: str
+    n_folds: int
+    calibrated: np.ndarray
+
+
+def ece_before_after(
+    error_prob: np.ndarray,
+    outcome: np.ndarray,
+    method: CalibrationMethod = "isotonic",
+    *,
+    n_bins: int = 10,
+    n_folds: int = 5,
+    seed: int = 0,
+    sample_weight: np.ndarray | None = None,
+) -> CalibrationReport:
+    """ECE before and after calibration, the "after" cross-fitted so it is not optimistic.
+
+    Items are split into ``n_folds`` random folds; each fold is calibrated by a calibrator fitted
+    on the other folds, and the ECE is computed on the pooled out-of-fold predictions.
+    ``n_folds = 1`` fits and evaluates on the same items (in-sample: optimistic, shown as such).
+    """
+    e = _prob_array(error_prob, "error_prob")
+    y = _bool_array(outcome, "outcome", e.size)
+    w = _weights(sample_weight, e.size)
+    if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 1:
+        raise ValueError(f"n_folds must be a whole number >= 1, got {n_folds!r}")
+    if e.size < max(n_folds, 1):
+        raise ValueError(f"need at least {n_folds} items for {n_folds} folds, got {e.size}")
+    before = expected_calibration_error(e, y, n_bins, sample_weight=w)
+    if n_folds == 1:
+        calibrated = _make_calibrator(method).fit(e, y, w).predict(e)
+    else:
+        folds = np.random.default_rng(seed).permutation(e.size) % n_folds
+        calibrated = np.empty(e.size)
+        for k in range(n_folds):
+            test = folds == k
+            cal = _make_calibrator(method).fit(e[~test], y[~test], w[~test])
+            calibrated[test] = cal.predict(e[test])
+    after = expected_calibration_error(calibrated, y, n_bins, sample_weight=w)
+    return CalibrationReport(
+        ece_before=before, ece_after=after, method=method, n_folds=int(n_folds), calibrated=calibrated
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# what the budget bought
+
+
+@dataclass(frozen=True)
+class QualityGain:
+    """AQG(B) and friends for one review outcome."""
+
+    n_items: int
+    budget: int
+    n_errors: int
+    errors_fixed: int
+    errors_introduced: int
+    machine_accuracy: float
+    final_accuracy: float
+    #: final_accuracy - machine_accuracy
+    aqg: float
+    #: errors_fixed / min(budget, n_errors); NaN when that minimum is 0
+    efficiency: float
+
+
+def annotation_quality_gain(
+    machine_correct: np.ndarray, reviewed_mask: np.ndarray, human_correct: np.ndarray | None = None
+) -> QualityGain:
+    """AQG(B) = accuracy of the final labels - accuracy of the machine labels.
+
+    Final label: the human label where reviewed, else the machine label.  Humans are taken as
+    always right unless ``human_correct`` says otherwise.  B = number reviewed.
+    efficiency = errors fixed / min(B, errors): 1 means an oracle critic would have done no better.
+    """
+    mc = _bool_array(machine_correct, "machine_correct")
+    n = mc.size
+    r = _bool_array(reviewed_mask, "reviewed_mask", n)
+    hc = np.ones(n, dtype=bool) if human_correct is None else _bool_array(human_correct, "human_correct", n)
+    if n == 0:
+        raise ValueError("annotation_quality_gain needs at least one item")
+    final = np.where(r, hc, mc)
+    budget = int(r.sum())
+    n_errors = int((~mc).sum())
+    fixed = int((r & ~mc & hc).sum())
+    introduced = int((r & mc & ~hc).sum())
+    denom = min(budget, n_errors)
+    return QualityGain(
+        n_items=n,
+        budget=budget,
+        n_errors=n_errors,
+        errors_fixed=fixed,
+        errors_introduced=introduced,
+        machine_accuracy=float(mc.mean()),
+        final_accuracy=float(final.mean()),
+        aqg=float(final.mean() - mc.mean()),
+        efficiency=fixed / denom if denom > 0 else float("nan"),
+    )
+
+
+def annotation_budget_saving(n_fixed: int, budget: int, n_errors: int, n_items: int) -> float:
+    """ABS(B) = 1 - B / B_random, with B_random = n_fixed * N / n_errors.
+
+    B_random is the number of uniformly random reviews that fix ``n_fixed`` errors in expectation
+    (each random review finds an error with probability n_errors / N).  Positive: the critic
+    saved that share of the budget; negative: it did worse than random.  NaN when nothing was
+    fixed (B_random = 0).
+    """
+    for name, v in (("n_fixed", n_fixed), ("budget", budget), ("n_errors", n_errors), ("n_items", n_items)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+    if n_items == 0:
+        raise ValueError("n_items must be > 0")
+    if n_errors > n_items or budget > n_items:
+        raise ValueError(f"n_errors ({n_errors}) and budget ({budget}) cannot exceed n_items ({n_items})")
+    if n_fixed > min(budget, n_errors):
+        raise ValueError(f"n_fixed ({n_fixed}) cannot exceed min(budget, n_errors) = {min(budget, n_errors)}")
+    if n_fixed == 0:
+        return float("nan")
+    b_random = n_fixed * n_items / n_errors
+    return 1.0 - budget / b_random
+
+
+@dataclass(frozen=True)
+class BudgetCurve:
+    """Label accuracy after reviewing the first B items of a ranking, for several B."""
+
+    budgets: np.ndarray
+    errors_fixed: np.ndarray
+    accuracy: np.ndarray
+    machine_accuracy: float
+
+
+def _check_budgets(budgets: np.ndarray, n: int) -> np.ndarray:
+    b = np.atleast_1d(np.asarray(budgets))
+    if b.ndim != 1:
+        raise ValueError(f"budgets must be a 1-D array, got shape {b.shape}")
+    bf = b.astype(float)
+    bad = ~np.isfinite(bf) | (bf < 0) | (bf > n) | (bf != np.round(bf))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"budgets must be whole numbers in [0, {n}]; got {b[i].item()!r} at index {i}")
+    return bf.astype(int)
+
+
+def _curve(fixed: np.ndarray, budgets: np.ndarray, n: int, n_errors: int) -> BudgetCurve:
+    return BudgetCurve(
+        budgets=budgets,
+        errors_fixed=fixed.astype(float),
+        accuracy=(n - n_errors + fixed) / n,
+        machine_accuracy=(n - n_errors) / n,
+    )
+
+
+def budget_curve(error_prob: np.ndarray, is_error: np.ndarray, budgets: np.ndarray) -> BudgetCurve:
+    """Review the top-B items by error_prob: errors fixed and final accuracy, per budget.
+
+    accuracy(B) = (N - errors + fixed(B)) / N.  Ties in error_prob at the cut are resolved in
+    expectation over a random tie-break: of a tied group of size g holding k errors, taking j
+    items fixes j * k / g errors on average.
+    """
+    e = _prob_array(error_prob, "error_prob")
+    y = _bool_array(is_error, "is_error", e.size)
+    n = e.size
+    if n == 0:
+        raise ValueError("budget_curve needs at least one item")
+    b = _check_budgets(budgets, n)
+    order = np.argsort(-e, kind="mergesort")
+    es, ys = e[order], y[order]
+    starts = np.flatnonzero(np.r_[True, es[1:] != es[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    errs = np.add.reduceat(ys.astype(float), starts)
+    cum_n = np.r_[0, np.cumsum(sizes)]
+    cum_err = np.r_[0.0, np.cumsum(errs)]
+    g = np.searchsorted(cum_n, b, side="right") - 1  # group where the cut falls
+    g = np.minimum(g, sizes.size - 1)
+    partial = (b - cum_n[g]) * errs[g] / sizes[g]
+    fixed = cum_err[g] + partial
+    return _curve(fixed, b, n, int(y.sum()))
+
+
+def random_budget_curve(is_error: np.ndarray, budgets: np.ndarray) -> BudgetCurve:
+    """Expected curve for B uniformly random reviews: fixed(B) = B * errors / N (closed form)."""
+    y = _bool_array(is_error, "is_error")
+    n = y.size
+    if n == 0:
+        raise ValueError("random_budget_curve needs at least one item")
+    b = _check_budgets(budgets, n)
+    k = int(y.sum())
+    return _curve(b * k / n, b, n, k)
+
+
+def oracle_budget_curve(is_error: np.ndarray, budgets: np.ndarray) -> BudgetCurve:
+    """Curve of a perfect critic: fixed(B) = min(B, errors)."""
+    y = _bool_array(is_error, "is_error")
+    n = y.size
+    if n == 0:
+        raise ValueError("oracle_budget_curve needs at least one item")
+    b = _check_budgets(budgets, n)
+    k = int(y.sum())
+    return _curve(np.minimum(b, k).astype(float), b, n, k)
+
+
+# ----------------------------------------------------------------------------------------------
+# what is left: residual errors among unreviewed items
+
+
+@dataclass(frozen=True)
+class ResidualErrorEstimate:
+    """How many of the unreviewed machine labels are wrong, with a confidence interval."""
+
+    #: estimated number of wrong machine labels among unreviewed items, clipped to [0, n_unreviewed]
+    #: (NaN if not identifiable)
+    estimate: float
+    lower: float
+    upper: float
+    std_error: float
+    confidence: float
+    n_unreviewed: int
+    n_reviewed: int
+    errors_found: int
+    #: estimate of all machine errors (found + residual)
+    total_errors_estimate: float
+    #: sum of error_prob over unreviewed items: right only if error_prob is calibrated
+    model_estimate: float
+    identifiable: bool
+    note: str
+    #: T_hat before clipping: exactly unbiased, may fall outside [0, n_unreviewed]
+    raw_estimate: float = float("nan")
+
+    @property
+    def rate(self) -> float:
+        """Estimated error rate among the unreviewed items."""
+        return self.estimate / self.n_unreviewed if self.n_unreviewed else float("nan")
+
+
+def residual_error_estimate(
+    is_error: np.ndarray,
+    reviewed: np.ndarray,
+    review_prob: np.ndarray,
+    error_prob: np.ndarray,
+    *,
+    confidence: float = 0.95,
+    lam: float = 1.0,
+    interval: Literal["adjusted", "wald"] = "adjusted",
+) -> ResidualErrorEstimate:
+    """Prediction-powered estimate of the number of wrong labels among the unreviewed items.
+
+    With y_i = 1 if machine label i is wrong (known where d_i = 1), e_i the critic's error
+    probability (the prediction) and pi_i the review probability (the design):
+
+        Y_hat  = lam * sum_i e_i + sum_i d_i (y_i - lam e_i) / pi_i        (all errors, unbiased)
+        T_hat  = Y_hat - sum_i d_i y_i
+               = lam * sum_{unreviewed} e_i + sum_{reviewed} [ (y_i - lam e_i)(1/pi_i - 1) + (1 - lam) e_i ]
+
+    E[T_hat - T] = E[Y_hat - Y] = 0 where T = sum_i (1 - d_i) y_i, whatever the rule, provided
+    every unreviewed item had pi_i > 0.  The error T_hat - T equals Y_hat - Y, whose variance
+    under Poisson sampling is sum_i (1 - pi_i)/pi_i (y_i - lam e_i)^2, estimated unbiasedly by
+
+        V_hat = sum_i d_i (1 - pi_i) / pi_i^2 (y_i - lam e_i)^2
+
+    (a slight over-estimate for the fixed-size design of actlabel.select).
+
+    Interval T_hat -+ z sqrt(V), clipped to [0, N_unreviewed] (as is the estimate), with
+    ``interval="wald"``: V = V_hat; ``interval="adjusted"`` (default):
+
+        V = max( V_hat + (z^2/2) (1 - p*)/p*^2 [(1 - lam e_bar)^2 + (lam e_bar)^2],
+                 sum_i (1 - pi_i)/pi_i (e_i - 2 lam e_i^2 + lam^2 e_i^2) )
+
+    where p* and e_bar are the means of pi and e over the unreviewed items.  The first term adds
+    Agresti-Coull-style pseudo-counts (z^2/2 pseudo-errors and pseudo-correct items sampled at p*);
+    the second is the design variance if e were calibrated.  Errors among unreviewed items are rare
+    and each sampled one carries a large weight 1/pi, so V_hat is small precisely when the sample
+    missed them: the Wald interval covers 17-96% in bench/bench_residual_coverage.py, the adjusted
+    one 93-100%, wider where the sample is small or e overstates the error rate.
+
+    ``is_error`` has length N (values where not reviewed are ignored, NaN/-1 allowed) or one entry
+    per reviewed item, in item order.  If some unreviewed item has pi_i = 0 (threshold rule with no
+    uniform share) the number is not identifiable from the reviews: the result has
+    ``identifiable=False``, a NaN estimate, the trivial interval [0, N_unreviewed] and a note.
+    Reviews must be complete: an item selected but skipped by the reviewer counts as unreviewed,
+    which is only valid if skipping is unrelated to the label being wrong.
+    """
+    e = _prob_array(error_prob, "error_prob")
+    n = e.size
+    d = _bool_array(reviewed, "reviewed", n)
+    pi = _prob_array(review_prob, "review_prob")
+    if pi.size != n:
+        raise ValueError(f"review_prob must have length {n}, got {pi.size}")
+    lam = float(lam)
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
+    if interval not in ("adjusted", "wald"):
+        raise ValueError(f"interval must be 'adjusted' or 'wald', got {interval!r}")
+    z = _z(confidence)
+    raw = np.asarray(is_error, dtype=float)
+    n_rev = int(d.sum())
+    if raw.shape == (n,):
+        y_rev = raw[d]
+    elif raw.shape == (n_rev,):
+        y_rev = raw
+    else:
+        raise ValueError(
+            f"is_error must have length {n} (all items) or {n_rev} (reviewed items), got {raw.shape}"
+        )
+    ok = np.isin(y_rev, (0.0, 1.0))
+    if not ok.all():
+        i = int(np.flatnonzero(d)[np.flatnonzero(~ok)[0]])
+        raise ValueError(f"is_error must be 0/1 on reviewed items; got {y_rev[~ok][0].item()!r} at item {i}")
+    bad = d & (pi <= 0)
+    if bad.any():
+        raise ValueError(f"item {int(np.flatnonzero(bad)[0])} is reviewed but has review_prob 0")
+    unrev = ~d
+    n_u = int(unrev.sum())
+    found = int(y_rev.sum())
+    model = float(e[unrev].sum())
+    if (unrev & (pi <= 0)).any():
+        k = int((unrev & (pi <= 0)).sum())
+        return ResidualErrorEstimate(
+            estimate=float("nan"),
+            lower=0.0,
+            upper=float(n_u),
+            std_error=float("nan"),
+            confidence=float(confidence),
+            n_unreviewed=n_u,
+            n_reviewed=n_rev,
+            errors_found=found,
+            total_errors_estimate=float("nan"),
+            model_estimate=model,
+            identifiable=False,
+            note=(
+                f"not identifiable: {k} unreviewed items could never have been reviewed (review_prob 0); "
+                "select with a uniform share (e.g. --uniform 0.05) to estimate the errors left"
+            ),
+        )
+    p_r, e_r = pi[d], e[d]
+    resid = y_rev - lam * e_r
+    y_hat = lam * float(e.sum()) + float((resid / p_r).sum())
+    t_hat = y_hat - found
+    var = float(((1.0 - p_r) / p_r**2 * resid**2).sum())
+    if interval == "adjusted" and n_u > 0:
+        # V_hat is small exactly when the sample happened to miss the rare, heavily weighted
+        # errors (estimate and V_hat are strongly correlated), so guard it twice
+        # (docs/statistics.md section 5):
+        # (1) Agresti-Coull-style: z^2/2 pseudo-errors and z^2/2 pseudo-correct items sampled at
+        #     the mean review probability of the unreviewed items ("an error could hide there");
+        p_star = float(pi[unrev].mean())
+        e_bar = float(e[unrev].mean())
+        if p_star < 1.0:
+            var += z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
+        # (2) never less than the design variance a calibrated critic implies:
+        #     sum_i (1 - pi_i)/pi_i E[(y_i - lam e_i)^2] with E[y_i] = e_i.
+        pos = pi > 0
+        g = e[pos] - 2.0 * lam * e[pos] ** 2 + (lam * e[pos]) ** 2
+        var = max(var, float(((1.0 - pi[pos]) / pi[pos] * g).sum()))
+    se = math.sqrt(var)
+    lower = min(max(t_hat - z * se, 0.0), float(n_u))
+    upper = min(max(t_hat + z * se, 0.0), float(n_u))
+    note = f"prediction-powered Horvitz-Thompson estimate, {interval} normal interval"
+    low = p_r < 0.5
+    n_low, err_low = int(low.sum()), int(y_rev[low].sum())
+    if err_low < 5:
+        note += (
+            f"; only {err_low} errors among the {n_low} items reviewed with review_prob < 0.5, which stand"
+            " for the unreviewed ones: the interval is rough, raise the uniform share or the budget"
+        )
+    return ResidualErrorEstimate(
+        estimate=min(max(t_hat, 0.0), float(n_u)),
+        lower=lower,
+        upper=upper,
+        std_error=se,
+        confidence=float(confidence),
+        n_unreviewed=n_u,
+        n_reviewed=n_rev,
+        errors_found=found,
+        total_errors_estimate=min(max(t_hat, 0.0), float(n_u)) + found,
+        model_estimate=model,
+        identifiable=True,
+        note=note,
+        raw_estimate=t_hat,
+    )
+
+
+def downstream_gap(acc_act: float, acc_human: float) -> float:
+    """acc_human - acc_act: test accuracy lost by training with ACT instead of full human labels.
+
+    Positive when ACT is worse (the paper reports under 2 points on 5 of 6 datasets).
+    """
+    for name, v in (("acc_act", acc_act), ("acc_human", acc_human)):
+        if not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0) or isinstance(v, bool):
+            raise ValueError(f"{name} must be an accuracy in [0, 1], got {v!r}")
+    return float(acc_human) - float(acc_act)

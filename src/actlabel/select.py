@@ -1,0 +1,569 @@
+"""Stage 3 of ACT: choose which machine labels a human reviews, under a hard budget.
+
+Every function here is pure (arrays in, arrays out, no I/O) and takes an explicit seed.
+The math, with derivations, is in ``docs/statistics.md``; the short version:
+
+* A *rule* turns the critic's error probabilities ``e`` and a budget ``B`` into inclusion
+  probabilities ``pi`` with ``sum(pi) = B``:
+
+  - ``threshold``:   pi_i = 1 for the B items with the largest e_i (ties broken at random by the
+    seed), else 0.  tau = the B-th largest e_i.
+  - ``exponential``: pi_i = 1 / (1 + exp(-beta * (e_i - alpha))), alpha solved (Newton, bisection fallback) so
+    that sum_i pi_i = B.
+  - ``normalized``:  pi_i = min(1, c * e_i), c chosen so that sum_i pi_i = B (mass clipped at 1 is
+    redistributed to the other items until nothing more is clipped).
+
+* A uniform share ``u`` in [0, 1) is mixed in: pi_i = (1 - u) * pi_rule_i + u * B / N.  With
+  u > 0 every item has pi_i > 0, which is what makes the ACT loss unbiased and the residual-error
+  estimate (``metrics.residual_error_estimate``) identifiable.
+
+* The reviewed indicators d are drawn by *systematic sampling over a random permutation*: a
+  fixed-size design whose first-order inclusion probabilities are exactly pi_i and which never
+  selects more than B items (the budget is hard).
+
+* ``select_round`` adds a round of review among items not yet reviewed; the returned
+  ``review_prob`` is the sequential Horvitz-Thompson probability (1 for items reviewed in earlier
+  rounds, the round's conditional probability for the others), which keeps the ACT loss unbiased
+  even though the new round depends on what earlier rounds found.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+Rule = Literal["threshold", "exponential", "normalized"]
+RULES: tuple[str, ...] = ("threshold", "exponential", "normalized")
+
+#: Default slope of the exponential rule on the probability scale.  With beta = 20 an item 0.15
+#: above alpha is chosen with probability 0.95 and one 0.15 below with 0.05: close to the
+#: threshold rule (which the paper found best) but smooth, so near-threshold items keep a chance.
+DEFAULT_BETA = 20.0
+
+SeedLike = int | np.random.Generator | None
+
+
+@dataclass(frozen=True)
+class SelectionResult:
+    """Outcome of a selection: who is reviewed, and with which probability.
+
+    ``selected[i]`` is d_i (chosen for human review, cumulative over rounds) and ``review_prob[i]``
+    is the pi_i to put in the ACT loss weight d_i / pi_i, exactly as used by the sampler.
+    """
+
+    selected: np.ndarray
+    review_prob: np.ndarray
+    rule: str
+    budget: int
+    uniform: float
+    seed: int | None
+    #: Items chosen by *this* call (equals ``selected`` for a single-round selection).
+    newly_selected: np.ndarray = field(repr=False)
+    #: threshold rule: tau, the B-th largest error probability among the candidates.
+    threshold: float | None = None
+    #: exponential rule: the solved location alpha and the slope beta.
+    alpha: float | None = None
+    beta: float | None = None
+    #: normalized rule: the final multiplier c in pi = min(1, c * e).
+    scale: float | None = None
+    #: 0 for a single selection; for ``select_round`` the number of items reviewed before this round.
+    n_previously_reviewed: int = 0
+
+    @property
+    def n_selected(self) -> int:
+        """Number of items chosen by this call (never more than ``budget``)."""
+        return int(self.newly_selected.sum())
+
+
+@dataclass(frozen=True)
+class BudgetRecommendation:
+    """Budget advice from a uniform pilot: see :func:`recommend_budget`."""
+
+    error_rate: float
+    lower: float
+    upper: float
+    confidence: float
+    pilot_errors: int
+    pilot_size: int
+    n_items: int
+    #: items outside the pilot, the ones the budget is for
+    n_remaining: int
+    #: N_remaining * error_rate: the expected number of machine errors left after the pilot
+    expected_errors: float
+    #: ceil(N_remaining * upper): the recommended number of reviews
+    budget: int
+    explanation: str
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers (one-line messages that name the problem)
+
+
+def _as_error_prob(error_prob: np.ndarray) -> np.ndarray:
+    e = np.asarray(error_prob, dtype=float)
+    if e.ndim != 1:
+        raise ValueError(f"error_prob must be a 1-D array, got shape {e.shape}")
+    bad = ~np.isfinite(e) | (e < 0.0) | (e > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"error_prob must be in [0, 1]; got {e[i].item()!r} at index {i}")
+    return e
+
+
+def _as_mask(mask: np.ndarray, n: int, name: str) -> np.ndarray:
+    m = np.asarray(mask)
+    if m.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {m.shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            i = int(np.flatnonzero(~np.isin(m, (0, 1)))[0])
+            raise ValueError(f"{name} must be boolean or 0/1; got {m[i].item()!r} at index {i}")
+        m = m.astype(bool)
+    return m
+
+
+def _check_budget(budget: int, n: int, what: str = "items") -> int:
+    if isinstance(budget, bool) or not isinstance(budget, int | np.integer):
+        if isinstance(budget, float) and budget.is_integer():
+            budget = int(budget)
+        else:
+            raise ValueError(f"budget must be a whole number of items, got {budget!r}")
+    budget = int(budget)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if budget > n:
+        raise ValueError(f"budget {budget} is larger than the {n} {what}")
+    return budget
+
+
+def _check_uniform(uniform: float) -> float:
+    u = float(uniform)
+    if not (0.0 <= u < 1.0):
+        raise ValueError(f"uniform share must be in [0, 1), got {uniform!r}")
+    return u
+
+
+def _rng(seed: SeedLike) -> np.random.Generator:
+    return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def _seed_value(seed: SeedLike) -> int | None:
+    return int(seed) if isinstance(seed, int | np.integer) else None
+
+
+# ----------------------------------------------------------------------------------------------
+# rules: error probabilities -> inclusion probabilities
+
+
+def _threshold_probs(e: np.ndarray, budget: int, rng: np.random.Generator) -> tuple[np.ndarray, float | None]:
+    """pi_i = 1 for the top-B items by e (random tie-break), else 0; returns (pi, tau)."""
+    n = e.size
+    pi = np.zeros(n)
+    if budget == 0:
+        return pi, None
+    # Sort by (-e, random key): a random permutation first, then a stable sort, so that items
+    # tied on e at the boundary are taken in random order.  Given this tie-break the selected
+    # set is fixed, so pi in {0, 1} is the exact conditional inclusion probability; the
+    # tie-break is an auxiliary randomisation and unbiasedness conditional on it implies
+    # unbiasedness overall.
+    perm = rng.permutation(n)
+    order = perm[np.argsort(-e[perm], kind="stable")]
+    top = order[:budget]
+    pi[top] = 1.0
+    return pi, float(e[order[budget - 1]])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow warnings for large |x|
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _exponential_probs(e: np.ndarray, budget: int, beta: float) -> tuple[np.ndarray, float]:
+    """pi_i = sigmoid(beta * (e_i - alpha)) with sum pi = B; alpha by safeguarded Newton."""
+    n = e.size
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+    if budget == 0:
+        return np.zeros(n), math.inf
+    if budget == n:
+        return np.ones(n), -math.inf
+    # S(alpha) = sum_i sigmoid(beta (e_i - alpha)) decreases strictly from N to 0; bracket it
+    # wide enough that the sigmoid saturates (exp(-60) ~ 1e-26) at both ends, then safeguarded
+    # Newton (S'(alpha) = -beta sum pi (1 - pi)): a few passes over the data instead of ~50
+    # bisection steps, falling back to bisection whenever Newton leaves the bracket.
+    lo = float(e.min()) - 60.0 / beta
+    hi = float(e.max()) + 60.0 / beta
+    alpha = float(np.sort(e)[n - budget])  # the threshold rule's tau: a good first guess
+    for _ in range(200):
+        pi = _sigmoid(beta * (e - alpha))
+        total = float(pi.sum())
+        if total > budget:
+            lo = alpha
+        else:
+            hi = alpha
+            if budget - total < 1e-9:
+                # S(alpha) <= B, within 1e-9 items: the sampler never has more than B points
+                return pi, alpha
+        slope = beta * float((pi * (1.0 - pi)).sum())
+        step = alpha + (total - budget) / slope if slope > 0 else math.nan
+        alpha = step if lo < step < hi else 0.5 * (lo + hi)
+        if hi - lo < 1e-13 * max(1.0, abs(hi)):
+            break
+    return _sigmoid(beta * (e - hi)), hi
+
+
+def _normalized_probs(e: np.ndarray, budget: int) -> tuple[np.ndarray, float]:
+    """pi_i = min(1, c e_i) with sum pi = B, redistributing clipped mass; returns (pi, c)."""
+    n = e.size
+    pi = np.zeros(n)
+    if budget == 0:
+        return pi, 0.0
+    capped = np.zeros(n, dtype=bool)
+    while True:
+        free = ~capped
+        left = budget - int(capped.sum())
+        if left == 0:
+            pi[capped] = 1.0
+            return pi, math.inf if capped.all() else 1.0 / float(e[capped].min())
+        mass = float(e[free].sum())
+        if mass <= 0.0:
+            # The remaining items all have e = 0: nothing ranks them, so spread the leftover
+            # budget evenly over them (the rule is otherwise undefined there).
+            pi[free] = left / int(free.sum())
+            pi[capped] = 1.0
+            return pi, math.inf
+        c = left / mass
+        newly = free & (c * e >= 1.0)
+        if not newly.any():
+            pi[free] = c * e[free]
+            pi[capped] = 1.0
+            return pi, c
+        capped |= newly
+
+
+def inclusion_probabilities(
+    error_prob: np.ndarray,
+    budget: int,
+    *,
+    rule: Rule = "threshold",
+    uniform: float = 0.0,
+    beta: float = DEFAULT_BETA,
+    seed: SeedLike = 0,
+) -> tuple[np.ndarray, dict[str, float | None]]:
+    """Inclusion probabilities pi of a rule, with the uniform share mixed in.
+
+    pi_i = (1 - u) * pi_rule_i + u * B / N, so sum_i pi_i = B and, for u > 0, pi_i >= u B / N > 0.
+    ``seed`` only matters for the threshold rule (random tie-break at the boundary).
+    Returns ``(pi, params)`` where params holds ``threshold`` / ``alpha`` / ``beta`` / ``scale``.
+    """
+    e = _as_error_prob(error_prob)
+    n = e.size
+    budget = _check_budget(budget, n)
+    u = _check_uniform(uniform)
+    params: dict[str, float | None] = {"threshold": None, "alpha": None, "beta": None, "scale": None}
+    if rule == "threshold":
+        pi_rule, params["threshold"] = _threshold_probs(e, budget, _rng(seed))
+    elif rule == "exponential":
+        pi_rule, params["alpha"] = _exponential_probs(e, budget, float(beta))
+        params["beta"] = float(beta)
+    elif rule == "normalized":
+        pi_rule, params["scale"] = _normalized_probs(e, budget)
+    else:
+        raise ValueError(f"unknown selection rule {rule!r}; choose one of {', '.join(RULES)}")
+    if n == 0:
+        return pi_rule, params
+    pi = (1.0 - u) * pi_rule + u * budget / n if u > 0 else pi_rule
+    return np.clip(pi, 0.0, 1.0), params
+
+
+# ----------------------------------------------------------------------------------------------
+# sampling designs: inclusion probabilities -> reviewed indicators
+
+
+def sample_systematic(
+    review_prob: np.ndarray, seed: SeedLike = 0, *, max_size: int | None = None
+) -> np.ndarray:
+    """Fixed-size sample with first-order inclusion probabilities exactly ``review_prob``.
+
+    Systematic PPS sampling over a random permutation: put the units in random order, lay them
+    end to end as intervals of length pi_i on [0, T) with T = sum pi, draw U ~ Uniform[0, 1) and
+    select the units whose interval contains one of the points U, U + 1, U + 2, ... < T.
+    Because every pi_i <= 1, a unit is hit at most once, and it is hit with probability exactly
+    pi_i (the points are a grid of step 1 with a uniform offset).  The sample size is floor(T) or
+    ceil(T); it is exactly B when T = B is a whole number, and never more than ``max_size`` (the
+    hard budget; default ceil(T)).  Units with pi_i = 1 are taken with certainty and units with
+    pi_i = 0 never, without relying on floating-point interval ends.  The random order makes
+    every pair of units jointly selectable; the variance of Horvitz-Thompson sums is then close to
+    the Poisson formula (measured in docs/statistics.md section 2).
+    """
+    pi = np.asarray(review_prob, dtype=float)
+    if pi.ndim != 1:
+        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
+    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    rng = _rng(seed)
+    certain = pi >= 1.0
+    chosen = certain.copy()
+    random_units = np.flatnonzero((pi > 0.0) & ~certain)
+    total = float(pi[random_units].sum())
+    cap = math.ceil(total - 1e-9) if max_size is None else max(0, int(max_size) - int(certain.sum()))
+    if random_units.size and cap > 0:
+        order = rng.permutation(random_units)
+        ends = np.cumsum(pi[order])
+        start = rng.random()
+        points = start + np.arange(cap)
+        points = points[points < ends[-1]]
+        hit = np.searchsorted(ends, points, side="right")
+        chosen[order[hit[hit < order.size]]] = True
+    return chosen
+
+
+def sample_poisson(review_prob: np.ndarray, seed: SeedLike = 0) -> np.ndarray:
+    """Independent Bernoulli(pi_i) draws (Poisson sampling).
+
+    Exact inclusion probabilities and the textbook variance formulas, but a random sample size:
+    the budget is *not* hard, which is why :func:`select` uses :func:`sample_systematic`.
+    Provided for simulations and for checking variance formulas.
+    """
+    pi = np.asarray(review_prob, dtype=float)
+    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(f"review_prob must be in [0, 1]; got {pi.ravel()[i].item()!r} at index {i}")
+    return _rng(seed).random(pi.shape) < pi
+
+
+# ----------------------------------------------------------------------------------------------
+# public selection entry points
+
+
+def select(
+    error_prob: np.ndarray,
+    budget: int,
+    *,
+    rule: Rule = "threshold",
+    uniform: float = 0.0,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+) -> SelectionResult:
+    """Choose at most ``budget`` items for human review.
+
+    pi = (1 - u) * pi_rule(e, B) + u * B / N (see :func:`inclusion_probabilities`), then
+    d ~ systematic sampling with inclusion probabilities pi (see :func:`sample_systematic`):
+    P(d_i = 1) = pi_i exactly and sum_i d_i <= B always.
+    """
+    rng = np.random.default_rng(seed)
+    pi, params = inclusion_probabilities(error_prob, budget, rule=rule, uniform=uniform, beta=beta, seed=rng)
+    chosen = sample_systematic(pi, rng, max_size=int(budget))
+    return SelectionResult(
+        selected=chosen,
+        review_prob=pi,
+        rule=rule,
+        budget=int(budget),
+        uniform=float(uniform),
+        seed=int(seed),
+        newly_selected=chosen.copy(),
+        **params,
+    )
+
+
+def select_round(
+    error_prob: np.ndarray,
+    already_reviewed: np.ndarray,
+    prior_review_prob: np.ndarray | None,
+    added_budget: int,
+    *,
+    rule: Rule = "threshold",
+    uniform: float = 0.0,
+    beta: float = DEFAULT_BETA,
+    seed: int = 0,
+) -> SelectionResult:
+    """Add a round of review: choose up to ``added_budget`` items among those not yet reviewed.
+
+    The rule and the uniform share are applied to the R = N - (already reviewed) remaining items
+    with budget B_r; ``error_prob`` may be updated since the last round (e.g. a re-calibrated or
+    re-trained critic), the design may depend on anything learned so far.
+
+    Returned ``review_prob`` (sequential Horvitz-Thompson, see docs/statistics.md):
+
+    * 1 for items reviewed in earlier rounds: their human label is known, they stand for
+      themselves;
+    * p_i = P(chosen in this round | everything before), for the remaining items.
+
+    Then for any fixed per-item quantity f, E[sum_i f_i d_i / pi_i | history] = sum_i f_i (the
+    reviewed items are exact, the round's HT sum is conditionally unbiased for the remainder),
+    hence unconditionally unbiased by the tower property, whatever rule produced the history.
+    This needs p_i > 0 for every remaining item, i.e. ``uniform > 0`` (or the exponential rule).
+    The naive pi_prev + (1 - pi_prev) * p_i is *not* an inclusion probability when this round
+    depends on the previous round's outcome, and is not used.
+
+    ``prior_review_prob`` is returned unchanged (with ``selected = already_reviewed``) when
+    ``added_budget`` is 0, so that an empty round does not discard the previous round's
+    weights; otherwise it is only checked for shape.
+    """
+    e = _as_error_prob(error_prob)
+    n = e.size
+    reviewed = _as_mask(already_reviewed, n, "already_reviewed")
+    remaining = np.flatnonzero(~reviewed)
+    added_budget = _check_budget(added_budget, remaining.size, "items not yet reviewed")
+    prior = None
+    if prior_review_prob is not None:
+        prior = np.asarray(prior_review_prob, dtype=float)
+        if prior.shape != (n,):
+            raise ValueError(f"prior_review_prob must have shape ({n},), got {prior.shape}")
+    common = {
+        "rule": rule,
+        "budget": added_budget,
+        "uniform": float(uniform),
+        "seed": int(seed),
+        "n_previously_reviewed": int(reviewed.sum()),
+    }
+    if added_budget == 0:
+        pi = prior.copy() if prior is not None else np.where(reviewed, 1.0, 0.0)
+        return SelectionResult(
+            selected=reviewed.copy(), review_prob=pi, newly_selected=np.zeros(n, dtype=bool), **common
+        )
+    rng = np.random.default_rng(seed)
+    sub_pi, params = inclusion_probabilities(
+        e[remaining], added_budget, rule=rule, uniform=uniform, beta=beta, seed=rng
+    )
+    sub_chosen = sample_systematic(sub_pi, rng, max_size=added_budget)
+    pi = np.ones(n)
+    pi[remaining] = sub_pi
+    new = np.zeros(n, dtype=bool)
+    new[remaining] = sub_chosen
+    return SelectionResult(selected=reviewed | new, review_prob=pi, newly_selected=new, **common, **params)
+
+
+# ----------------------------------------------------------------------------------------------
+# budgets
+
+
+_PERCENT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
+_COUNT = re.compile(r"^\s*([+-]?\d+)\s*$")
+
+
+def budget_from_spec(spec: str | int, n_items: int) -> int:
+    """Parse a budget: ``"20%"`` (share of the items) or ``"500"`` (a count).
+
+    A percentage p gives round(p / 100 * N) items (half up), at least 1 when p > 0 so that a
+    small positive share never silently means "review nothing".
+    """
+    if isinstance(n_items, bool) or not isinstance(n_items, int | np.integer) or n_items < 0:
+        raise ValueError(f"number of items must be a whole number >= 0, got {n_items!r}")
+    if n_items == 0:
+        raise ValueError("cannot set a budget: the project has no items")
+    text = str(spec)
+    m = _PERCENT.match(text)
+    if m:
+        pct = float(m.group(1))
+        if pct < 0:
+            raise ValueError(f"budget {text.strip()!r} is negative")
+        if pct > 100:
+            raise ValueError(f"budget {text.strip()!r} is more than 100% of the items")
+        count = math.floor(pct / 100.0 * n_items + 0.5)
+        return max(count, 1) if pct > 0 else 0
+    m = _COUNT.match(text)
+    if m:
+        count = int(m.group(1))
+        if count < 0:
+            raise ValueError(f"budget {text.strip()!r} is negative")
+        if count > n_items:
+            raise ValueError(f"budget {count} is larger than the {n_items} items")
+        return count
+    raise ValueError(f"budget {text.strip()!r} is not a percentage like '20%' or a whole number like '500'")
+
+
+def _z(confidence: float) -> float:
+    from statistics import NormalDist
+
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
+
+
+def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion.
+
+    (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), p = successes / trials.
+    """
+    if trials <= 0:
+        raise ValueError(f"trials must be > 0, got {trials}")
+    if not (0 <= successes <= trials):
+        raise ValueError(f"successes must be in [0, {trials}], got {successes}")
+    z = _z(confidence)
+    p = successes / trials
+    denom = 1.0 + z * z / trials
+    center = (p + z * z / (2 * trials)) / denom
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / denom
+    # exact ends at 0 and n successes (the formula gives them up to rounding)
+    lower = 0.0 if successes == 0 else max(0.0, center - half)
+    upper = 1.0 if successes == trials else min(1.0, center + half)
+    return lower, upper
+
+
+def recommend_budget(
+    pilot_errors: int, pilot_size: int, n_items: int, confidence: float = 0.95
+) -> BudgetRecommendation:
+    """Recommend a review budget from a uniform pilot (paper insight 6: B near the number of errors).
+
+    error_rate = pilot_errors / pilot_size, with a Wilson interval [lower, upper];
+    budget = ceil(upper * (N - pilot_size)), capped at N - pilot_size.
+
+    We use the *upper* end: a budget below the number of machine errors leaves errors behind even
+    with a perfect critic (fixed <= B), and a real critic needs some slack above the error count to
+    catch most errors, while over-budgeting costs reviews only linearly.  The pilot items are
+    already reviewed, so the budget is for the other N - pilot_size items.
+    """
+    for name, v in (("pilot_errors", pilot_errors), ("pilot_size", pilot_size), ("n_items", n_items)):
+        if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+    if pilot_size == 0:
+        raise ValueError("pilot_size must be > 0: review a small uniform pilot first")
+    if pilot_errors > pilot_size:
+        raise ValueError(f"pilot_errors ({pilot_errors}) cannot exceed pilot_size ({pilot_size})")
+    if pilot_size > n_items:
+        raise ValueError(f"pilot_size ({pilot_size}) is larger than the {n_items} items")
+    rate = pilot_errors / pilot_size
+    lower, upper = wilson_interval(int(pilot_errors), int(pilot_size), confidence)
+    remaining = int(n_items) - int(pilot_size)
+    budget = min(remaining, math.ceil(upper * remaining - 1e-9))
+    explanation = (
+        f"pilot: {pilot_errors}/{pilot_size} machine labels wrong ({rate:.1%}, {confidence:.0%} Wilson "
+        f"interval {lower:.1%}-{upper:.1%}); budget {budget} = upper end x {remaining} unreviewed items, "
+        "so that even a pessimistic error rate leaves room to fix the errors"
+    )
+    return BudgetRecommendation(
+        error_rate=rate,
+        lower=lower,
+        upper=upper,
+        confidence=float(confidence),
+        pilot_errors=int(pilot_errors),
+        pilot_size=int(pilot_size),
+        n_items=int(n_items),
+        n_remaining=remaining,
+        expected_errors=rate * remaining,
+        budget=int(budget),
+        explanation=explanation,
+    )
+
+
+def pilot_sample(n_items: int, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a uniform random pilot: ``size`` distinct items out of ``n_items``, sorted.
+
+    Each item is in the pilot with probability size / N (simple random sampling without
+    replacement), so the pilot's error rate is an unbiased estimate of the machine error rate.
+    """
+    if isinstance(n_items, bool) or not isinstance(n_items, int | np.integer) or n_items < 0:
+        raise ValueError(f"n_items must be a whole number >= 0, got {n_items!r}")
+    if isinstance(size, bool) or not isinstance(size, int | np.integer) or size < 0:
+        raise ValueError(f"pilot size must be a whole number >= 0, got {size!r}")
+    if size > n_items:
+        raise ValueError(f"pilot size {size} is larger than the {n_items} items")
+    return np.sort(np.random.default_rng(seed).choice(int(n_items), size=size, replace=False))
