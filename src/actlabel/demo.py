@@ -69,8 +69,9 @@ LLM_CRITIC = "logit"
 
 
 def _say(progress: bool, message: str) -> None:
-    if progress:
-        print(f"[demo] {message}", flush=True)
+    # The narrative always prints; `progress` only switches the live progress bars.
+    del progress
+    print(f"[demo] {message}", flush=True)
 
 
 # ---- data preparation ---------------------------------------------------------------------
