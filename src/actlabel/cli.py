@@ -272,9 +272,39 @@ def _with_model_options(fn: Callable) -> Callable:
     return fn
 
 
+# Beyond one machine (batch.py, distributed.py): annotate and critique only.
+_scale_options = [
+    click.option(
+        "--batch",
+        is_flag=True,
+        help="Send the calls through the provider's batch API (cheaper, slower); run again to collect.",
+    ),
+    click.option(
+        "--wait", is_flag=True, help="With --batch: poll until the batch is done and finish the stage."
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(["async", "ray"]),
+        default="async",
+        show_default=True,
+        help="ray: send the calls to Ray workers (RAY_ADDRESS or a local cluster).",
+    ),
+    click.option(
+        "--workers", type=click.IntRange(1), default=None, help="Ray workers [default: cluster CPUs]."
+    ),
+]
+
+
+def _with_scale_options(fn: Callable) -> Callable:
+    for option in reversed(_scale_options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @_with_model_options
+@_with_scale_options
 @click.option(
     "--cot", is_flag=True, help="Let the annotator reason before answering (needed by the devil critic)."
 )
@@ -298,6 +328,7 @@ def annotate(directory: str, **opts: Any) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @_with_model_options
+@_with_scale_options
 @click.option(
     "--strategy",
     default="cot",
@@ -354,10 +385,17 @@ def calibrate(directory: str, method: str, strategy: str | None) -> None:
 )
 @click.option("--beta", type=float, default=None, help="Steepness of the exponential rule.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--max-budget", default=None,
-              help="With --budget auto: never more than this many reviews in all (a count or a percentage).")
-@click.option("--pilot-size", type=click.IntRange(1), default=None,
-              help="With --budget auto: the uniform pilot's size [default: 5% of the items, 30 to 300].")
+@click.option(
+    "--max-budget",
+    default=None,
+    help="With --budget auto: never more than this many reviews in all (a count or a percentage).",
+)
+@click.option(
+    "--pilot-size",
+    type=click.IntRange(1),
+    default=None,
+    help="With --budget auto: the uniform pilot's size [default: 5% of the items, 30 to 300].",
+)
 def select(directory: str, **opts: Any) -> None:
     """Stage 3: choose the items humans review, within a budget."""
     fn = _stage("selection", "select_for_review")

@@ -118,6 +118,33 @@ MIGRATIONS: list[str] = [
         expires_at REAL NOT NULL
     );
     """,
+    # Provider batch jobs (batch.py): the job id lives here so a restarted process picks it up.
+    # batch_requests maps each submitted cache key to its job, with what parsing the answer needs
+    # (the request's constrained choices) and, once collected, whether the provider answered it.
+    """
+    CREATE TABLE batch_jobs (
+        job_id INTEGER PRIMARY KEY,
+        stage TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        provider_batch_id TEXT NOT NULL,
+        input_file_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        request_count INTEGER NOT NULL,
+        params TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX batch_jobs_status ON batch_jobs (spec, stage, status);
+    CREATE TABLE batch_requests (
+        job_id INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        choices TEXT,
+        status TEXT NOT NULL DEFAULT 'submitted',
+        error TEXT,
+        PRIMARY KEY (job_id, key)
+    );
+    CREATE INDEX batch_requests_key ON batch_requests (key);
+    """,
 ]
 
 

@@ -1,0 +1,724 @@
+"""Stage 1: a model labels every item (the machine label m_i), with a confidence when it can.
+
+Annotators, chosen from the task and `model`:
+- an LLM (`local/...` in-process llama.cpp, `openai/...` any compatible endpoint): the prompt is
+  built from the task (labels with descriptions, instructions, few-shot examples as prior chat
+  turns) and the item (text, image, or both: images go to multimodal endpoints as ImageParts).
+  Direct answers are constrained to the label set (`ChatRequest.choices`: a grammar on llama.cpp);
+  with `cot=True` the model reasons first and ends with `Answer: <label>`, and the reasoning is
+  stored (the devil's-advocate critic argues against it).
+- `features/efficientnet-lite0`: the offline image annotator (image_annotator.py), picked
+  automatically for image tasks when the model is the embedded default.
+- `composite/efficientnet-lite0+<llm>`: image + text offline, the image classifier and the text
+  LLM pooled log-linearly (image_annotator.py), picked automatically for image+text tasks with the
+  embedded default.
+
+Confidence is the probability of the chosen label normalised over the label set, read from token
+probabilities: llama.cpp scores every label (`choice_logprobs`); OpenAI-compatible endpoints give
+the top alternatives of the first answer token, matched to each label's first token (for CoT, the
+token right after `Answer:`). Without token probabilities the confidence is None: we do not ask
+for a verbalised confidence, which small and large models alike state badly.
+
+An answer is mapped onto the labels by `prompting.map_label`; an unmappable answer is re-asked
+(another seed, some temperature) and finally stored with status 'failed' and the raw text: never
+dropped, never replaced by a guess. A CoT reply cut off before its `Answer:` line is finished by
+one short constrained call continuing it (cheaper than asking again from scratch).
+
+Resume: an item whose latest annotation is ok and was made with the same settings (model, cot,
+prompt templates) is skipped, and every call goes through the response cache, so a re-run after a
+crash or a cap pays only for what is left. `limit` annotates only the first N items left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actlabel import prompting
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options
+from actlabel.engine import run_items
+from actlabel.errors import UserError
+from actlabel.models import DEFAULT_MODEL, load_backend
+from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError
+from actlabel.models.cache import CachedBackend
+from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
+from actlabel.models.retry import ParseFailure, call_with_parse
+from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
+from actlabel.store import Item, Store
+
+#: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
+TOP_LOGPROBS = 20
+COT_MAX_TOKENS = 256
+COMPOSITE_PREFIX = "composite/"
+_ANSWER_MARKER = re.compile(r"answer\s*[:=\-]", re.I)
+
+
+# ---- shared stage plumbing (the critic uses it too) --------------------------------------------
+
+
+@dataclass
+class ModelStack:
+    """A backend as a stage uses it: metered(cached(raw)); `usage` counts calls and cache hits."""
+
+    raw: Backend
+    cached: CachedBackend
+    backend: MeteredBackend
+    usage: RunUsage
+
+    @property
+    def spec(self) -> str:
+        return self.raw.spec
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
+
+
+def open_model(
+    store: Store,
+    spec: str,
+    *,
+    base_url: str | None = None,
+    backend: Backend | None = None,
+    templates: Sequence[str] = (),
+    engine: str = "async",
+    workers: int | None = None,
+) -> ModelStack:
+    """Load `spec` (or take `backend` as given) and wrap it in the project's cache and a meter.
+    The templates' hash is part of every cache key. engine="ray" sends the calls to a pool of Ray
+    workers (distributed.py); it sits under the cache, so a cached call never reaches a worker."""
+    raw = backend if backend is not None else load_backend(spec, base_url=base_url)
+    if engine != "async":
+        from actlabel.distributed import wrap_engine
+
+        raw = wrap_engine(
+            raw, engine, spec=spec, base_url=base_url, workers=workers, given=backend is not None
+        )
+    cached = CachedBackend(raw, store.response_cache(), template_hash=prompting.templates_hash(templates))
+    usage = RunUsage(prices=PriceTable.load(store.root))
+    return ModelStack(raw, cached, MeteredBackend(cached, usage), usage)
+
+
+def default_concurrency(spec: str) -> int:
+    """Endpoints serve many calls at once; an in-process model runs one at a time anyway."""
+    return 16 if spec.startswith("openai/") else 1
+
+
+def make_cap(max_cost: float | None, max_total_tokens: int | None) -> RunCap | None:
+    if max_cost is not None and max_cost <= 0:
+        raise UserError("--max-cost must be > 0")
+    if max_total_tokens is not None and max_total_tokens <= 0:
+        raise UserError("--max-tokens must be > 0")
+    if max_cost is None and max_total_tokens is None:
+        return None
+    return RunCap(max_tokens=max_total_tokens, max_cost=max_cost)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_async(coro: Awaitable[Any]) -> Any:
+    """Run a stage's coroutine from sync code (the CLI, scripts, notebooks with no running loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    raise RuntimeError("call the async variant (annotate_async / critique_async) from inside an event loop")
+
+
+def label_max_tokens(names: Sequence[str]) -> int:
+    """Room for the longest label (about 3 characters per token) plus a little slack."""
+    return max(8, max(len(n) for n in names) // 3 + 6)
+
+
+def gold_accuracy(store: Store) -> tuple[float | None, int]:
+    """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
+    rows = store.conn.execute(
+        "SELECT i.gold_label, a.label FROM items i JOIN "
+        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.item_rowid = i.rowid "
+        "JOIN annotations a ON a.id = l.id WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
+    ).fetchall()
+    if not rows:
+        return None, 0
+    return sum(g == m for g, m in rows) / len(rows), len(rows)
+
+
+# ---- the result ------------------------------------------------------------------------------
+
+
+@dataclass
+class AnnotateResult:
+    model: str
+    mode: str
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    left: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    elapsed: float = 0.0
+    accuracy: float | None = None
+    gold_items: int = 0
+    stopped: str | None = None
+    run_id: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [
+            f"annotated {self.done + self.failed} items with {self.model} ({self.mode}): "
+            f"{self.done} ok, {self.failed} failed, {self.skipped} already done"
+            + (f", {self.left} left" if self.left else ""),
+            f"calls {self.calls} (cache hits {self.cache_hits})",
+            f"tokens {self.input_tokens} in / {self.output_tokens} out",
+            f"${self.cost:.4f}",
+            f"{self.elapsed:.1f} s",
+        ]
+        if self.accuracy is not None:
+            parts.append(f"accuracy vs gold {self.accuracy:.3f} ({self.gold_items} items)")
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}; re-run to continue")
+        return " | ".join(parts)
+
+
+# ---- parsing ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LabelAnswer:
+    label: str
+    confidence: float | None
+    probs: dict[str, float] | None  # over all labels, when the backend gave them
+    reasoning: str | None = None
+    raw: str = ""  # the model's reply (for CoT finished by a continuation: reply + continuation)
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    """A CoT reply with no `Answer:` line (cut off): finished by a short continuation call."""
+
+    text: str
+
+
+def parse_direct(names: Sequence[str], labels: Sequence[Any]) -> Callable[[ChatResponse], LabelAnswer]:
+    def parse(response: ChatResponse) -> LabelAnswer:
+        label = prompting.map_label(response.text, labels)
+        probs = None
+        if response.choice_logprobs:
+            probs = prompting.normalized_probs(response.choice_logprobs, names)
+        return LabelAnswer(label, None if probs is None else probs[label], probs, raw=response.text)
+
+    return parse
+
+
+def parse_cot(
+    names: Sequence[str], labels: Sequence[Any]
+) -> Callable[[ChatResponse], LabelAnswer | Unfinished]:
+    def parse(response: ChatResponse) -> LabelAnswer | Unfinished:
+        found = prompting.cot_answer(response.text)
+        if found is None:
+            if not response.text.strip():
+                raise ValueError("empty answer")
+            return Unfinished(response.text)
+        reasoning, answer = found
+        label = prompting.map_label(answer, labels)
+        probs = None
+        if response.logprobs:
+            probs = prompting.choice_probs_after(response.logprobs, response.text, _ANSWER_MARKER, names)
+        return LabelAnswer(label, None if probs is None else probs[label], probs, reasoning, response.text)
+
+    return parse
+
+
+# ---- the annotators ------------------------------------------------------------------------------
+
+
+class LLMAnnotator:
+    """Labels items with a chat model (see the module docstring)."""
+
+    def __init__(
+        self, store: Store, stack: ModelStack, *, cot: bool, max_parse_retries: int, cot_max_tokens: int
+    ):
+        self.store = store
+        self.task = store.task
+        self.stack = stack
+        self.cot = cot
+        self.max_parse_retries = max_parse_retries
+        self.cot_max_tokens = cot_max_tokens
+        self.names = tuple(self.task.label_names)
+        self.with_images = stack.raw.supports_images
+        self.logprobs = stack.raw.supports_logprobs
+        self._direct = parse_direct(self.names, self.task.labels)
+        self._cot = parse_cot(self.names, self.task.labels)
+
+    def _lp(self) -> dict[str, Any]:
+        return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.logprobs else {}
+
+    async def label(self, item: Item) -> LabelAnswer | ParseFailure:
+        messages = prompting.annotation_messages(
+            self.task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
+        )
+        backend = self.stack.backend
+        if not self.cot:
+            request = ChatRequest(
+                messages, max_tokens=label_max_tokens(self.names), choices=self.names, **self._lp()
+            )
+            direct = await call_with_parse(backend, request, self._direct, self.max_parse_retries)
+            return direct if isinstance(direct, ParseFailure) else direct.value
+        request = ChatRequest(messages, max_tokens=self.cot_max_tokens, **self._lp())
+        outcome = await call_with_parse(backend, request, self._cot, self.max_parse_retries)
+        if isinstance(outcome, ParseFailure) or not isinstance(outcome.value, Unfinished):
+            return outcome if isinstance(outcome, ParseFailure) else outcome.value
+        # Cut off mid-reasoning: let the model finish with the label, constrained to the label set.
+        text = outcome.value.text.rstrip()
+        finish = ChatRequest(
+            messages,
+            max_tokens=label_max_tokens(self.names),
+            choices=self.names,
+            assistant_prefix=text + "\nAnswer:",
+            **self._lp(),
+        )
+        done = await call_with_parse(backend, finish, self._direct, self.max_parse_retries)
+        if isinstance(done, ParseFailure):
+            return ParseFailure(
+                text + "\nAnswer:" + done.raw_text,
+                done.error,
+                done.response,
+                done.attempts + 1,
+                (text, *done.raw_texts),
+            )
+        return LabelAnswer(
+            done.value.label,
+            done.value.confidence,
+            done.value.probs,
+            text,
+            text + "\nAnswer:" + done.value.raw,
+        )
+
+
+def _failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | ModelError) -> dict[str, Any]:
+    if isinstance(failure, ParseFailure):
+        return {
+            "item_rowid": item.rowid,
+            "run_id": run_id,
+            "model": model,
+            "label": None,
+            "raw": failure.raw_text,
+            "status": "failed",
+            "error": one_line(f"no label in the answer after {failure.attempts} attempts: {failure.error}"),
+        }
+    return {
+        "item_rowid": item.rowid,
+        "run_id": run_id,
+        "model": model,
+        "label": None,
+        "status": "failed",
+        "error": one_line(f"model call failed: {failure}"),
+    }
+
+
+def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict[str, Any]:
+    return {
+        "item_rowid": item.rowid,
+        "run_id": run_id,
+        "model": model,
+        "label": answer.label,
+        "confidence": answer.confidence,
+        "reasoning": answer.reasoning,
+        "raw": answer.raw,
+        "status": "ok",
+    }
+
+
+# ---- choosing the annotator -------------------------------------------------------------------
+
+
+def _task_modalities(store: Store) -> tuple[bool, bool]:
+    """(has text, has images) over the imported items."""
+    task = store.task
+    has_images = bool(
+        task.image_column
+        or store.conn.execute("SELECT 1 FROM items WHERE image_path IS NOT NULL LIMIT 1").fetchone()
+    )
+    has_text = bool(task.text_columns)
+    if not has_text and not task.image_column:
+        has_text = True  # items imported without declared roles: their fields are text
+    return has_text, has_images
+
+
+def resolve_annotator(store: Store, model: str | None) -> str:
+    """The annotator spec for `model` (None = the embedded default) on this task's modalities."""
+    has_text, has_images = _task_modalities(store)
+    spec = (model or DEFAULT_MODEL).strip()
+    embedded_default = spec == DEFAULT_MODEL
+    if spec.startswith("features/"):
+        if spec != IMAGE_ANNOTATOR_SPEC:
+            raise UserError(f"unknown feature model {spec!r}: use {IMAGE_ANNOTATOR_SPEC}")
+        if not has_images:
+            raise UserError(f"{IMAGE_ANNOTATOR_SPEC} labels images, and this task has none")
+        return spec
+    if spec.startswith(COMPOSITE_PREFIX):
+        return spec
+    if has_images and embedded_default:
+        return (
+            IMAGE_ANNOTATOR_SPEC
+            if not has_text
+            else f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{spec}"
+        )
+    return spec
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+
+
+def _settings_key(model: str, cot: bool, templates: str) -> str:
+    # The endpoint URL is left out ('openai/x@http://host/v1' -> 'openai/x'): the same model moved to
+    # another host is still the same annotator (the response cache, which must be exact, keeps it).
+    return json.dumps({"model": model.split("@", 1)[0], "cot": cot, "templates": templates}, sort_keys=True)
+
+
+def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
+    """(rowids to annotate in rowid order, how many are skipped as already done with `settings`)."""
+    run_settings = {
+        run_id: json.loads(params).get("settings")
+        for run_id, params in store.conn.execute("SELECT run_id, params FROM runs WHERE stage = 'annotate'")
+    }
+    latest = {
+        rowid: (status, run_id)
+        for rowid, _id, status, run_id in store.conn.execute(
+            "SELECT item_rowid, max(id), status, run_id FROM annotations GROUP BY item_rowid"
+        )
+    }
+    todo, skipped = [], 0
+    for rowid in store.item_rowids():
+        status, run_id = latest.get(rowid, (None, None))
+        if status == "ok" and run_settings.get(run_id) == settings:
+            skipped += 1
+        else:
+            todo.append(rowid)
+    return todo, skipped
+
+
+def annotate(
+    store: Store,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    concurrency: int | None = None,
+    max_cost: float | None = None,
+    max_total_tokens: int | None = None,
+    limit: int | None = None,
+    cot: bool = False,
+    progress: bool = True,
+    backend: Backend | None = None,
+    max_parse_retries: int = 2,
+    cot_max_tokens: int = COT_MAX_TOKENS,
+    batch: bool = False,
+    wait: bool = False,
+    engine: str = "async",
+    workers: int | None = None,
+) -> AnnotateResult | BatchOutcome[AnnotateResult]:
+    """Label every item not yet labelled with these settings. See the module docstring.
+
+    backend: a ready Backend to use instead of loading `model` (tests, benchmarks); its spec names it.
+    batch: go through the provider's batch API (batch.py; returns a BatchOutcome), `wait` for it.
+    engine: "async" (this process) or "ray" (distributed.py, `workers` Ray actors).
+    """
+    return run_async(
+        annotate_async(
+            store,
+            model=model,
+            base_url=base_url,
+            concurrency=concurrency,
+            max_cost=max_cost,
+            max_total_tokens=max_total_tokens,
+            limit=limit,
+            cot=cot,
+            progress=progress,
+            backend=backend,
+            max_parse_retries=max_parse_retries,
+            cot_max_tokens=cot_max_tokens,
+            batch=batch,
+            wait=wait,
+            engine=engine,
+            workers=workers,
+        )
+    )
+
+
+async def annotate_async(
+    store: Store,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    concurrency: int | None = None,
+    max_cost: float | None = None,
+    max_total_tokens: int | None = None,
+    limit: int | None = None,
+    cot: bool = False,
+    progress: bool = True,
+    backend: Backend | None = None,
+    max_parse_retries: int = 2,
+    cot_max_tokens: int = COT_MAX_TOKENS,
+    batch: bool = False,
+    wait: bool = False,
+    engine: str = "async",
+    workers: int | None = None,
+) -> AnnotateResult | BatchOutcome[AnnotateResult]:
+    if store.count_items() == 0:
+        raise UserError(f"{store.root}: no items to annotate; import some with `actlabel import`")
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    cap = make_cap(max_cost, max_total_tokens)
+    spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
+    composite = spec.startswith(COMPOSITE_PREFIX)
+    llm_spec = spec.split("+", 1)[1] if composite else spec
+    check_scale_options(llm_spec, batch=batch, wait=wait, engine=engine, workers=workers)
+    if spec == IMAGE_ANNOTATOR_SPEC:
+        return _annotate_images(store, limit=limit, progress=progress)
+    stack = open_model(
+        store,
+        llm_spec,
+        base_url=base_url,
+        backend=backend,
+        templates=prompting.ANNOTATE_TEMPLATES,
+        engine=engine,
+        workers=workers,
+    )
+    try:
+        run = functools.partial(
+            _annotate_llm,
+            store,
+            stack,
+            composite=composite,
+            cot=cot,
+            concurrency=concurrency or default_concurrency(stack.spec),
+            cap=cap,
+            limit=limit,
+            progress=progress,
+            max_parse_retries=max_parse_retries,
+            cot_max_tokens=cot_max_tokens,
+        )
+        if batch:
+            from actlabel.batch import run_batched
+
+            return await run_batched(store, stack, "annotate", run, wait=wait, progress=progress)
+        return await run()
+    finally:
+        if backend is None:  # a backend passed in belongs to the caller, who may use it again
+            await stack.aclose()
+
+
+async def _annotate_llm(
+    store: Store,
+    stack: ModelStack,
+    *,
+    composite: bool,
+    cot: bool,
+    concurrency: int,
+    cap: RunCap | None,
+    limit: int | None,
+    progress: bool,
+    max_parse_retries: int,
+    cot_max_tokens: int,
+) -> AnnotateResult:
+    task = store.task
+    _has_text, has_images = _task_modalities(store)
+    if has_images and not composite and not stack.raw.supports_images:
+        raise UserError(
+            f"{stack.spec} cannot see images: use an openai/ vision model, or the embedded default "
+            f"(omit --model) for the offline image annotator"
+        )
+    templates = prompting.templates_hash(prompting.ANNOTATE_TEMPLATES)
+    model_name = (
+        f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{stack.spec}" if composite else stack.spec
+    )
+    settings = _settings_key(model_name, cot, templates)
+    todo, skipped = pending_items(store, settings, limit)
+    left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
+    if limit is not None:
+        todo = todo[:limit]
+    result = AnnotateResult(model=model_name, mode="chain-of-thought" if cot else "direct", skipped=skipped)
+    if not todo:
+        result.accuracy, result.gold_items = gold_accuracy(store)
+        return result
+    annotator = LLMAnnotator(
+        store, stack, cot=cot, max_parse_retries=max_parse_retries, cot_max_tokens=cot_max_tokens
+    )
+    image_probs: dict[int, np.ndarray] = {}
+    if composite:
+        from actlabel.image_annotator import fit_image_classifier
+        from actlabel.models.features import cached_image_features
+
+        clf, _n = fit_image_classifier(task, store.root)
+        items_with_images = [it for it in store.iter_items(todo) if it.image_path]
+        if items_with_images:
+            feats = cached_image_features([it.image_path for it in items_with_images], store.root)
+            for it, p in zip(items_with_images, clf.predict_proba(feats), strict=True):
+                image_probs[it.rowid] = p
+        annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
+    run_id = store.start_run(
+        "annotate",
+        {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit},
+    )
+    names = list(task.label_names)
+
+    async def work(item: Item) -> dict[str, Any]:
+        outcome = await annotator.label(item)
+        if isinstance(outcome, ParseFailure):
+            return _failed_record(item, run_id, model_name, outcome)
+        answer = outcome
+        if composite and item.rowid in image_probs:
+            answer = _pool(answer, image_probs[item.rowid], names)
+        return _ok_record(item, run_id, model_name, answer)
+
+    def on_error(item: Item, exc: ModelError) -> dict[str, Any] | None:
+        if isinstance(exc, Deferred):
+            return None  # its request waits in a provider batch: the item stays pending
+        return _failed_record(item, run_id, model_name, exc)
+
+    status = "done"
+    message = None
+    try:
+        engine = await run_items(
+            store.iter_items(todo),
+            work,
+            concurrency=concurrency,
+            write_batch=store.add_annotations,
+            usage=stack.usage,
+            cap=cap,
+            progress=progress,
+            label="annotate",
+            on_error=on_error,
+        )
+    except BaseException as exc:
+        store.finish_run(
+            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
+        )
+        raise
+    failed_rows = store.conn.execute(
+        "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'failed'", (run_id,)
+    ).fetchone()[0]
+    ok_rows = store.conn.execute(
+        "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'ok'", (run_id,)
+    ).fetchone()[0]
+    if engine.stopped_by_cap:
+        status, message = "stopped", engine.cap_reason
+    store.finish_run(run_id, status, message, **stack.usage.run_fields())
+    snap = stack.usage.snapshot()
+    result.done, result.failed = ok_rows, failed_rows
+    result.left = len(todo) - ok_rows - failed_rows + left_after_limit
+    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
+    result.input_tokens, result.output_tokens, result.cost = (
+        snap["input_tokens"],
+        snap["output_tokens"],
+        snap["cost"],
+    )
+    result.elapsed = engine.elapsed
+    result.stopped = engine.cap_reason
+    result.run_id = run_id
+    result.errors = [f"item {k.item_id}: {e}" for k, e in engine.errors]
+    result.accuracy, result.gold_items = gold_accuracy(store)
+    return result
+
+
+def _pool(answer: LabelAnswer, p_image: np.ndarray, names: list[str]) -> LabelAnswer:
+    from actlabel.image_annotator import pool_log_linear
+
+    if answer.probs is not None:
+        p_text = np.array([answer.probs[n] for n in names])
+    else:
+        # No token probabilities: the text expert's answer counts as 80% sure, the rest shared.
+        p_text = np.full(len(names), 0.2 / max(1, len(names) - 1))
+        p_text[names.index(answer.label)] = 0.8
+    pooled = pool_log_linear(p_image, p_text)
+    best = int(pooled.argmax())
+    probs = dict(zip(names, pooled.tolist(), strict=True))
+    raw = json.dumps({"text_answer": answer.raw, "pooled": {n: round(v, 6) for n, v in probs.items()}})
+    return LabelAnswer(names[best], float(pooled[best]), probs, answer.reasoning, raw)
+
+
+def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> AnnotateResult:
+    """The offline image annotator: few-shot logistic regression on EfficientNet-Lite0 features."""
+    from actlabel.image_annotator import fit_image_classifier
+    from actlabel.models.features import cached_image_features
+
+    start = time.monotonic()
+    task = store.task
+    clf, n_examples = fit_image_classifier(task, store.root)
+    model_name = f"{IMAGE_ANNOTATOR_SPEC}+logreg({n_examples} examples)"
+    settings = _settings_key(model_name, False, "")
+    todo, skipped = pending_items(store, settings, limit)
+    left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
+    if limit is not None:
+        todo = todo[:limit]
+    result = AnnotateResult(
+        model=model_name, mode="few-shot image features", skipped=skipped, left=left_after_limit
+    )
+    if not todo:
+        result.accuracy, result.gold_items = gold_accuracy(store)
+        return result
+    run_id = store.start_run(
+        "annotate", {"model": model_name, "cot": False, "settings": settings, "limit": limit}
+    )
+    names = task.label_names
+    done = failed = 0
+    chunk = 256
+    try:
+        for start_i in range(0, len(todo), chunk):
+            items = list(store.iter_items(todo[start_i : start_i + chunk]))
+            with_image = [it for it in items if it.image_path]
+            records = [
+                {
+                    "item_rowid": it.rowid,
+                    "run_id": run_id,
+                    "model": model_name,
+                    "label": None,
+                    "status": "failed",
+                    "error": "the item has no image",
+                }
+                for it in items
+                if not it.image_path
+            ]
+            if with_image:
+                proba = clf.predict_proba(
+                    cached_image_features([it.image_path for it in with_image], store.root)
+                )
+                for it, p in zip(with_image, proba, strict=True):
+                    best = int(p.argmax())
+                    records.append(
+                        {
+                            "item_rowid": it.rowid,
+                            "run_id": run_id,
+                            "model": model_name,
+                            "label": names[best],
+                            "confidence": float(p[best]),
+                            "raw": json.dumps({n: round(float(v), 6) for n, v in zip(names, p, strict=True)}),
+                            "status": "ok",
+                        }
+                    )
+            store.add_annotations(records)
+            done += len(with_image)
+            failed += len(items) - len(with_image)
+            if progress and len(todo) > chunk:
+                print(f"annotate: {start_i + len(items)}/{len(todo)}", file=sys.stderr, flush=True)
+    except BaseException as exc:
+        store.finish_run(run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"))
+        raise
+    store.finish_run(run_id, "done", None)
+    result.done, result.failed, result.run_id = done, failed, run_id
+    result.elapsed = time.monotonic() - start
+    result.accuracy, result.gold_items = gold_accuracy(store)
+    return result

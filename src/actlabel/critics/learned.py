@@ -1,0 +1,339 @@
+"""The learned critic (beyond the paper): an error model trained on the items humans reviewed.
+
+Target: y_i = 1 when the human label differs from the machine label, on reviewed items.
+Features per item:
+- content: all-MiniLM-L6-v2 embedding of the text fields and/or EfficientNet-Lite0 features of the
+  image (models/features.py), cached per content in the project folder;
+- the machine confidence (missing -> the mean, plus a missing indicator);
+- the machine label, one-hot (annotators err more on some classes);
+- the error_prob of every other critic (strategy, model) that covers at least half of the items,
+  as a logit (missing -> that critic's mean).
+- a label model's view of the machine label: log p(m_i | x_i) and log max_k p(k | x_i) from a
+  second classifier (below). A linear error model cannot see "the content says coat but the label
+  says shirt" from the embedding and the one-hot label side by side (that is an interaction);
+  the label model's probability of the machine label is exactly that signal, in one number.
+
+Label model: multinomial logistic regression on the content features (L2-normalised embeddings,
+not standardised), fitted to the reviewed items' human labels plus the task's few-shot examples,
+C chosen by cross-validated log-loss. Reviewed items get out-of-fold probabilities.
+
+Error model: standardised features, logistic regression with class_weight='balanced' (errors are
+the minority). The feature set (with or without the raw content features, which can drown the
+others on a few hundred reviews) and C are chosen together by stratified cross-validated AUROC on
+the reviewed items. Reviewed items get out-of-fold predictions (a model never scores the items it
+was fitted on), the others the model refitted on all reviews. It retrains on every run, so it
+improves as reviews arrive; reviews chosen by another critic are a biased sample, which the
+cross-validated AUROC in the result makes visible.
+
+Proposed label: the label model's most probable label when that probability is at least 0.5,
+else the machine label (not confident enough to contradict it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actlabel import prompting
+from actlabel.critics.base import (
+    Target,
+    clip,
+    critic_scores,
+    is_derived,
+    latest_reviews,
+)
+from actlabel.errors import UserError
+from actlabel.store import Store
+from actlabel.task import Task
+
+MIN_REVIEWED = 20
+MIN_EACH = 5
+C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+#: label-model regularisation grid (features are L2-normalised embeddings: small C underfits)
+LABEL_C_GRID = (1.0, 10.0, 100.0)
+#: a critic is used as a feature only when it scored at least this share of the items
+MIN_COVERAGE = 0.5
+
+
+@dataclass
+class LearnedInfo:
+    reviewed: int
+    wrong: int
+    cv_auroc: float
+    C: float
+    features: list[str]
+    model: str
+
+    def summary(self) -> str:
+        return (
+            f"learned error model on {self.reviewed} reviews ({self.wrong} wrong machine labels), "
+            f"C={self.C:g}, cross-validated AUROC {self.cv_auroc:.3f}; features: {', '.join(self.features)}"
+        )
+
+
+def _need_more(reviewed: int, wrong: int) -> UserError:
+    right = reviewed - wrong
+    return UserError(
+        f"the learned critic trains on reviewed items and has {reviewed} ({wrong} wrong machine labels, "
+        f"{right} right); it needs at least {MIN_REVIEWED} with {MIN_EACH} of each: review more items "
+        "(actlabel select ... then actlabel review), or use another strategy until then"
+    )
+
+
+def item_text(task: Task, target: Target) -> str:
+    return "\n".join(v for _c, v in prompting.item_text_fields(task, target.item))
+
+
+def content_features(
+    task: Task, targets: Sequence[Target], root: Path | None
+) -> tuple[np.ndarray, list[str]]:
+    """Embeddings of each target's text and/or image features (zeros where an item lacks one)."""
+    from actlabel.models.features import IMAGE_MODEL, TEXT_MODEL, cached_image_features, cached_text_features
+
+    blocks, names = [], []
+    texts = [item_text(task, t) for t in targets]
+    if any(texts):
+        blocks.append(cached_text_features(texts, root))
+        names.append(TEXT_MODEL)
+    with_image = [i for i, t in enumerate(targets) if t.item.image_path]
+    if with_image:
+        feats = cached_image_features([targets[i].item.image_path for i in with_image], root)
+        block = np.zeros((len(targets), feats.shape[1]), dtype=np.float32)
+        block[with_image] = feats
+        blocks.append(block)
+        names.append(IMAGE_MODEL)
+    if not blocks:
+        raise UserError("the learned critic found neither text nor images in the items")
+    return np.hstack(blocks), names
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    return np.log(p / (1 - p))
+
+
+def side_features(
+    store: Store, task: Task, targets: Sequence[Target], exclude: tuple[str, str] | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """Machine confidence (+ missing flag), one-hot machine label, other critics' logit(error_prob)."""
+    n = len(targets)
+    cols, names = [], []
+    conf = np.array([np.nan if t.confidence is None else t.confidence for t in targets], dtype=float)
+    if np.isfinite(conf).any():
+        missing = ~np.isfinite(conf)
+        cols += [np.where(missing, np.nanmean(conf), conf), missing.astype(float)]
+        names.append("machine confidence")
+    labels = task.label_names
+    onehot = np.zeros((n, len(labels)))
+    for i, t in enumerate(targets):
+        onehot[i, labels.index(t.machine_label)] = 1.0
+    cols += list(onehot.T)
+    names.append("machine label")
+    ann_ids = {t.item.rowid: t.annotation_id for t in targets}
+    for (strategy, model), scores in sorted(critic_scores(store, ann_ids).items()):
+        if is_derived(strategy) or strategy == "learned" or (strategy, model) == exclude:
+            continue
+        e = np.array([scores.get(t.item.rowid, (np.nan, None))[0] for t in targets], dtype=float)
+        if np.isfinite(e).mean() < MIN_COVERAGE:
+            continue
+        z = _logit(np.where(np.isfinite(e), e, 0.5))
+        z[~np.isfinite(e)] = z[np.isfinite(e)].mean()
+        cols.append(z)
+        names.append(f"{strategy} critic")
+    return np.column_stack(cols) if cols else np.zeros((n, 0)), names
+
+
+def _pipeline(C: float, seed: int, balanced: bool = True) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(
+        StandardScaler(),
+        LogisticRegression(
+            C=C, class_weight="balanced" if balanced else None, max_iter=3000, random_state=seed
+        ),
+    )
+
+
+def _folds(y: np.ndarray, k: int, seed: int) -> Any:
+    from sklearn.model_selection import StratifiedKFold
+
+    return StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+
+
+def fit_error_model(
+    candidates: dict[str, np.ndarray], y: np.ndarray, reviewed: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, float, float, str]:
+    """(error_prob for every row, chosen C, cross-validated AUROC, chosen feature set).
+
+    `candidates` maps a feature-set name to its matrix (all rows); the set and C with the best
+    cross-validated AUROC on the reviewed rows win. Reviewed rows are scored out of fold.
+    """
+    from sklearn.model_selection import cross_val_predict
+
+    from actlabel.metrics import error_detection_auroc
+
+    k = int(min(5, y.sum(), (~y).sum()))
+    folds = _folds(y, k, seed)
+    best: tuple[float, float, str, np.ndarray] | None = None
+    for name, X in candidates.items():
+        for C in C_GRID:
+            oof = cross_val_predict(_pipeline(C, seed), X[reviewed], y, cv=folds, method="predict_proba")[
+                :, 1
+            ]
+            auc = error_detection_auroc(oof, y)
+            if best is None or auc > best[0] + 1e-9:
+                best = (auc, C, name, oof)
+    assert best is not None
+    auc, C, name, oof = best
+    X = candidates[name]
+    e = _pipeline(C, seed).fit(X[reviewed], y).predict_proba(X)[:, 1]
+    e[reviewed] = oof
+    return e, C, float(auc), name
+
+
+def fit_label_model(
+    X: np.ndarray,
+    labels: Sequence[int],
+    reviewed: np.ndarray,
+    n_labels: int,
+    extra_X: np.ndarray | None = None,
+    extra_labels: Sequence[int] = (),
+    seed: int = 0,
+) -> np.ndarray:
+    """(n, K) label probabilities from a classifier on the reviewed rows' human labels (`labels`,
+    one per reviewed row, as label indices) plus extra labelled rows (few-shot examples).
+    Reviewed rows get out-of-fold probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import KFold
+
+    y = np.asarray(labels, dtype=int)
+    Xr = X[reviewed]
+    ex_X = extra_X if extra_X is not None and len(extra_labels) else np.zeros((0, X.shape[1]))
+    ex_y = np.asarray(extra_labels, dtype=int)
+    proba = np.zeros((X.shape[0], n_labels))
+    seen = np.unique(np.concatenate([y, ex_y]))
+    if seen.size == 1:
+        proba[:, seen[0]] = 1.0
+        return proba
+
+    def fit(C: float, rows_X: np.ndarray, rows_y: np.ndarray) -> Any:
+        fx, fy = np.vstack([rows_X, ex_X]), np.concatenate([rows_y, ex_y])
+        if np.unique(fy).size == 1:
+            return int(fy[0])
+        return LogisticRegression(C=C, max_iter=5000, random_state=seed).fit(fx, fy)
+
+    def predict(model: Any, rows: np.ndarray) -> np.ndarray:
+        out = np.zeros((rows.shape[0], n_labels))
+        if isinstance(model, int):
+            out[:, model] = 1.0
+        else:
+            out[:, model.classes_] = model.predict_proba(rows)
+        return out
+
+    folds = list(KFold(n_splits=min(5, len(y)), shuffle=True, random_state=seed).split(Xr))
+    best: tuple[float, float, np.ndarray] | None = None
+    for C in LABEL_C_GRID:
+        oof = np.zeros((len(y), n_labels))
+        for tr, te in folds:
+            oof[te] = predict(fit(C, Xr[tr], y[tr]), Xr[te])
+        loss = -float(np.mean(np.log(np.clip(oof[np.arange(len(y)), y], 1e-6, 1.0))))
+        if best is None or loss < best[0] - 1e-12:
+            best = (loss, C, oof)
+    assert best is not None
+    _loss, C, oof = best
+    proba = predict(fit(C, Xr, y), X)
+    proba[reviewed] = oof
+    return proba
+
+
+def example_features(
+    task: Task, content_names: list[str], root: Path | None
+) -> tuple[np.ndarray | None, list[str]]:
+    """Content features of the few-shot examples that have every modality the items have."""
+    from actlabel.models.features import IMAGE_MODEL, TEXT_MODEL, cached_image_features, cached_text_features
+    from actlabel.prompting import resolve_image
+
+    needs_text, needs_image = TEXT_MODEL in content_names, IMAGE_MODEL in content_names
+    usable = [
+        ex for ex in task.examples if (ex.text.strip() or not needs_text) and (ex.image or not needs_image)
+    ]
+    if not usable:
+        return None, []
+    blocks = []
+    if needs_text:
+        blocks.append(cached_text_features([ex.text for ex in usable], root))
+    if needs_image:
+        blocks.append(cached_image_features([resolve_image(ex.image, root) for ex in usable], root))
+    return np.hstack(blocks), [ex.label for ex in usable]
+
+
+def learned_critique(
+    store: Store, targets: Sequence[Target], *, run_id: int, seed: int = 0
+) -> tuple[list[dict[str, Any]], LearnedInfo]:
+    """Critique records for every target from an error model fitted on the reviewed ones."""
+    task = store.task
+    names = task.label_names
+    reviews = latest_reviews(store)
+    reviewed = np.array([t.item.rowid in reviews for t in targets])
+    y = np.array([reviews[t.item.rowid] != t.machine_label for t in targets if t.item.rowid in reviews])
+    n_rev, n_wrong = int(reviewed.sum()), int(y.sum())
+    if n_rev < MIN_REVIEWED or n_wrong < MIN_EACH or n_rev - n_wrong < MIN_EACH:
+        raise _need_more(n_rev, n_wrong)
+    content, content_names = content_features(task, targets, store.root)
+    side, side_names = side_features(store, task, targets)
+    ex_X, ex_labels = example_features(task, content_names, store.root)
+    human = [names.index(reviews[t.item.rowid]) for t in targets if t.item.rowid in reviews]
+    proba = fit_label_model(
+        content, human, reviewed, len(names), ex_X, [names.index(lab) for lab in ex_labels], seed
+    )
+    m_idx = np.array([names.index(t.machine_label) for t in targets])
+    p_machine = proba[np.arange(len(targets)), m_idx]
+    label_feats = np.column_stack(
+        [np.log(np.clip(p_machine, 1e-4, 1.0)), np.log(np.clip(proba.max(axis=1), 1e-4, 1.0))]
+    )
+    compact = np.hstack([label_feats, side])
+    e, C, auc, chosen = fit_error_model(
+        {"compact": compact, "with content": np.hstack([content, compact])}, y, reviewed, seed
+    )
+    used = (content_names if chosen == "with content" else []) + ["label model"] + side_names
+    model_name = "learned/" + "+".join(content_names) + "+logreg"
+    info = LearnedInfo(n_rev, n_wrong, auc, C, used, model_name)
+    records = []
+    for i, t in enumerate(targets):
+        best = int(proba[i].argmax())
+        confident = proba[i, best] >= 0.5
+        proposed = names[best] if confident else t.machine_label
+        note = (
+            f"suggests {names[best]!r} ({proba[i, best]:.2f})"
+            if confident and names[best] != t.machine_label
+            else ""
+        )
+        rationale = f"P(wrong)={e[i]:.2f} from an error model fitted on {n_rev} reviews (CV AUROC {auc:.2f})"
+        records.append(
+            {
+                "item_rowid": t.item.rowid,
+                "run_id": run_id,
+                "model": model_name,
+                "strategy": "learned",
+                "error_prob": float(e[i]),
+                "proposed_label": proposed,
+                "rationale": clip(rationale + (f"; label model {note}" if note else "")),
+                "raw": json.dumps(
+                    {
+                        "annotation_id": t.annotation_id,
+                        "machine_label": t.machine_label,
+                        "out_of_fold": bool(reviewed[i]),
+                        "label_probs": {n: round(float(p), 4) for n, p in zip(names, proba[i], strict=True)},
+                    }
+                ),
+                "status": "ok",
+            }
+        )
+    return records, info

@@ -1,0 +1,759 @@
+"""Stage 2: a critic estimates, for every machine label, the probability that it is wrong.
+
+Strategies (`STRATEGIES`, PAPER.md step 2):
+- black-box, any chat model (critics/blackbox.py): `naive`, `cot` (default), `mc`, `devil`;
+- white-box, token probabilities (critics/whitebox.py): `logit`, `cot-logit`, `cot-ppl`;
+- beyond the paper: `learned` (an error model trained on reviewed items, critics/learned.py) and
+  `ensemble` (several critics combined, critics/ensemble.py; `ensemble:cot,logit` picks members).
+`calibrate()` maps a critic's error_prob onto observed error rates on reviewed items.
+
+Every strategy writes, per item, error_prob in [0, 1], a proposed_label (the label the critic
+believes; it may equal the machine label, and is None only when the critic named no label while
+doubting the machine one) and a one-line rationale for reviewers. The record's raw JSON keeps the
+annotation it judged (`annotation_id`), the model's text and strategy details.
+
+Critic model: `model` if given, else $ACTLABEL_CRITIC_MODEL, else the annotator's model
+(self-criticism). The result's first lines say which (self/cross) and give advice where a choice
+goes against the paper's findings (naive instead of cot, self-criticism while a second model is
+configured, white-box strategies on large API models).
+
+Resume: an item whose latest critique by this strategy and model is ok and was made on its current
+machine label is skipped; calls go through the response cache. `learned`, `ensemble` and
+calibration recompute every item on each run (no model calls; they improve as reviews arrive).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from actlabel import prompting
+from actlabel.annotate import (
+    COMPOSITE_PREFIX,
+    ModelStack,
+    default_concurrency,
+    make_cap,
+    one_line,
+    open_model,
+    run_async,
+)
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options
+from actlabel.critics.base import (
+    CriticContext,
+    Strategy,
+    Target,
+    Verdict,
+    current_annotations,
+    is_derived,
+    latest_reviews,
+    load_targets,
+    raw_annotation_id,
+)
+from actlabel.critics.blackbox import CoTCritic, DevilCritic, MCCritic, NaiveCritic
+from actlabel.critics.whitebox import CoTLogitCritic, CoTPPLCritic, LogitCritic
+from actlabel.engine import run_items
+from actlabel.errors import UserError
+from actlabel.models import DEFAULT_MODEL
+from actlabel.models.base import Backend, ModelError
+from actlabel.models.retry import ParseFailure
+from actlabel.store import Store
+
+LLM_STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (NaiveCritic, CoTCritic, MCCritic, DevilCritic, LogitCritic, CoTLogitCritic, CoTPPLCritic)
+}
+STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, "learned", "ensemble")
+DEFAULT_STRATEGY = "cot"
+CRITIC_MODEL_ENV = "ACTLABEL_CRITIC_MODEL"
+CRITIC_MAX_TOKENS = 256
+
+
+@dataclass
+class CritiqueResult:
+    strategy: str
+    model: str
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    left: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    elapsed: float = 0.0
+    auroc: float | None = None
+    gold_errors: int = 0
+    gold_items: int = 0
+    stopped: str | None = None
+    run_id: int | None = None
+    notes: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        parts = [
+            f"critiqued {self.done + self.failed} items with {self.strategy} ({self.model}): "
+            f"{self.done} ok, {self.failed} failed, {self.skipped} already done"
+            + (f", {self.left} left" if self.left else ""),
+            f"calls {self.calls} (cache hits {self.cache_hits})",
+            f"tokens {self.input_tokens} in / {self.output_tokens} out",
+            f"${self.cost:.4f}",
+            f"{self.elapsed:.1f} s",
+        ]
+        if self.auroc is not None:
+            parts.append(
+                f"error-detection AUROC vs gold {self.auroc:.3f} ({self.gold_errors} errors in {self.gold_items})"
+            )
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}; re-run to continue")
+        return " | ".join(parts)
+
+    def __str__(self) -> str:
+        return "\n".join([*self.notes, self.summary()])
+
+
+# ---- choosing strategy and model ---------------------------------------------------------------
+
+
+def parse_strategy(strategy: str) -> tuple[str, list[str] | None]:
+    """'ensemble:cot,logit@openai/x' -> ('ensemble', ['cot', 'logit@openai/x'])."""
+    name, _, rest = (strategy or DEFAULT_STRATEGY).strip().partition(":")
+    if name not in STRATEGIES:
+        raise UserError(f"unknown critic strategy {name!r}: choose one of {', '.join(STRATEGIES)}")
+    members = [m.strip() for m in rest.split(",") if m.strip()] if rest else None
+    if members is not None and name != "ensemble":
+        raise UserError(f"only the ensemble strategy takes members (got {strategy!r})")
+    if members:
+        bad = [m for m in members if m.partition("@")[0] not in STRATEGIES or m.startswith("ensemble")]
+        if bad:
+            raise UserError(
+                f"unknown ensemble member(s) {', '.join(bad)}: use strategy names, optionally @MODEL"
+            )
+    return name, members
+
+
+def annotator_models(store: Store) -> Counter[str]:
+    return Counter(row[4] for row in current_annotations(store).values())
+
+
+def _llm_of(annotator: str) -> str | None:
+    """The chat model inside an annotator spec (None for the pure image-feature annotator)."""
+    if annotator.startswith(COMPOSITE_PREFIX):
+        return annotator.split("+", 1)[1]
+    if annotator.startswith("features/"):
+        return None
+    return annotator
+
+
+def resolve_critic_model(store: Store, model: str | None) -> tuple[str, str]:
+    """(critic spec to load, where it came from: 'given' | 'env' | 'annotator' | 'default')."""
+    if model:
+        return model.strip(), "given"
+    env = os.environ.get(CRITIC_MODEL_ENV, "").strip()
+    if env:
+        return env, "env"
+    counts = annotator_models(store)
+    if counts:
+        llm = _llm_of(counts.most_common(1)[0][0])
+        if llm is not None:
+            # The stored spec of an endpoint model carries its URL ('openai/x@http://...'): the
+            # name before '@' loads it again (with --base-url or $OPENAI_BASE_URL).
+            return llm.split("@", 1)[0], "annotator"
+    return DEFAULT_MODEL, "default"
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Same model name (an endpoint spec's URL is left out: one model served twice is still one model)."""
+    return a.split("@", 1)[0] == b.split("@", 1)[0]
+
+
+def criticism_notes(store: Store, strategy: str, critic_spec: str, source: str) -> list[str]:
+    """The self/cross line, and advice where a choice contradicts the paper's insights."""
+    notes = []
+    annotators = sorted(annotator_models(store))
+    llms = [m for m in (_llm_of(a) for a in annotators) if m is not None]
+    if strategy in LLM_STRATEGIES:
+        if llms and all(_same_model(critic_spec, m) for m in llms):
+            notes.append(f"critic: self-criticism ({critic_spec} annotated and now criticizes)")
+            env = os.environ.get(CRITIC_MODEL_ENV, "").strip()
+            if env and source == "given" and not _same_model(env, critic_spec):
+                notes.append(
+                    f"advice: cross-criticism beats self-criticism (paper insight 3) and {CRITIC_MODEL_ENV}={env} "
+                    "is configured; omit --model to use it"
+                )
+        elif llms or annotators:
+            notes.append(
+                f"critic: cross-criticism ({', '.join(annotators)} annotated, {critic_spec} criticizes)"
+            )
+    if strategy == "naive":
+        notes.append(
+            "advice: chain-of-thought critics are stronger than naive ones (paper insight 2); try --strategy cot"
+        )
+    if (
+        LLM_STRATEGIES.get(strategy) is not None
+        and LLM_STRATEGIES[strategy].white_box
+        and critic_spec.startswith("openai/")
+    ):
+        notes.append(
+            "advice: on large API models verbalized critics (cot) usually beat token-probability ones "
+            "(paper insight 4); validate on reviewed items"
+        )
+    return notes
+
+
+# ---- records -------------------------------------------------------------------------------------
+
+
+def _raw(target: Target, text: str, **extra: Any) -> str:
+    return json.dumps(
+        {"annotation_id": target.annotation_id, "machine_label": target.machine_label, "text": text, **extra},
+        ensure_ascii=False,
+    )
+
+
+def _ok_record(target: Target, run_id: int, model: str, strategy: str, verdict: Verdict) -> dict[str, Any]:
+    e = float(verdict.error_prob)
+    if not 0.0 <= e <= 1.0:
+        raise AssertionError(f"{strategy} produced error_prob {e}")  # a bug, not a model answer
+    return {
+        "item_rowid": target.item.rowid,
+        "run_id": run_id,
+        "model": model,
+        "strategy": strategy,
+        "error_prob": e,
+        "proposed_label": verdict.proposed_label,
+        "rationale": verdict.rationale or None,
+        "raw": _raw(target, verdict.text, **verdict.extra),
+        "status": "ok",
+    }
+
+
+def _failed_record(
+    target: Target, run_id: int, model: str, strategy: str, failure: ParseFailure | ModelError
+) -> dict[str, Any]:
+    if isinstance(failure, ParseFailure):
+        error = f"no usable verdict after {failure.attempts} attempts: {failure.error}"
+        raw = _raw(target, failure.raw_text)
+    else:
+        error, raw = f"model call failed: {failure}", _raw(target, "")
+    return {
+        "item_rowid": target.item.rowid,
+        "run_id": run_id,
+        "model": model,
+        "strategy": strategy,
+        "error_prob": None,
+        "raw": raw,
+        "status": "failed",
+        "error": one_line(error),
+    }
+
+
+def critique_auroc(store: Store, strategy: str, model: str | None = None) -> tuple[float | None, int, int]:
+    """(AUROC of the current critiques of `strategy` against gold errors, errors, items) or None."""
+    from actlabel.metrics import error_detection_auroc
+
+    ann = current_annotations(store)
+    gold = dict(
+        store.conn.execute("SELECT rowid, gold_label FROM items WHERE gold_label IS NOT NULL").fetchall()
+    )
+    where = "status = 'ok' AND strategy = ?" + (" AND model = ?" if model else "")
+    args = (strategy, model) if model else (strategy,)
+    e, y = [], []
+    for rowid, _id, err, raw in store.conn.execute(
+        f"SELECT item_rowid, max(id), error_prob, raw FROM critiques WHERE {where} GROUP BY item_rowid", args
+    ):
+        if rowid in gold and rowid in ann and raw_annotation_id(raw) in (None, ann[rowid][0]):
+            e.append(err)
+            y.append(gold[rowid] != ann[rowid][1])
+    if not y or all(y) or not any(y):
+        return None, int(sum(y)), len(y)
+    return error_detection_auroc(np.array(e), np.array(y)), int(sum(y)), len(y)
+
+
+# ---- the stage ---------------------------------------------------------------------------------
+
+
+def _pending(store: Store, targets: list[Target], strategy: str, model: str) -> tuple[list[Target], int]:
+    # Same model name, any endpoint URL: a model moved to another host is still the same critic.
+    name = model.split("@", 1)[0]
+    latest = {
+        rowid: (status, raw)
+        for rowid, _id, status, raw in store.conn.execute(
+            "SELECT item_rowid, max(id), status, raw FROM critiques WHERE strategy = ? AND (model = ? OR model LIKE ?)"
+            " GROUP BY item_rowid",
+            (strategy, name, name + "@%"),
+        )
+    }
+    todo, skipped = [], 0
+    for t in targets:
+        status, raw = latest.get(t.item.rowid, (None, None))
+        if status == "ok" and raw_annotation_id(raw) == t.annotation_id:
+            skipped += 1
+        else:
+            todo.append(t)
+    return todo, skipped
+
+
+def critique(
+    store: Store,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    concurrency: int | None = None,
+    max_cost: float | None = None,
+    max_total_tokens: int | None = None,
+    limit: int | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    progress: bool = True,
+    backend: Backend | None = None,
+    max_parse_retries: int = 2,
+    max_tokens: int = CRITIC_MAX_TOKENS,
+    seed: int = 0,
+    batch: bool = False,
+    wait: bool = False,
+    engine: str = "async",
+    workers: int | None = None,
+) -> CritiqueResult | BatchOutcome[CritiqueResult]:
+    """Criticize the current machine labels with `strategy`. See the module docstring.
+
+    backend: a ready Backend instead of loading a model (tests, benchmarks).
+    max_tokens: the budget of a critic's reasoning (cot, devil, cot-logit, cot-ppl analyses).
+    """
+    return run_async(
+        critique_async(
+            store,
+            model=model,
+            base_url=base_url,
+            concurrency=concurrency,
+            max_cost=max_cost,
+            max_total_tokens=max_total_tokens,
+            limit=limit,
+            strategy=strategy,
+            progress=progress,
+            backend=backend,
+            max_parse_retries=max_parse_retries,
+            max_tokens=max_tokens,
+            seed=seed,
+            batch=batch,
+            wait=wait,
+            engine=engine,
+            workers=workers,
+        )
+    )
+
+
+async def critique_async(
+    store: Store,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    concurrency: int | None = None,
+    max_cost: float | None = None,
+    max_total_tokens: int | None = None,
+    limit: int | None = None,
+    strategy: str = DEFAULT_STRATEGY,
+    progress: bool = True,
+    backend: Backend | None = None,
+    max_parse_retries: int = 2,
+    max_tokens: int = CRITIC_MAX_TOKENS,
+    seed: int = 0,
+    batch: bool = False,
+    wait: bool = False,
+    engine: str = "async",
+    workers: int | None = None,
+) -> CritiqueResult | BatchOutcome[CritiqueResult]:
+    name, members = parse_strategy(strategy)
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1")
+    if not current_annotations(store):
+        raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
+    if name in ("learned", "ensemble"):
+        if model or backend is not None:
+            raise UserError(f"the {name} critic uses no chat model; drop --model")
+        return _critique_offline(store, name, members, limit=limit, seed=seed)
+    cls = LLM_STRATEGIES[name]
+    cap = make_cap(max_cost, max_total_tokens)
+    spec, source = (
+        (backend.spec, "given") if backend is not None and not model else resolve_critic_model(store, model)
+    )
+    targets = load_targets(store)
+    if cls.needs_reasoning:
+        missing = sum(1 for t in targets if not (t.reasoning or "").strip())
+        if missing:
+            raise UserError(
+                f"the devil's-advocate critic argues against the annotator's reasoning, and {missing} of "
+                f"{len(targets)} machine labels have none: annotate with --cot first (actlabel annotate DIR --cot)"
+            )
+    # One hash over every critic template: strategies that send identical requests (the analysis of
+    # cot-logit and cot-ppl) then share cached answers.
+    check_scale_options(spec, batch=batch, wait=wait, engine=engine, workers=workers)
+    stack = open_model(
+        store,
+        spec,
+        base_url=base_url,
+        backend=backend,
+        templates=prompting.CRITIC_TEMPLATES,
+        engine=engine,
+        workers=workers,
+    )
+    try:
+        run = functools.partial(
+            _critique_llm,
+            store,
+            stack,
+            cls(),
+            targets,
+            notes=criticism_notes(store, name, stack.spec, source),
+            concurrency=concurrency or default_concurrency(stack.spec),
+            cap=cap,
+            limit=limit,
+            progress=progress,
+            max_parse_retries=max_parse_retries,
+            max_tokens=max_tokens,
+        )
+        if batch:
+            from actlabel.batch import run_batched
+
+            return await run_batched(store, stack, "critique", run, wait=wait, progress=progress)
+        return await run()
+    finally:
+        if backend is None:  # a backend passed in belongs to the caller, who may use it again
+            await stack.aclose()
+
+
+async def _critique_llm(
+    store: Store,
+    stack: ModelStack,
+    strategy: Strategy,
+    targets: list[Target],
+    *,
+    notes: list[str],
+    concurrency: int,
+    cap: Any,
+    limit: int | None,
+    progress: bool,
+    max_parse_retries: int,
+    max_tokens: int,
+) -> CritiqueResult:
+    task = store.task
+    raw = stack.raw
+    if strategy.needs_logprobs and not raw.supports_logprobs:
+        raise UserError(
+            f"the {strategy.name} critic reads token probabilities and {stack.spec} gives none: "
+            "use a black-box strategy (--strategy cot) or a model with logprobs"
+        )
+    with_images = raw.supports_images
+    if not with_images and any(t.item.image_path for t in targets):
+        if not task.text_columns:
+            raise UserError(
+                f"{stack.spec} cannot see images and the items are images only: use an openai/ vision model "
+                "as critic, or --strategy learned once some items are reviewed"
+            )
+        notes = [*notes, f"note: {stack.spec} cannot see images; it judges the items' text only"]
+    model_name = stack.spec
+    todo, skipped = _pending(store, targets, strategy.name, model_name)
+    left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
+    if limit is not None:
+        todo = todo[:limit]
+    result = CritiqueResult(strategy.name, model_name, skipped=skipped, notes=notes)
+    if not todo and not strategy.deferred:
+        result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, strategy.name, model_name)
+        return result
+    ctx = CriticContext(
+        store, task, stack.backend, raw.supports_logprobs, with_images, max_parse_retries, max_tokens
+    )
+    run_id = store.start_run(
+        "critique",
+        {
+            "strategy": strategy.name,
+            "model": model_name,
+            "templates": list(strategy.templates),
+            "limit": limit,
+        },
+    )
+    deferred: list[tuple[Target, Verdict]] = []
+
+    async def work(target: Target) -> dict[str, Any] | None:
+        outcome = await strategy.judge(ctx, target)
+        if isinstance(outcome, ParseFailure):
+            return _failed_record(target, run_id, model_name, strategy.name, outcome)
+        if strategy.deferred:
+            deferred.append((target, outcome))
+            return None
+        return _ok_record(target, run_id, model_name, strategy.name, outcome)
+
+    def on_error(target: Target, exc: ModelError) -> dict[str, Any] | None:
+        if isinstance(exc, Deferred):
+            return None  # its request waits in a provider batch: the item stays pending
+        return _failed_record(target, run_id, model_name, strategy.name, exc)
+
+    try:
+        engine = await run_items(
+            todo,
+            work,
+            concurrency=concurrency,
+            write_batch=store.add_critiques,
+            usage=stack.usage,
+            cap=cap,
+            progress=progress,
+            label=f"critique ({strategy.name})",
+            on_error=on_error,
+        )
+        if strategy.deferred:
+            ranked = _finish_deferred(store, strategy, targets, deferred, run_id, model_name)
+            result.notes.append(
+                f"note: {strategy.name} error probabilities are ranks over all {ranked} items critiqued so far "
+                "(rewritten each run); calibrate them on reviewed items to read them as probabilities"
+            )
+    except BaseException as exc:
+        store.finish_run(
+            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
+        )
+        raise
+    status, message = ("stopped", engine.cap_reason) if engine.stopped_by_cap else ("done", None)
+    store.finish_run(run_id, status, message, **stack.usage.run_fields())
+    counts = dict(
+        store.conn.execute(
+            "SELECT status, count(*) FROM critiques WHERE run_id = ? GROUP BY status", (run_id,)
+        ).fetchall()
+    )
+    snap = stack.usage.snapshot()
+    result.failed = counts.get("failed", 0)
+    result.done = len(deferred) if strategy.deferred else counts.get("ok", 0)
+    result.left = len(todo) - result.done - result.failed + left_after_limit
+    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
+    result.input_tokens, result.output_tokens, result.cost = (
+        snap["input_tokens"],
+        snap["output_tokens"],
+        snap["cost"],
+    )
+    result.elapsed, result.stopped, result.run_id = engine.elapsed, engine.cap_reason, run_id
+    result.errors = [f"item {k.item.item_id}: {e}" for k, e in engine.errors]
+    result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, strategy.name, model_name)
+    return result
+
+
+def _finish_deferred(
+    store: Store,
+    strategy: Strategy,
+    targets: list[Target],
+    fresh: list[tuple[Target, Verdict]],
+    run_id: int,
+    model_name: str,
+) -> int:
+    """Rescale over this run's verdicts and the earlier ones still current, write them all, and
+    return how many were ranked."""
+    fresh_rows = {t.item.rowid for t, _ in fresh}
+    by_rowid = {t.item.rowid: t for t in targets}
+    earlier: list[tuple[Target, Verdict]] = []
+    for rowid, _id, raw, proposed, rationale in store.conn.execute(
+        "SELECT item_rowid, max(id), raw, proposed_label, rationale FROM critiques "
+        "WHERE strategy = ? AND model = ? AND status = 'ok' GROUP BY item_rowid",
+        (strategy.name, model_name),
+    ):
+        t = by_rowid.get(rowid)
+        if t is None or rowid in fresh_rows:
+            continue
+        data = json.loads(raw)
+        if data.get("annotation_id") != t.annotation_id or "log_ppl" not in data:
+            continue
+        extra = {k: v for k, v in data.items() if k not in ("annotation_id", "machine_label", "text")}
+        earlier.append((t, Verdict(float("nan"), proposed, rationale or "", data.get("text", ""), extra)))
+    everything = fresh + earlier
+    if everything:
+        strategy.finalize([v for _, v in everything])
+        store.add_critiques(_ok_record(t, run_id, model_name, strategy.name, v) for t, v in everything)
+    return len(everything)
+
+
+def _critique_offline(
+    store: Store, name: str, members: Sequence[str] | None, *, limit: int | None, seed: int
+) -> CritiqueResult:
+    """learned / ensemble: no chat model; every current machine label is rescored each run."""
+    start = time.monotonic()
+    targets = load_targets(store)
+    if limit is not None:
+        targets = targets[:limit]
+    run_id = store.start_run("critique", {"strategy": name, "members": members, "limit": limit})
+    try:
+        if name == "learned":
+            from actlabel.critics.learned import learned_critique
+
+            records, info = learned_critique(store, targets, run_id=run_id, seed=seed)
+        else:
+            from actlabel.critics.ensemble import ensemble_critique
+
+            records, info = ensemble_critique(store, targets, run_id=run_id, members=members, seed=seed)
+        store.add_critiques(records)
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", one_line(f"{type(exc).__name__}: {exc}"))
+        raise
+    store.finish_run(run_id, "done", one_line(info.summary(), 500))
+    result = CritiqueResult(name, info.model, done=len(records), run_id=run_id, notes=[info.summary()])
+    result.elapsed = time.monotonic() - start
+    result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, name, info.model)
+    return result
+
+
+# ---- calibration ---------------------------------------------------------------------------------
+
+CALIBRATED_SUFFIX = "+calibrated"
+MIN_CALIBRATION_REVIEWS = 20
+
+
+@dataclass
+class CalibrationResult:
+    strategy: str
+    model: str
+    method: str
+    reviewed: int
+    wrong: int
+    ece_before: float
+    ece_after: float
+    folds: int
+    written: int
+    weighted: bool
+
+    def __str__(self) -> str:
+        how = f"{self.folds}-fold cross-fitted" if self.folds > 1 else "in-sample"
+        weights = ", weighted by 1/review_prob" if self.weighted else ""
+        return (
+            f"calibrated {self.strategy} ({self.model}) with {self.method} on {self.reviewed} reviewed items "
+            f"({self.wrong} wrong machine labels{weights}): ECE {self.ece_before:.3f} -> {self.ece_after:.3f} "
+            f"({how}); wrote {self.written} critiques as {self.strategy}{CALIBRATED_SUFFIX}"
+        )
+
+
+def _latest_critic(store: Store, strategy: str | None) -> tuple[str, str]:
+    sql = "SELECT strategy, model FROM critiques WHERE status = 'ok'"
+    args: tuple = ()
+    if strategy:
+        sql += " AND strategy = ?"
+        args = (strategy,)
+    for s, m in store.conn.execute(sql + " ORDER BY id DESC", args):
+        if not s.endswith(CALIBRATED_SUFFIX):
+            return s, m
+    if strategy:
+        raise UserError(
+            f"no {strategy} critiques to calibrate; run actlabel critique DIR --strategy {strategy}"
+        )
+    raise UserError("no critiques to calibrate; run actlabel critique first")
+
+
+def calibrate(
+    store: Store,
+    *,
+    method: str = "isotonic",
+    strategy: str | None = None,
+    model: str | None = None,
+    seed: int = 0,
+) -> CalibrationResult:
+    """Fit `method` (isotonic | platt, metrics.fit_calibrator) mapping a critic's error_prob to the
+    observed rate of wrong machine labels on reviewed items, and write calibrated copies of its
+    critiques (strategy NAME+calibrated) for every item.
+
+    The critic is `strategy` (and `model`) or, by default, the one that wrote the latest critique.
+    Reviewed items were selected with probability review_prob; when the selection recorded one,
+    items are weighted by 1/review_prob so the fit describes the whole dataset rather than the
+    items the critic found suspicious. ECE before/after is cross-fitted on the reviewed items
+    (metrics.ece_before_after), so "after" is not flattered by fitting and scoring the same items.
+    """
+    from actlabel.metrics import ece_before_after, fit_calibrator
+
+    if method not in ("isotonic", "platt"):
+        raise UserError(f"unknown calibration method {method!r}: choose isotonic or platt")
+    if strategy is not None and strategy.endswith(CALIBRATED_SUFFIX):
+        raise UserError("calibrate the original critic, not an already calibrated one")
+    name, critic_model = (
+        _latest_critic(store, strategy)
+        if model is None
+        else (strategy or _latest_critic(store, None)[0], model)
+    )
+    ann = current_annotations(store)
+    rows = [
+        (rowid, float(e), proposed, rationale, raw)
+        for rowid, _id, e, proposed, rationale, raw in store.conn.execute(
+            "SELECT item_rowid, max(id), error_prob, proposed_label, rationale, raw FROM critiques "
+            "WHERE status = 'ok' AND strategy = ? AND model = ? GROUP BY item_rowid",
+            (name, critic_model),
+        )
+        if rowid in ann and raw_annotation_id(raw) in (None, ann[rowid][0])
+    ]
+    if not rows:
+        raise UserError(f"no current {name} critiques by {critic_model} to calibrate")
+    reviews = latest_reviews(store)
+    pis = {
+        r[0]: r[2]
+        for r in store.conn.execute(
+            "SELECT item_rowid, max(id), review_prob FROM selections GROUP BY item_rowid"
+        )
+    }
+    rev = [(e, reviews[r] != ann[r][1], pis.get(r)) for r, e, *_ in rows if r in reviews]
+    wrong = sum(y for _e, y, _p in rev)
+    if len(rev) < MIN_CALIBRATION_REVIEWS or wrong == 0 or wrong == len(rev):
+        raise UserError(
+            f"calibration fits on reviewed items and has {len(rev)} ({wrong} wrong machine labels); it needs at "
+            f"least {MIN_CALIBRATION_REVIEWS} with both right and wrong labels: review more items first"
+        )
+    e = np.array([r[0] for r in rev])
+    y = np.array([r[1] for r in rev])
+    weighted = all(p is not None and p > 0 for _e, _y, p in rev) and len({p for *_, p in rev}) > 1
+    w = np.array([1.0 / p for *_, p in rev]) if weighted else None
+    folds = int(min(5, wrong, len(rev) - wrong))
+    report = ece_before_after(e, y, method, n_folds=max(folds, 1), seed=seed, sample_weight=w)  # type: ignore[arg-type]
+    calibrator = fit_calibrator(e, y, method, sample_weight=w)  # type: ignore[arg-type]
+    calibrated = calibrator.predict(np.array([r[1] for r in rows]))
+    run_id = store.start_run("calibrate", {"strategy": name, "model": critic_model, "method": method})
+    records = []
+    for (rowid, e_raw, proposed, rationale, raw), e_cal in zip(rows, calibrated, strict=True):
+        data = json.loads(raw) if raw else {}
+        data.update({"uncalibrated_error_prob": e_raw, "calibration": method})
+        records.append(
+            {
+                "item_rowid": rowid,
+                "run_id": run_id,
+                "model": critic_model,
+                "strategy": name + CALIBRATED_SUFFIX,
+                "error_prob": float(min(max(e_cal, 0.0), 1.0)),
+                "proposed_label": proposed,
+                "rationale": rationale,
+                "raw": json.dumps(data, ensure_ascii=False),
+                "status": "ok",
+            }
+        )
+    store.add_critiques(records)
+    result = CalibrationResult(
+        name,
+        critic_model,
+        method,
+        len(rev),
+        int(wrong),
+        report.ece_before,
+        report.ece_after,
+        report.n_folds,
+        len(records),
+        weighted,
+    )
+    store.finish_run(run_id, "done", str(result))
+    return result
+
+
+__all__ = [
+    "CALIBRATED_SUFFIX",
+    "DEFAULT_STRATEGY",
+    "STRATEGIES",
+    "CalibrationResult",
+    "CritiqueResult",
+    "calibrate",
+    "critique",
+    "critique_async",
+    "is_derived",
+]

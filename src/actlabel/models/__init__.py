@@ -1,0 +1,106 @@
+"""Model backends behind one protocol (`base.Backend`), and `load_backend` to pick one by spec.
+
+    backend = load_backend("local/default")            # embedded llama.cpp model, offline
+    backend = load_backend("openai/gpt-4o-mini")       # OPENAI_API_KEY / OPENAI_BASE_URL
+    backend = load_backend("openai/qwen2.5", base_url="http://localhost:8000/v1")
+
+Stages wrap it: MeteredBackend(CachedBackend(backend, store.response_cache(), template_hash=h), usage)
+and call it through `call_with_parse` inside `engine.run_items`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import (
+    Backend,
+    ChatRequest,
+    ChatResponse,
+    ImagePart,
+    Message,
+    ModelError,
+    RetryableError,
+    TextPart,
+    TokenLogprob,
+    Usage,
+)
+from .cache import CachedBackend, DictCache, ResponseCache, request_key
+from .retry import Parsed, ParseFailure, RetryingBackend, RetryPolicy, call_with_parse, chat_with_retry
+from .scripted import ScriptedBackend
+from .usage import MeteredBackend, PriceTable, RunCap, RunUsage
+
+#: the model used when none is given (`local/default` resolves to llama_local.DEFAULT_LOCAL_MODEL)
+DEFAULT_MODEL = "local/default"
+
+#: named embedded models; `local/PATH.gguf` loads any other GGUF file
+LOCAL_MODELS = ("default", "qwen2.5-1.5b", "qwen2.5-0.5b", "smollm2")
+
+SPEC_HELP = (
+    "use openai/NAME, local/default, local/qwen2.5-1.5b, local/qwen2.5-0.5b, local/smollm2 or local/PATH.gguf"
+)
+
+
+def load_backend(
+    spec: str,
+    *,
+    base_url: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    image_max_side: int = 768,
+    **opts: Any,
+) -> Backend:
+    """The backend for `spec`. Raises ModelError (one line) for an unknown or unusable spec.
+
+    opts go to the backend's constructor: e.g. timeout=, client= for openai; n_ctx=, n_threads=,
+    prefix_reuse= for local; script=, latency=, faults= for scripted.
+    """
+    spec = (spec or "").strip()
+    kind, sep, name = spec.partition("/")
+    if not sep or not name:
+        raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")
+    if kind == "openai":
+        from .openai_compat import OpenAICompatBackend
+
+        return OpenAICompatBackend(
+            name, base_url=base_url, api_key_env=api_key_env, image_max_side=image_max_side, **opts
+        )
+    if base_url is not None:
+        raise ModelError(f"--base-url applies to openai/NAME models only, not {spec!r}")
+    if kind == "local":
+        from .llama_local import load_local
+
+        return load_local(name, **opts)
+    if kind == "scripted":
+        return ScriptedBackend(name=name, **opts)
+    raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LOCAL_MODELS",
+    "Backend",
+    "CachedBackend",
+    "ChatRequest",
+    "ChatResponse",
+    "DictCache",
+    "ImagePart",
+    "Message",
+    "MeteredBackend",
+    "ModelError",
+    "ParseFailure",
+    "Parsed",
+    "PriceTable",
+    "ResponseCache",
+    "RetryPolicy",
+    "RetryableError",
+    "RetryingBackend",
+    "RunCap",
+    "RunUsage",
+    "ScriptedBackend",
+    "TextPart",
+    "TokenLogprob",
+    "Usage",
+    "call_with_parse",
+    "chat_with_retry",
+    "load_backend",
+    "request_key",
+]

