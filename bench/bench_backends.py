@@ -218,8 +218,12 @@ def local_worker(name: str, n_items: int, n_no_reuse: int) -> dict:
 
     async def label_all(batch):
         out = []
-        for text, _gold in batch:
+        for i, (text, _gold) in enumerate(batch, 1):
             out.append((await backend.chat(sentiment_request(examples, text))).text)
+            if i % 10 == 0:
+                print(
+                    f"  {name}: {i}/{len(batch)} (reuse={backend.prefix_reuse})", file=sys.stderr, flush=True
+                )
         return out
 
     async def timed(batch):
@@ -251,18 +255,18 @@ def local_worker(name: str, n_items: int, n_no_reuse: int) -> dict:
         "accuracy": accuracy,
         "data": source,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "threads": os.cpu_count(),
+        "threads": backend.n_threads,
     }
 
 
 def run_local(name: str, n_items: int, n_no_reuse: int) -> dict:
     proc = subprocess.run(
         [sys.executable, __file__, "--_local", name, str(n_items), str(n_no_reuse)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
         text=True,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"local benchmark of {name} failed: {proc.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"local benchmark of {name} failed (exit {proc.returncode})")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

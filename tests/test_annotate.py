@@ -236,8 +236,8 @@ def draw_shape(path: Path, shape: str, rng: random.Random) -> Path:
     return path
 
 
-@pytest.fixture
-def shapes_project(tmp_path: Path):
+def make_shapes_project(tmp_path: Path) -> Project:
+    """3 shapes x 8 generated images, 4 example images per shape; the caller closes it."""
     pytest.importorskip("torch")
     pytest.importorskip("efficientnet_lite_pytorch")
     rng = random.Random(7)
@@ -255,6 +255,12 @@ def shapes_project(tmp_path: Path):
         tmp_path / "shapes", list(SHAPES), instructions="Which shape is drawn?", examples=examples
     )
     proj.import_file(folder)
+    return proj
+
+
+@pytest.fixture
+def shapes_project(tmp_path: Path):
+    proj = make_shapes_project(tmp_path)
     yield proj
     proj.close()
 

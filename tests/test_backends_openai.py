@@ -341,6 +341,16 @@ def test_default_client_and_reuse_across_event_loops(key_env):
     assert srv.calls == 2
 
 
+def test_extra_body_is_sent_and_changes_the_spec(key_env):
+    with OpenAICompatServer() as srv:
+        plain = make(srv)
+        extra = make(srv, extra_body={"top_k": 1})
+        assert extra.spec != plain.spec and extra.spec.startswith(plain.spec + "#")
+        run(ask(extra, req()))
+        run(plain.aclose())
+    assert srv.requests[0].body["top_k"] == 1
+
+
 def test_list_models(key_env):
     with OpenAICompatServer(models=("a", "b")) as srv:
         b = make(srv)

@@ -16,6 +16,7 @@ from actlabel.testing.openai_server import OpenAICompatServer
 
 from .conftest import TWEETS
 from .helpers_critic import GOLD, WRONG, annotate_responder, critic_responder, last_user, prefix_of, tweet_of
+from .test_annotate import make_shapes_project
 
 MODEL = "openai/test-model"
 LLM_STRATEGIES = ("naive", "cot", "mc", "logit", "cot-logit", "cot-ppl")
@@ -255,3 +256,67 @@ def test_cli_annotate_critique_and_calibrate(project: Project) -> None:
     assert out.exit_code == 1 and "needs at least 20" in out.output
     out = runner.invoke(main, ["critique", root, "--strategy", "learned"])
     assert out.exit_code == 1 and "needs at least 20" in out.output and "Traceback" not in out.output
+
+
+def test_critic_sees_images_through_a_multimodal_endpoint(tmp_path) -> None:
+    proj = make_shapes_project(tmp_path)
+    store = proj.store
+    with OpenAICompatServer(responder=lambda body: "circle") as srv:
+        annotate(store, model=MODEL, base_url=srv.base_url, progress=False, limit=3)
+    reply = "Looks round.\nCorrect label: circle\nProbability wrong: 0.2\nReason: it is round."
+    with OpenAICompatServer(responder=lambda body: reply) as srv:
+        result = critique(store, model=MODEL, base_url=srv.base_url, strategy="cot", progress=False)
+        images = [r.images() for r in srv.requests]
+    assert result.done == 3 and all(len(i) == 1 and i[0][0] == "image/png" for i in images)
+    with pytest.raises(UserError, match="cannot see images"):
+        critique(store, backend=ScriptedBackend("x", supports_images=False), strategy="naive", progress=False)
+    proj.close()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Probability wrong: 0.3", 0.3),
+        ("**Probability wrong:** 0.85\nReason: x", 0.85),
+        ("Probability wrong: 70%", 0.7),
+        ("Probability wrong: 70", 0.7),
+        ("The probability that the machine label is wrong is 0.25.", 0.25),
+        ("Probability wrong: 0.9\nOn reflection...\nProbability wrong: 0.2", 0.2),
+    ],
+)
+def test_parse_probability(text: str, expected: float) -> None:
+    from actlabel.critics.base import parse_probability
+
+    assert parse_probability(text) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Probability wrong: 1.7",
+        "The probability is 1 in 3",
+        "I am fairly sure it is wrong",
+        "Probability: 150%",
+    ],
+)
+def test_parse_probability_refuses(text: str) -> None:
+    from actlabel.critics.base import parse_probability
+
+    with pytest.raises(ValueError):
+        parse_probability(text)
+
+
+def test_mc_verdicts_and_rank_scale() -> None:
+    import numpy as np
+
+    from actlabel.critics.blackbox import parse_mc_verdict
+    from actlabel.critics.whitebox import rank_scale
+
+    assert parse_mc_verdict("Verdict: D\nCorrect label: x") == "D"
+    assert parse_mc_verdict("Verdict: (B) probably correct") == "B"
+    assert parse_mc_verdict("Verdict: certainly wrong") == "E"
+    with pytest.raises(ValueError):
+        parse_mc_verdict("Verdict: maybe")
+    e = rank_scale(np.array([3.0, 1.0, 2.0, 2.0 + 1e-12]))
+    assert e == pytest.approx([0.875, 0.125, 0.5, 0.5])  # near-equal values are ties
+    assert rank_scale(np.array([])).size == 0

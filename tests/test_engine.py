@@ -272,3 +272,20 @@ def test_generator_keys_are_pulled_lazily():
 
     res = run(run_items(keys(), work, concurrency=3, progress=False))
     assert res.done == 20 and pulled == list(range(20))
+
+
+def test_rich_progress_bar_on_a_terminal(monkeypatch, capsys):
+    monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
+    usage = RunUsage()
+
+    async def work(k):
+        await asyncio.sleep(0.005)
+        return k
+
+    res = run(
+        run_items(
+            range(30), work, concurrency=3, usage=usage, progress=True, label="critique", flush_interval=0.02
+        )
+    )
+    assert res.done == 30
+    assert "critique" in capsys.readouterr().err

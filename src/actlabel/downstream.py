@@ -23,7 +23,7 @@ class LinearACTClassifier:
     l2: float = 1e-3
     lam: float = 1.0
     max_weight: float | None = None
-    max_iter: int = 200
+    max_iter: int = 100
     seed: int = 0
 
     def fit(
@@ -36,14 +36,26 @@ class LinearACTClassifier:
     ) -> LinearACTClassifier:
         import torch
 
+        # One thread: the problem is small, and torch's thread pool costs more than it saves
+        # (badly so on a loaded machine).
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._fit(torch, features, machine_labels, human_labels, reviewed, review_prob)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(
+        self, torch, features, machine_labels, human_labels, reviewed, review_prob
+    ) -> LinearACTClassifier:  # noqa: ANN001
         torch.manual_seed(self.seed)
-        x = torch.as_tensor(self._standardize(features, fit=True), dtype=torch.float64)
+        x = torch.as_tensor(self._standardize(features, fit=True), dtype=torch.float32)
         m = torch.as_tensor(np.asarray(machine_labels), dtype=torch.long)
         h = torch.as_tensor(np.where(reviewed, human_labels, -1), dtype=torch.long)
         d = torch.as_tensor(np.asarray(reviewed, dtype=bool))
-        pi = torch.as_tensor(np.asarray(review_prob, dtype=float), dtype=torch.float64)
-        w = torch.zeros(x.shape[1], self.n_classes, dtype=torch.float64, requires_grad=True)
-        b = torch.zeros(self.n_classes, dtype=torch.float64, requires_grad=True)
+        pi = torch.as_tensor(np.asarray(review_prob, dtype=float), dtype=torch.float32)
+        w = torch.zeros(x.shape[1], self.n_classes, dtype=torch.float32, requires_grad=True)
+        b = torch.zeros(self.n_classes, dtype=torch.float32, requires_grad=True)
         opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
 
         def closure() -> torch.Tensor:

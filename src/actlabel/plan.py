@@ -207,9 +207,8 @@ def plan(
 
     lines.append("")
     methods = sorted({counters[e.model].method for e in estimates if e.model in counters})
-    lines.append(
-        "estimate for the whole dataset (input tokens counted with " + "; ".join(methods or ["-"]) + ";"
-    )
+    counted = "input tokens counted with " + "; ".join(methods) if methods else "no prompts to count"
+    lines.append(f"estimate for the whole dataset ({counted};")
     lines.append(
         "  output tokens assumed per call: "
         + ", ".join(f"{k} {v}" for k, v in OUTPUT_ASSUMPTIONS.items())
@@ -308,6 +307,8 @@ def _critic_estimate(
     else:  # cot-ppl
         tokens_out = OUTPUT_ASSUMPTIONS["analysis"] * n
         note = "shares its analysis with cot-logit (cached)"
+    if with_images and any(it.image_path for it in sample):
+        note = "; ".join(x for x in (note, "+ image tokens (not counted)") if x)
     return StageEstimate(
         "critique", critic, calls, tokens_in, tokens_out, _cost(prices, critic, tokens_in, tokens_out), note
     )

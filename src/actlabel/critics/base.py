@@ -100,7 +100,12 @@ class Strategy:
 
 # ---- parsing verbalized answers --------------------------------------------------------------
 
-_PROB_LINE = re.compile(r"probab\w*[^\n:=]{0,60}[:=]\s*\**\s*(\d+(?:\.\d+)?|\.\d+)\s*(%?)", re.I)
+# "Probability wrong: 0.3", also "the probability that the label is wrong is 30%"; never "1 in 3".
+_PROB_LINE = re.compile(
+    r"probab\w*[^\n:=]{0,60}?(?:[:=]|\bis\b|\babout\b|\baround\b)\s*\**\s*(\d+(?:\.\d+)?|\.\d+)(?!\d)\s*(%?)"
+    r"(?!\s*(?:in|out of|/)\b)",
+    re.I,
+)
 _LABEL_LINE = re.compile(r"correct\s+label\s*\**\s*[:=]\s*\**\s*(.+)", re.I)
 _REASON_LINE = re.compile(r"reason\w*\s*\**\s*[:=]\s*\**\s*(.+)", re.I)
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import hashlib
 import importlib.util
 import io
 import json
@@ -315,6 +316,10 @@ class OpenAICompatBackend:
         self.image_max_side = image_max_side
         self.timeout = timeout
         self.extra_body = dict(extra_body or {})
+        if self.extra_body:
+            # Extra body fields change answers, so they must change cache keys (the spec is in them).
+            blob = json.dumps(self.extra_body, sort_keys=True, default=str).encode()
+            self.spec += f"#{hashlib.sha256(blob).hexdigest()[:12]}"
         is_openai = urlsplit(url).hostname == "api.openai.com"
         # OpenAI's newer models reject max_tokens; most compatible servers only know max_tokens.
         self.max_tokens_field = max_tokens_field or ("max_completion_tokens" if is_openai else "max_tokens")
