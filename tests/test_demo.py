@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def run_demo(directory: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "actlabel.cli", "demo", "--size", "60", "--model", "local/smollm2",
-         "--dir", str(directory), "--no-progress"],
+         "--dir", str(directory), "--no-progress", "--llm-critic", "logit"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
 

@@ -4,9 +4,11 @@ Steps (each resumable: a re-run reuses the project and its model cache and finis
  1. write a real labelled dataset into the project folder: a pool to label (gold kept for the
     simulated reviewer and for evaluation only), a held-out test set, few-shot examples;
  2. annotate the pool with the embedded model (text) or the few-shot image model (images);
- 3. criticize with the embedded LLM's yes/no token probabilities (text) — a first error signal;
+ 3. optionally (`--llm-critic logit`), criticize with the embedded LLM's yes/no token probabilities;
  4. select a uniform pilot (`--budget auto`), review it with the simulated reviewer;
- 5. train the learned critic on those reviews (features + the LLM critic's signal);
+ 5. train the learned critic on those reviews (text embeddings or image features, the annotator's
+    confidence, and the LLM critic's signal when there is one): the best critic offline in
+    bench/bench_critics.py, and it needs no extra model pass;
  6. select the recommended budget with the threshold rule plus a uniform share, review it;
  7. train a downstream classifier on frozen features with full human labels, full machine
     labels and the ACT data (ACT loss), and compare test accuracy;
@@ -43,7 +45,7 @@ class DemoSpec:
 
 SPECS = {
     "tweets": DemoSpec(
-        "tweets", "text", 400, 1500, 3,
+        "tweets", "text", 300, 1500, 3,
         "Classify the sentiment the author of the tweet expresses.",
     ),
     "reuters": DemoSpec(
@@ -65,7 +67,6 @@ TWEETS_MIN_AGREEMENT = 0.6
 # A later round's uniform share: every item keeps review_prob > 0, so the ACT loss stays
 # unbiased and the residual-error estimate is identifiable.
 UNIFORM_SHARE = 0.05
-LLM_CRITIC = "logit"
 
 
 def _say(progress: bool, message: str) -> None:
@@ -304,6 +305,7 @@ def run_demo(
     model: str | None = None,
     seed: int = 0,
     max_budget: str = "20%",
+    llm_critic: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     if dataset not in SPECS:
@@ -322,9 +324,9 @@ def run_demo(
         store.acquire_writer("demo")
         _say(progress, "annotating every item with the embedded model")
         _say(progress, str(annotate(store, model=model, progress=progress)))
-        if spec.kind == "text":
-            _say(progress, f"criticizing with the embedded LLM ({LLM_CRITIC}: yes/no token probabilities)")
-            _say(progress, str(critique(store, model=model, strategy=LLM_CRITIC, progress=progress)))
+        if llm_critic and spec.kind != "image":
+            _say(progress, f"criticizing with the embedded LLM ({llm_critic})")
+            _say(progress, str(critique(store, model=model, strategy=llm_critic, progress=progress)))
         if _rounds(project) == 0:
             _say(progress, str(select_for_review(store, budget="auto", seed=seed)))
         _review(project, progress, seed)

@@ -13,9 +13,10 @@ Features per item:
   says shirt" from the embedding and the one-hot label side by side (that is an interaction);
   the label model's probability of the machine label is exactly that signal, in one number.
 
-Label model: multinomial logistic regression on the content features (L2-normalised embeddings,
-not standardised), fitted to the reviewed items' human labels plus the task's few-shot examples,
-C chosen by cross-validated log-loss. Reviewed items get out-of-fold probabilities.
+Label model: multinomial logistic regression on the content features (projected on their first
+128 principal components, fitted on all items), fitted to the reviewed items' human labels plus the
+task's few-shot examples, C chosen by cross-validated log-loss. Reviewed items get out-of-fold
+probabilities.
 
 Error model: standardised features, logistic regression with class_weight='balanced' (errors are
 the minority). The feature set (with or without the raw content features, which can drown the
@@ -56,6 +57,8 @@ MIN_EACH = 5
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 #: label-model regularisation grid (features are L2-normalised embeddings: small C underfits)
 LABEL_C_GRID = (1.0, 10.0, 100.0)
+#: principal components of the content features the classifiers see (see reduce_dims)
+PCA_DIMS = 128
 #: a critic is used as a feature only when it scored at least this share of the items
 MIN_COVERAGE = 0.5
 
@@ -253,6 +256,21 @@ def fit_label_model(
     return proba
 
 
+def reduce_dims(
+    content: np.ndarray, extra: np.ndarray | None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Project the content features on their first PCA_DIMS principal components (fitted on all
+    items: no labels involved). On a few hundred reviews the classifiers are as accurate on 128
+    components as on 384 or 1280 dimensions, and an order of magnitude faster to fit."""
+    k = min(PCA_DIMS, content.shape[1], content.shape[0] - 1)
+    if k >= content.shape[1] or k < 2:
+        return content, extra
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=k, random_state=seed).fit(content)
+    return pca.transform(content), (None if extra is None else pca.transform(extra))
+
+
 def example_features(
     task: Task, content_names: list[str], root: Path | None
 ) -> tuple[np.ndarray | None, list[str]]:
@@ -289,6 +307,7 @@ def learned_critique(
     content, content_names = content_features(task, targets, store.root)
     side, side_names = side_features(store, task, targets)
     ex_X, ex_labels = example_features(task, content_names, store.root)
+    content, ex_X = reduce_dims(content, ex_X, seed)
     human = [names.index(reviews[t.item.rowid]) for t in targets if t.item.rowid in reviews]
     proba = fit_label_model(
         content, human, reviewed, len(names), ex_X, [names.index(lab) for lab in ex_labels], seed
