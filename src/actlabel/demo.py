@@ -45,7 +45,7 @@ class DemoSpec:
 
 SPECS = {
     "tweets": DemoSpec(
-        "tweets", "text", 300, 1500, 3,
+        "tweets", "text", 250, 1500, 3,
         "Classify the sentiment the author of the tweet expresses.",
     ),
     "reuters": DemoSpec(
