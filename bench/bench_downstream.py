@@ -41,6 +41,7 @@ BUDGETS = (0.05, 0.10, 0.20, 0.30)
 RULES = ("threshold", "exponential", "normalized")
 SEEDS = (0, 1, 2)
 PILOT_SHARE = 0.05
+MAX_WEIGHT = 5.0
 IMG = ROOT / "docs" / "img"
 
 
@@ -170,7 +171,9 @@ def simulate(
         e = rng.random(n) if scores is None else np.clip(scores, 0, 1)
         res = rules.select(e, budget, rule=rule, seed=seed)
         reviewed, pi = res.selected, res.review_prob
-    clf = LinearACTClassifier(len(project["names"]), seed=seed)
+    # 1/pi clipped at MAX_WEIGHT (the paper's stabiliser): unclipped, a few items reviewed with a
+    # small pi put weights of -20 and worse on their machine labels and the fit collapses.
+    clf = LinearACTClassifier(len(project["names"]), seed=seed, max_weight=MAX_WEIGHT)
     clf.fit(project["x"], machine, gold, reviewed, np.where(reviewed, pi, 1.0))
     final = np.where(reviewed, gold, machine)
     return clf.score(*test), float((final == gold).mean()), int(reviewed.sum())
@@ -213,7 +216,7 @@ def main() -> None:
         "",
         "Linear softmax classifier on frozen features (MiniLM text embeddings / EfficientNet-Lite0 image",
         "features) trained with the ACT loss (`actlabel.downstream`), reviews = gold labels, test set = held-out",
-        "items of the same dataset. Mean over seeds 0, 1, 2. The learned critic spends max(20, 5% of N)",
+        f"items of the same dataset, 1/pi clipped at {MAX_WEIGHT:g}. Mean over seeds 0, 1, 2. The learned critic spends max(20, 5% of N)",
         "of the budget on a uniform pilot and is trained on it; the other critics spend it all on their ranking.",
         "",
     ]

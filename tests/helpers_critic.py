@@ -86,13 +86,14 @@ def critic_responder(body: dict[str, Any]) -> str | Reply:
     machine = machine_label_of(body)
     wrong = machine != gold
     prefix = prefix_of(body)
+    # the white-box critics ask "is the machine label correct?": "no" when it is wrong
     if prefix is not None:  # cot-logit verdict after the analysis
         return token_reply(
-            "yes" if wrong else "no", {"yes": 0.85, "no": 0.15} if wrong else {"yes": 0.2, "no": 0.8}
+            "no" if wrong else "yes", {"yes": 0.15, "no": 0.85} if wrong else {"yes": 0.8, "no": 0.2}
         )
     if "Answer with one word: yes or no" in user:  # logit
         return token_reply(
-            "yes" if wrong else "no", {"yes": 0.75, "no": 0.25} if wrong else {"yes": 0.1, "no": 0.9}
+            "no" if wrong else "yes", {"yes": 0.25, "no": 0.75} if wrong else {"yes": 0.9, "no": 0.1}
         )
     if "Analyse step by step" in user:  # cot-logit / cot-ppl analysis; wrong labels make the critic hesitate
         words = f"The tweet says {tweet.lower()} which reads as {gold}.".split(" ")

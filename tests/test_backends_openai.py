@@ -244,11 +244,13 @@ def test_client_errors_are_not_retried(client, key_env):
 
 
 def test_timeout_is_retryable_and_retried(client, key_env):
-    with OpenAICompatServer(faults={1: Fault("delay", seconds=1.0)}) as srv:
+    # The answer is delayed far past the timeout, so giving up well before it proves the timeout
+    # fired, with room for a loaded CI machine.
+    with OpenAICompatServer(faults={1: Fault("delay", seconds=8.0)}) as srv:
         start = time.monotonic()
         with pytest.raises(RetryableError, match="timed out"):
             run(ask(make(srv, client, timeout=0.3), req()))
-        assert time.monotonic() - start < 0.9
+        assert time.monotonic() - start < 6.0
         r = run(ask(make(srv, client, timeout=0.3), req(), retry=FAST))
     assert r.text == "ok"
 
@@ -371,8 +373,10 @@ def test_concurrent_calls_share_connections(client, key_env):
         start = time.monotonic()
         out = run(go())
         elapsed = time.monotonic() - start
+    # Concurrency is proven by the server seeing many calls at once; the wall-clock figure lives
+    # in bench/bench_backends.py, not in a timed unit test.
     assert len(out) == 32 and srv.max_in_flight >= 16
-    assert elapsed < 1.0  # 32 sequential calls would take >= 1.6 s
+    assert elapsed < 32 * 0.05 * 3
 
 
 def test_retry_after_header_forms():

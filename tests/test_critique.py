@@ -320,3 +320,21 @@ def test_mc_verdicts_and_rank_scale() -> None:
     e = rank_scale(np.array([3.0, 1.0, 2.0, 2.0 + 1e-12]))
     assert e == pytest.approx([0.875, 0.125, 0.5, 0.5])  # near-equal values are ties
     assert rank_scale(np.array([])).size == 0
+
+
+def test_an_edited_prompt_makes_critiques_stale(annotated: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    from actlabel import prompting
+
+    store = annotated.store
+    with OpenAICompatServer(responder=critic_responder) as srv:
+        critique(store, model=MODEL, base_url=srv.base_url, strategy="cot", progress=False)
+        original = prompting.template
+        monkeypatch.setattr(
+            prompting,
+            "template",
+            lambda name: original(name) + (" Be brief." if name == "critic_cot" else ""),
+        )
+        other = critique(store, model=MODEL, base_url=srv.base_url, strategy="naive", progress=False)
+        edited = critique(store, model=MODEL, base_url=srv.base_url, strategy="cot", progress=False)
+    assert other.done == len(TWEETS)  # naive's own templates did not change: nothing stale there
+    assert edited.skipped == 0 and edited.done == len(TWEETS) and edited.calls == len(TWEETS)

@@ -251,7 +251,7 @@ def _scripted_critics(store, gold_of_text) -> None:
         if "Which label is correct" in request.messages[-1].plain_text:  # the proposal question
             return gold_of_text[re.search(r"^text: (.*)$", request.messages[-1].plain_text, re.M).group(1)]
         text, machine = text_of(request)
-        return "yes" if gold_of_text[text] != machine else "no"
+        return "no" if gold_of_text[text] != machine else "yes"  # "is the machine label correct?"
 
     def yes_no_probs(request: ChatRequest, answer: str) -> dict[str, float]:
         if request.choices == ("yes", "no"):

@@ -212,14 +212,18 @@ def criticism_notes(store: Store, strategy: str, critic_spec: str, source: str) 
 # ---- records -------------------------------------------------------------------------------------
 
 
-def _raw(target: Target, text: str, **extra: Any) -> str:
-    return json.dumps(
-        {"annotation_id": target.annotation_id, "machine_label": target.machine_label, "text": text, **extra},
-        ensure_ascii=False,
-    )
+def _raw(target: Target, text: str, templates: str = "", **extra: Any) -> str:
+    """The record's raw JSON: the annotation judged, the prompt templates' hash (a changed prompt
+    makes the critique stale, as for annotations), the model's text and strategy details."""
+    doc = {"annotation_id": target.annotation_id, "machine_label": target.machine_label, "text": text}
+    if templates:
+        doc["templates"] = templates
+    return json.dumps(doc | extra, ensure_ascii=False)
 
 
-def _ok_record(target: Target, run_id: int, model: str, strategy: str, verdict: Verdict) -> dict[str, Any]:
+def _ok_record(
+    target: Target, run_id: int, model: str, strategy: str, verdict: Verdict, templates: str = ""
+) -> dict[str, Any]:
     e = float(verdict.error_prob)
     if not 0.0 <= e <= 1.0:
         raise AssertionError(f"{strategy} produced error_prob {e}")  # a bug, not a model answer
@@ -231,19 +235,24 @@ def _ok_record(target: Target, run_id: int, model: str, strategy: str, verdict: 
         "error_prob": e,
         "proposed_label": verdict.proposed_label,
         "rationale": verdict.rationale or None,
-        "raw": _raw(target, verdict.text, **verdict.extra),
+        "raw": _raw(target, verdict.text, templates, **verdict.extra),
         "status": "ok",
     }
 
 
 def _failed_record(
-    target: Target, run_id: int, model: str, strategy: str, failure: ParseFailure | ModelError
+    target: Target,
+    run_id: int,
+    model: str,
+    strategy: str,
+    failure: ParseFailure | ModelError,
+    templates: str = "",
 ) -> dict[str, Any]:
     if isinstance(failure, ParseFailure):
         error = f"no usable verdict after {failure.attempts} attempts: {failure.error}"
-        raw = _raw(target, failure.raw_text)
+        raw = _raw(target, failure.raw_text, templates)
     else:
-        error, raw = f"model call failed: {failure}", _raw(target, "")
+        error, raw = f"model call failed: {failure}", _raw(target, "", templates)
     return {
         "item_rowid": target.item.rowid,
         "run_id": run_id,
@@ -281,7 +290,18 @@ def critique_auroc(store: Store, strategy: str, model: str | None = None) -> tup
 # ---- the stage ---------------------------------------------------------------------------------
 
 
-def _pending(store: Store, targets: list[Target], strategy: str, model: str) -> tuple[list[Target], int]:
+def _raw_templates(raw: str | None) -> str | None:
+    try:
+        return json.loads(raw or "{}").get("templates")
+    except (ValueError, AttributeError):
+        return None
+
+
+def _pending(
+    store: Store, targets: list[Target], strategy: str, model: str, templates: str
+) -> tuple[list[Target], int]:
+    """(targets to judge, how many are skipped): skipped when the latest critique by this strategy
+    and model is ok, judged the current machine label, and used the current prompt templates."""
     # Same model name, any endpoint URL: a model moved to another host is still the same critic.
     name = model.split("@", 1)[0]
     latest = {
@@ -295,7 +315,7 @@ def _pending(store: Store, targets: list[Target], strategy: str, model: str) -> 
     todo, skipped = [], 0
     for t in targets:
         status, raw = latest.get(t.item.rowid, (None, None))
-        if status == "ok" and raw_annotation_id(raw) == t.annotation_id:
+        if status == "ok" and raw_annotation_id(raw) == t.annotation_id and _raw_templates(raw) == templates:
             skipped += 1
         else:
             todo.append(t)
@@ -392,15 +412,16 @@ async def critique_async(
                 f"the devil's-advocate critic argues against the annotator's reasoning, and {missing} of "
                 f"{len(targets)} machine labels have none: annotate with --cot first (actlabel annotate DIR --cot)"
             )
-    # One hash over every critic template: strategies that send identical requests (the analysis of
-    # cot-logit and cot-ppl) then share cached answers.
     check_scale_options(spec, batch=batch, wait=wait, engine=engine, workers=workers)
+    # The hash of the strategy's own templates: editing one strategy's prompt does not invalidate
+    # the others' cached answers (cot-logit and cot-ppl declare the same templates, so their
+    # identical analysis request is shared).
     stack = open_model(
         store,
         spec,
         base_url=base_url,
         backend=backend,
-        templates=prompting.CRITIC_TEMPLATES,
+        templates=cls.templates,
         engine=engine,
         workers=workers,
     )
@@ -459,7 +480,8 @@ async def _critique_llm(
             )
         notes = [*notes, f"note: {stack.spec} cannot see images; it judges the items' text only"]
     model_name = stack.spec
-    todo, skipped = _pending(store, targets, strategy.name, model_name)
+    templates = prompting.templates_hash(strategy.templates)
+    todo, skipped = _pending(store, targets, strategy.name, model_name, templates)
     left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
     if limit is not None:
         todo = todo[:limit]
@@ -484,16 +506,16 @@ async def _critique_llm(
     async def work(target: Target) -> dict[str, Any] | None:
         outcome = await strategy.judge(ctx, target)
         if isinstance(outcome, ParseFailure):
-            return _failed_record(target, run_id, model_name, strategy.name, outcome)
+            return _failed_record(target, run_id, model_name, strategy.name, outcome, templates)
         if strategy.deferred:
             deferred.append((target, outcome))
             return None
-        return _ok_record(target, run_id, model_name, strategy.name, outcome)
+        return _ok_record(target, run_id, model_name, strategy.name, outcome, templates)
 
     def on_error(target: Target, exc: ModelError) -> dict[str, Any] | None:
         if isinstance(exc, Deferred):
             return None  # its request waits in a provider batch: the item stays pending
-        return _failed_record(target, run_id, model_name, strategy.name, exc)
+        return _failed_record(target, run_id, model_name, strategy.name, exc, templates)
 
     try:
         engine = await run_items(
@@ -508,7 +530,7 @@ async def _critique_llm(
             on_error=on_error,
         )
         if strategy.deferred:
-            ranked = _finish_deferred(store, strategy, targets, deferred, run_id, model_name)
+            ranked = _finish_deferred(store, strategy, targets, deferred, run_id, model_name, templates)
             result.notes.append(
                 f"note: {strategy.name} error probabilities are ranks over all {ranked} items critiqued so far "
                 "(rewritten each run); calibrate them on reviewed items to read them as probabilities"
@@ -548,6 +570,7 @@ def _finish_deferred(
     fresh: list[tuple[Target, Verdict]],
     run_id: int,
     model_name: str,
+    templates: str = "",
 ) -> int:
     """Rescale over this run's verdicts and the earlier ones still current, write them all, and
     return how many were ranked."""
@@ -565,12 +588,18 @@ def _finish_deferred(
         data = json.loads(raw)
         if data.get("annotation_id") != t.annotation_id or "log_ppl" not in data:
             continue
-        extra = {k: v for k, v in data.items() if k not in ("annotation_id", "machine_label", "text")}
+        if data.get("templates", "") != templates:
+            continue
+        extra = {
+            k: v for k, v in data.items() if k not in ("annotation_id", "machine_label", "text", "templates")
+        }
         earlier.append((t, Verdict(float("nan"), proposed, rationale or "", data.get("text", ""), extra)))
     everything = fresh + earlier
     if everything:
         strategy.finalize([v for _, v in everything])
-        store.add_critiques(_ok_record(t, run_id, model_name, strategy.name, v) for t, v in everything)
+        store.add_critiques(
+            _ok_record(t, run_id, model_name, strategy.name, v, templates) for t, v in everything
+        )
     return len(everything)
 
 

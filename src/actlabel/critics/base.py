@@ -161,11 +161,12 @@ def consistent_proposal(error_prob: float, stated: str | None, machine: str) -> 
     return machine if error_prob < 0.5 else None
 
 
-def yes_probability(response: ChatResponse) -> float:
-    """P(yes) / (P(yes) + P(no)) from the response's choice log-probabilities."""
+def wrong_probability(response: ChatResponse) -> float:
+    """P(no) / (P(yes) + P(no)) from the choice log-probabilities of an answer to "is the machine
+    label correct?" (see critics/whitebox.py for why the question is asked that way round)."""
     if not response.choice_logprobs:
         raise ValueError("the response carries no token probabilities for yes/no")
-    return prompting.normalized_probs(response.choice_logprobs, YES_NO)["yes"]
+    return prompting.normalized_probs(response.choice_logprobs, YES_NO)["no"]
 
 
 def logit(p: float, eps: float = 1e-4) -> float:

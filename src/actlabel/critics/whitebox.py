@@ -1,9 +1,13 @@
 """White-box critics: the error probability read from token probabilities (PAPER.md step 2).
 
-- logit: "is the machine label wrong? yes or no"; e = P(yes) / (P(yes) + P(no)) from the
+- logit: "is the machine label correct? yes or no"; e = P(no) / (P(yes) + P(no)) from the
   next-token distribution (llama.cpp scores both answers exactly: `choices=("yes", "no")` ->
   `choice_logprobs`; endpoints give the top alternatives of the first answer token).
-- cot-logit: the critic first writes an analysis; the same yes/no is then read right after it
+  The paper asks "is the label wrong?" and reads P(yes); we ask the question the other way round
+  because small models misread the negation and answer "yes" to agree with the label shown: with
+  Qwen2.5-1.5B on 300 CrowdFlower tweets, P(yes) to "is it wrong?" ranked errors *below* correct
+  labels (AUROC 0.30). The quantity estimated is the same, P(label wrong).
+- cot-logit: the critic first writes an analysis; the same yes/no question is then read right after it
   (the analysis is sent back as the start of the assistant turn, `assistant_prefix`).
 - cot-ppl: the perplexity of that analysis, PPL = exp(-mean token log-probability), as an error
   signal: a critic that hesitates over an item writes less probable text. Raw log-PPL values are
@@ -39,7 +43,7 @@ from actlabel.critics.base import (
     clip,
     stated_label,
     stated_reason,
-    yes_probability,
+    wrong_probability,
 )
 from actlabel.models.base import ChatRequest, ChatResponse
 from actlabel.models.retry import ParseFailure
@@ -105,11 +109,11 @@ class LogitCritic(Strategy):
     white_box = True
 
     async def judge(self, ctx: CriticContext, target: Target) -> Verdict | ParseFailure:
-        outcome = await ctx.ask(yes_no_request(ctx.messages(target, "critic_logit")), yes_probability)
+        outcome = await ctx.ask(yes_no_request(ctx.messages(target, "critic_logit")), wrong_probability)
         if isinstance(outcome, ParseFailure):
             return outcome
         e = outcome.value
-        note = f"P(wrong)={e:.2f} from yes/no token probabilities"
+        note = f"P(wrong)={e:.2f} from yes/no token probabilities (is the label correct?)"
         if e < 0.5:
             return Verdict(e, target.machine_label, note, outcome.response.text)
         label, proposal = await propose_other(ctx, target)
@@ -129,7 +133,7 @@ class CoTLogitCritic(Strategy):
         analysis = first.value.text.strip()
         prefix = analysis + "\n\n" + prompting.template("critic_verdict").strip()
         second = await ctx.ask(
-            yes_no_request(ctx.messages(target, "critic_analysis"), prefix), yes_probability
+            yes_no_request(ctx.messages(target, "critic_analysis"), prefix), wrong_probability
         )
         if isinstance(second, ParseFailure):
             return ParseFailure(
@@ -153,7 +157,9 @@ class CoTLogitCritic(Strategy):
 
 class CoTPPLCritic(Strategy):
     name = "cot-ppl"
-    templates = ("critic_system", "critic_analysis")
+    # The same templates as cot-logit (it uses only the first two): one template hash, so the
+    # identical analysis request hits the cache whichever of the two ran first.
+    templates = CoTLogitCritic.templates
     needs_logprobs = True
     white_box = True
     deferred = True
