@@ -511,8 +511,11 @@ def run(directory: str, **opts: Any) -> None:
 @click.option("--model", default=None, help="Annotator/critic model [default: the embedded model].")
 @click.option("--seed", type=int, default=0)
 @click.option("--max-budget", default="20%", show_default=True, help="Most human reviews, pilot included.")
-@click.option("--llm-critic", default=None,
-              help="Also criticize with the embedded LLM (e.g. logit, cot) before the learned critic.")
+@click.option(
+    "--llm-critic",
+    default=None,
+    help="Also criticize with the embedded LLM (e.g. logit, cot) before the learned critic.",
+)
 @click.option("--no-progress", is_flag=True)
 def demo(**opts: Any) -> None:
     """The whole pipeline on a real dataset with the embedded default model, offline."""
