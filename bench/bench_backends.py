@@ -26,8 +26,6 @@ import asyncio
 import csv
 import importlib.util
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -37,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from benchdoc import machine_line, write_section  # noqa: E402
 
 from actlabel.engine import run_items  # noqa: E402
 from actlabel.models import (  # noqa: E402
@@ -50,7 +50,7 @@ from actlabel.models import (  # noqa: E402
     call_with_parse,
 )
 
-SECTION = "## Model backends"
+SECTION = "Model backends"
 LABELS = ("negative", "neutral", "positive")
 
 
@@ -273,35 +273,6 @@ def run_local(name: str, n_items: int, n_no_reuse: int) -> dict:
 # --- report -----------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.machine()}, {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}"
-
-
-def write_section(path: Path, body: str) -> None:
-    """Replace only our section; other benchmarks write theirs concurrently, so re-read first."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, ln in enumerate(lines) if ln.rstrip() == SECTION), None)
-    section = body.rstrip("\n") + "\n"
-    if start is None:
-        new = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        tail = "".join(lines[end:])
-        new = "".join(lines[:start]) + section + ("\n" + tail if tail else "")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--calls", type=int, default=2000)
@@ -325,10 +296,8 @@ def main() -> None:
 
     ideal = args.concurrency / args.latency
     lines = [
-        SECTION,
-        "",
         f"Command: `python bench/bench_backends.py{' ' + ' '.join(sys.argv[1:]) if sys.argv[1:] else ''}`  ",
-        f"Machine: {machine()}; shared with other jobs while measured, so treat figures as indicative.",
+        f"Machine: {machine_line()}; shared with other jobs while measured, so treat figures as indicative.",
         "",
     ]
     if not args.skip_http:
@@ -420,7 +389,7 @@ def main() -> None:
                 "",
             ]
     if not args.no_write:
-        write_section(ROOT / "docs" / "benchmarks.md", "\n".join(lines))
+        write_section(SECTION, "\n".join(lines))
         print(f"wrote {SECTION!r} in docs/benchmarks.md")
 
 
