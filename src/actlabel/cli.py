@@ -508,7 +508,9 @@ def run(directory: str, **opts: Any) -> None:
 @click.option(
     "--dir", "directory", type=click.Path(file_okay=False), default="demo-project", show_default=True
 )
-@click.option("--model", default=None, help="Annotator/critic model [default: the embedded model].")
+@click.option(
+    "--model", default=None, help="Annotator model [default: local/qwen2.5-0.5b, the faster embedded model]."
+)
 @click.option("--seed", type=int, default=0)
 @click.option("--max-budget", default="20%", show_default=True, help="Most human reviews, pilot included.")
 @click.option(

@@ -10,15 +10,17 @@ Strategies (`STRATEGIES`, PAPER.md step 2):
 Every strategy writes, per item, error_prob in [0, 1], a proposed_label (the label the critic
 believes; it may equal the machine label, and is None only when the critic named no label while
 doubting the machine one) and a one-line rationale for reviewers. The record's raw JSON keeps the
-annotation it judged (`annotation_id`), the model's text and strategy details.
+annotation it judged (`annotation_id`), the hash of the prompt templates used, the model's text
+and strategy details.
 
 Critic model: `model` if given, else $ACTLABEL_CRITIC_MODEL, else the annotator's model
 (self-criticism). The result's first lines say which (self/cross) and give advice where a choice
 goes against the paper's findings (naive instead of cot, self-criticism while a second model is
 configured, white-box strategies on large API models).
 
-Resume: an item whose latest critique by this strategy and model is ok and was made on its current
-machine label is skipped; calls go through the response cache. `learned`, `ensemble` and
+Resume: an item whose latest critique by this strategy and model is ok, was made on its current
+machine label and with the current prompt templates is skipped; calls go through the response
+cache (keyed on the rendered prompt, the model and the strategy's template hash). `learned`, `ensemble` and
 calibration recompute every item on each run (no model calls; they improve as reviews arrive).
 """
 

@@ -45,7 +45,7 @@ class DemoSpec:
 
 SPECS = {
     "tweets": DemoSpec(
-        "tweets", "text", 250, 1500, 3,
+        "tweets", "text", 300, 1500, 3,
         "Classify the sentiment the author of the tweet expresses.",
     ),
     "reuters": DemoSpec(
@@ -62,6 +62,10 @@ SPECS = {
     ),
 }  # fmt: skip
 
+# The demo's annotator: the smaller embedded model. It labels ~3.6x faster than local/default
+# (docs/benchmarks.md, "Model backends"), which keeps the whole demo under 15 minutes on 2 cores;
+# `--model local/default` runs the 1.5B model instead.
+DEMO_MODEL = "local/qwen2.5-0.5b"
 # Crowd agreement floor for the tweets: the gold labels stand in for careful human labels.
 TWEETS_MIN_AGREEMENT = 0.6
 # A later round's uniform share: every item keeps review_prob > 0, so the ACT loss stays
@@ -314,6 +318,7 @@ def run_demo(
     size = size or spec.default_size
     started = time.perf_counter()
     root = Path(directory)
+    model = model or (DEMO_MODEL if spec.kind != "image" else None)
     from actlabel.annotate import annotate
     from actlabel.critique import critique
     from actlabel.report import write_report
