@@ -24,6 +24,29 @@ evaluated on the remaining items. devil needs CoT annotations (too slow here) an
 
 Projects live in --work (default /tmp/actlabel-bench) and are reused, so a re-run is served from
 the response cache. Replaces only its section, `## Annotator and critics`, in docs/benchmarks.md.
+
+`--mode stacked` measures the zero-review consistency critic and the stacked learned critic
+(issue 12) and writes its own section, `## Zero-review and stacked critics`:
+
+    python bench/bench_critics.py --mode stacked                    # ~15 min on 2 cores
+    python bench/bench_critics.py --mode stacked --datasets fashion --seeds 1 --no-write
+
+Datasets and annotators (one pool per dataset, annotated once and cached under --stacked-work,
+default /tmp/critic-bench; the seeds vary the cross-fitting folds and the reviewed items):
+- fashion: 1000 Fashion-MNIST test images, the embedded few-shot image annotator (EfficientNet-Lite0
+  features + logistic regression on 5 training images per class);
+- tweets: CrowdFlower tweets with crowd agreement >= 0.6 (actlabel.datasets), --text-items of them,
+  labelled by the embedded LLM --text-model (local/qwen2.5-0.5b: ~1.5 items/s here) with 3 examples
+  per class;
+- reuters-r8: the R8 test split sampled uniformly, --r8-items of them, labelled by a MiniLM +
+  logistic-regression annotator fitted on --r8-shots training documents per class (the LLM is too
+  slow on long news stories on 2 cores: 1000 items would take over an hour).
+Zero reviews: the consistency critic, its views alone (label model, neighbours), the annotator's
+confidence and random review, on all items against gold. Stacked: the learned critic after 5%, 10%
+and 20% of the items were reviewed uniformly at random (simulated reviews = gold labels), evaluated
+against gold on the items not reviewed, next to the consistency critic and the confidence on the
+same items. Columns: AUROC, AUPRC, and precision at 10% / 20% (share of machine errors among the top
+10% / 20% of the evaluated items by error_prob). Mean +- standard deviation over --seeds seeds.
 """
 
 from __future__ import annotations
@@ -54,6 +77,7 @@ from actlabel.project import Project  # noqa: E402
 from actlabel.task import Example, Label  # noqa: E402
 
 SECTION = "Annotator and critics"
+STACKED_SECTION = "Zero-review and stacked critics"
 GENERATIVE = ("naive", "mc", "cot", "cot-logit", "cot-ppl")
 
 
@@ -365,42 +389,9 @@ def run_text(
 
 
 def run_fashion(args) -> DatasetReport:
-    from PIL import Image
-
     work = Path(args.work) / f"fashion-{args.fashion}-{args.fashion_shots}shot"
     work.mkdir(parents=True, exist_ok=True)
-    images, labels = read_idx("t10k")
-    train_x, train_y = read_idx("train")
-    rng = np.random.default_rng(args.seed)
-    pick = rng.choice(len(images), size=args.fashion, replace=False)
-    img_dir = work.parent / "fashion-images"
-    img_dir.mkdir(exist_ok=True)
-    rows = []
-    for i in pick:
-        p = img_dir / f"test-{i}.png"
-        if not p.exists():
-            Image.fromarray(images[i]).save(p)
-        rows.append({"id": f"fm-{i}", "image": str(p), "gold": FASHION_LABELS[labels[i]]})
-    examples = []
-    for c in range(10):
-        for i in rng.choice(np.flatnonzero(train_y == c), size=args.fashion_shots, replace=False):
-            p = img_dir / f"train-{i}.png"
-            if not p.exists():
-                Image.fromarray(train_x[i]).save(p)
-            examples.append(Example(FASHION_LABELS[c], image=str(p)))
-    table = work.parent / f"fashion-{args.fashion}.csv"
-    with open(table, "w", newline="") as fh:
-        w = csv.DictWriter(fh, ["id", "image", "gold"])
-        w.writeheader()
-        w.writerows(rows)
-    proj = open_project(
-        work,
-        [Label(n) for n in FASHION_LABELS],
-        "Which kind of clothing item is shown?",
-        examples,
-        table,
-        text=False,
-    )
+    proj = fashion_project(args, work)
     store = proj.store
     log(f"fashion: annotating {args.fashion} images ({args.fashion_shots} examples per class)")
     t = time.monotonic()
@@ -492,6 +483,345 @@ def markdown(reports: list[DatasetReport], args, total_s: float) -> str:
     return "\n".join(out)
 
 
+# ---- zero-review and stacked critics (--mode stacked) -------------------------------------------
+
+
+def scores(e: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """AUROC, AUPRC, precision at 10% and 20% of the items (ties at the cut in expectation)."""
+    from sklearn.metrics import average_precision_score
+
+    n = e.size
+    out = {"auroc": error_detection_auroc(e, y), "auprc": float(average_precision_score(y, e))}
+    for share in (0.1, 0.2):
+        b = max(1, round(share * n))
+        out[f"p@{int(share * 100)}"] = float(budget_curve(e, y, np.array([b])).errors_fixed[0]) / b
+    return out
+
+
+def random_scores(y: np.ndarray) -> dict[str, float]:
+    rate = float(y.mean())
+    return {"auroc": 0.5, "auprc": rate, "p@10": rate, "p@20": rate}
+
+
+def text_pool(name: str, args) -> tuple[list[tuple[str, str]], list[Example], list[Label], str]:
+    from actlabel import datasets
+
+    rng = random.Random(1234)
+    if name == "tweets":
+        ds = datasets.load_tweets(0.6)
+        rows = list(
+            {t: (t, g) for t, g in zip(ds.texts, ds.labels, strict=True) if g in ds.label_names}.values()
+        )
+        rng.shuffle(rows)
+        examples, items, per = [], [], {c: 0 for c in ds.label_names}
+        for text, gold in rows:
+            if per[gold] < 3 and len(text) < 140:
+                per[gold] += 1
+                examples.append(Example(gold, text))
+            elif len(items) < args.text_items:
+                items.append((text, gold))
+        labels = [Label(n, ds.descriptions.get(n, "")) for n in ds.label_names]
+        return items, examples, labels, "Classify the sentiment the author of the tweet expresses."
+    test, train = datasets.load_reuters_r8("test"), datasets.load_reuters_r8("train")
+    items = [(" ".join(t.split())[:R8_MAX_CHARS], g) for t, g in zip(test.texts, test.labels, strict=True)]
+    rng.shuffle(items)
+    by_class: dict[str, list[str]] = {}
+    for t, g in zip(train.texts, train.labels, strict=True):
+        by_class.setdefault(g, []).append(" ".join(t.split())[:R8_MAX_CHARS])
+    examples = [Example(g, t) for g in train.label_names for t in rng.sample(by_class[g], args.r8_shots)]
+    labels = [Label(n, test.descriptions.get(n, "")) for n in test.label_names]
+    return items[: args.r8_items], examples, labels, "Classify the topic of the Reuters news article."
+
+
+def minilm_annotate(store, n_examples: int) -> str:
+    """A few-shot text annotator: logistic regression on MiniLM embeddings of the task's examples."""
+    from sklearn.linear_model import LogisticRegression
+
+    from actlabel.models.features import cached_text_features
+    from actlabel.prompting import item_text_fields
+
+    task = store.task
+    names = task.label_names
+    model = f"bench/minilm-logreg({n_examples} examples)"
+    if store.count("annotations"):
+        return model
+    ex = task.examples
+    clf = LogisticRegression(C=10.0, max_iter=5000).fit(
+        cached_text_features([e.text for e in ex], store.root), [names.index(e.label) for e in ex]
+    )
+    items = list(store.iter_items())
+    texts = ["\n".join(v for _c, v in item_text_fields(task, it)) for it in items]
+    proba = clf.predict_proba(cached_text_features(texts, store.root))
+    run_id = store.start_run("annotate", {"model": model})
+    records = []
+    for it, p in zip(items, proba, strict=True):
+        full = np.zeros(len(names))
+        full[clf.classes_] = p
+        best = int(full.argmax())
+        records.append(
+            {
+                "item_rowid": it.rowid,
+                "run_id": run_id,
+                "model": model,
+                "label": names[best],
+                "confidence": float(full[best]),
+                "reasoning": None,
+                "raw": json.dumps({n: round(float(v), 6) for n, v in zip(names, full, strict=True)}),
+                "status": "ok",
+                "error": None,
+            }
+        )
+    store.add_annotations(records)
+    store.finish_run(run_id, "done", None)
+    return model
+
+
+def stacked_pool(name: str, args) -> tuple[Path, str]:
+    """The annotated base project of a dataset (built once), and its annotator."""
+    work = Path(args.stacked_work)
+    base = work / f"{name}-base"
+    work.mkdir(parents=True, exist_ok=True)
+    if name == "fashion":
+        fa = argparse.Namespace(
+            work=str(work), fashion=args.fashion, fashion_shots=args.fashion_shots, seed=0
+        )
+        proj = fashion_project(fa, base)
+        ann = annotate(proj.store, progress=False)
+        model = ann.model
+    else:
+        items, examples, labels, instructions = text_pool(name, args)
+        table = work / f"{name}-{len(items)}.csv"
+        with open(table, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "text", "gold"])
+            w.writerows([f"{name}-{i}", t, g] for i, (t, g) in enumerate(items))
+        proj = open_project(base, labels, instructions, examples, table, text=True)
+        if name == "tweets":
+            log(f"{name}: annotating {len(items)} items with {args.text_model}")
+            model = annotate(proj.store, model=args.text_model, progress=False).model
+        else:
+            model = minilm_annotate(proj.store, len(examples))
+    proj.close()
+    return base, model
+
+
+def fashion_project(args, work: Path) -> Project:
+    from PIL import Image
+
+    images, labels = read_idx("t10k")
+    train_x, train_y = read_idx("train")
+    rng = np.random.default_rng(args.seed)
+    pick = rng.choice(len(images), size=args.fashion, replace=False)
+    img_dir = Path(args.work) / "fashion-images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in pick:
+        p = img_dir / f"test-{i}.png"
+        if not p.exists():
+            Image.fromarray(images[i]).save(p)
+        rows.append({"id": f"fm-{i}", "image": str(p), "gold": FASHION_LABELS[labels[i]]})
+    examples = []
+    for c in range(10):
+        for i in rng.choice(np.flatnonzero(train_y == c), size=args.fashion_shots, replace=False):
+            p = img_dir / f"train-{i}.png"
+            if not p.exists():
+                Image.fromarray(train_x[i]).save(p)
+            examples.append(Example(FASHION_LABELS[c], image=str(p)))
+    table = Path(args.work) / f"fashion-{args.fashion}.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.DictWriter(fh, ["id", "image", "gold"])
+        w.writeheader()
+        w.writerows(rows)
+    return open_project(
+        work,
+        [Label(n) for n in FASHION_LABELS],
+        "Which kind of clothing item is shown?",
+        examples,
+        table,
+        text=False,
+    )
+
+
+@dataclass
+class StackedReport:
+    name: str
+    annotator: str
+    items: int
+    accuracy: float
+    #: (critic, reviewed share) -> metric -> values over seeds
+    cells: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, critic: str, share: float, values: dict[str, float]) -> None:
+        cell = self.cells.setdefault((critic, share), {})
+        for k, v in values.items():
+            cell.setdefault(k, []).append(v)
+
+
+def run_stacked(name: str, args) -> StackedReport:
+    import shutil
+
+    from actlabel.critics.base import load_targets
+    from actlabel.critics.consistency import consistency_signals
+
+    base, model = stacked_pool(name, args)
+    proj = Project(base)
+    store = proj.store
+    ids, gold, machine, conf = state(store)
+    y_all = np.array([gold[r] != machine[r] for r in ids])
+    rep = StackedReport(name, model, len(ids), 1 - float(y_all.mean()))
+    log(f"{name}: {len(ids)} items, annotator {model}, accuracy {rep.accuracy:.3f}")
+    have_conf = all(conf[r] is not None for r in ids)
+    targets = load_targets(store)
+    assert [t.item.rowid for t in targets] == ids
+    proj.close()
+    for seed in range(args.seeds):
+        t0 = time.monotonic()
+        proj = Project(base)
+        res = critique(proj.store, strategy="consistency", seed=seed, progress=False)
+        seconds = time.monotonic() - t0
+        e = critic_e(proj.store, "consistency")
+        sig = consistency_signals(proj.store, targets, seed=seed)
+        proj.close()
+        cons = np.array([e[r] for r in ids])
+        rep.add("consistency critic", 0.0, scores(cons, y_all) | {"seconds": seconds})
+        rep.add("  label model alone", 0.0, scores(1 - sig.own(sig.label_model), y_all))
+        rep.add("  neighbours alone", 0.0, scores(1 - sig.own(sig.neighbours), y_all))
+        if have_conf:
+            rep.add("annotator confidence", 0.0, scores(np.array([1 - conf[r] for r in ids]), y_all))
+        rep.add("random review", 0.0, random_scores(y_all))
+        if seed == 0:
+            rep.notes.append(
+                f"{name}: {res.notes[0]} (estimated {sig.estimated_errors:.0f}, true {int(y_all.sum())})"
+            )
+        for share in args.shares:
+            rng = np.random.default_rng(1000 * seed + int(share * 100))
+            k = round(share * len(ids))
+            picked = set(rng.choice(ids, size=k, replace=False).tolist())
+            dest = Path(args.stacked_work) / f"{name}-s{seed}-{int(share * 100)}"
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(base, dest)
+            proj = Project(dest)
+            proj.store.add_reviews(
+                {"item_rowid": r, "label": gold[r], "reviewer": "bench", "source": "simulated"}
+                for r in sorted(picked)
+            )
+            t0 = time.monotonic()
+            res = critique(proj.store, strategy="learned", seed=seed, progress=False)
+            seconds = time.monotonic() - t0
+            el = critic_e(proj.store, "learned")
+            proj.close()
+            shutil.rmtree(dest, ignore_errors=True)
+            held = [i for i, r in enumerate(ids) if r not in picked]
+            yh = y_all[held]
+            label = "stacked learned critic"
+            rep.add(label, share, scores(np.array([el[ids[i]] for i in held]), yh) | {"seconds": seconds})
+            rep.add("consistency critic", share, scores(cons[held], yh))
+            if have_conf:
+                rep.add("annotator confidence", share, scores(np.array([1 - conf[ids[i]] for i in held]), yh))
+            rep.add("random review", share, random_scores(yh))
+            if seed == 0:
+                rep.notes.append(f"{name} at {share:.0%}: {res.notes[0].split('; features')[0]}")
+        log(f"{name}: seed {seed} done")
+    return rep
+
+
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    v = np.array([x for x in values if x == x])
+    if v.size == 0:
+        return "n/a"
+    return f"{v.mean():.{digits}f}" + (f" ± {v.std(ddof=1):.{digits}f}" if v.size > 1 else "")
+
+
+def stacked_targets(rep: StackedReport, shares: list[float]) -> str:
+    image = rep.name == "fashion"
+    zero_goal, stacked_goal = (0.90, 0.95) if image else (0.85, 0.90)
+
+    def mean(critic: str, share: float, key: str) -> float:
+        vals = rep.cells.get((critic, share), {}).get(key, [])
+        return float(np.mean(vals)) if vals else float("nan")
+
+    def verdict(x: float, goal: float) -> str:
+        return "met" if x >= goal else "missed"
+
+    z = mean("consistency critic", 0.0, "auroc")
+    parts = [f"zero-review AUROC {z:.3f} (target {zero_goal:.2f}: {verdict(z, zero_goal)})"]
+    if 0.1 in shares:
+        s = mean("stacked learned critic", 0.1, "auroc")
+        parts.append(
+            f"stacked after 10% AUROC {s:.3f} (target {stacked_goal:.2f}: {verdict(s, stacked_goal)})"
+        )
+    precisions = [mean("consistency critic", 0.0, "p@10"), mean("consistency critic", 0.0, "p@20")]
+    parts.append(
+        f"zero-review precision@10% {precisions[0]:.2f}, @20% {precisions[1]:.2f} "
+        f"(target 0.6 at a 10-20% budget: {verdict(max(precisions), 0.6)})"
+    )
+    for share in (0.1, 0.2):
+        if share in shares:
+            p = mean("stacked learned critic", share, f"p@{int(share * 100)}")
+            parts.append(f"stacked after {share:.0%} precision@{share:.0%} {p:.2f} ({verdict(p, 0.6)})")
+    return "Targets: " + "; ".join(parts) + "."
+
+
+def stacked_markdown(reports: list[StackedReport], args, total_s: float) -> str:
+    out = [
+        f"Command: `.venv/bin/python bench/bench_critics.py {' '.join(sys.argv[1:])}`".rstrip()
+        + f" ({time.strftime('%Y-%m-%d')}; {machine_line()}; {total_s / 60:.1f} min)",
+        "",
+        "Error detection (machine label != gold) on real data, offline. The consistency critic uses no "
+        "review and no model call; the stacked learned critic is trained on a uniform random share of the "
+        "items reviewed (simulated reviews: the gold label) and evaluated on the items not reviewed. "
+        f"Mean ± sd over {args.seeds} seeds (cross-fitting folds and reviewed items; the item pool is fixed). "
+        "p@10% / p@20%: share of machine errors among the top 10% / 20% of the evaluated items. Random review: "
+        "AUROC 0.5 and precision = the error rate. See the script's docstring for sampling and annotators.",
+        "",
+    ]
+    for rep in reports:
+        errors = round((1 - rep.accuracy) * rep.items)
+        out.append(
+            f"### {rep.name}: {rep.items} items, annotator {rep.annotator}: accuracy {rep.accuracy:.3f} "
+            f"({errors} errors)"
+        )
+        out.append("")
+        out.append("| critic | reviewed | AUROC | AUPRC | p@10% | p@20% | seconds |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for (critic, share), cell in rep.cells.items():
+            secs = mean_sd(cell["seconds"], 1) if "seconds" in cell else ""
+            out.append(
+                f"| {critic} | {share:.0%} | {mean_sd(cell['auroc'])} | {mean_sd(cell['auprc'])} | "
+                f"{mean_sd(cell['p@10'], 2)} | {mean_sd(cell['p@20'], 2)} | {secs} |"
+            )
+        out.append("")
+        out.append(stacked_targets(rep, args.shares))
+        out.append("")
+        for note in rep.notes:
+            out.append(f"- {note}")
+        out.append("")
+    return "\n".join(out)
+
+
+def main_stacked(args) -> None:
+    t0 = time.monotonic()
+    reports = []
+    for name in args.datasets.split(","):
+        reports.append(run_stacked(name, args))
+        text = stacked_markdown(reports, args, time.monotonic() - t0)
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps(
+                    [
+                        r.__dict__ | {"cells": {f"{c}@{s}": v for (c, s), v in r.cells.items()}}
+                        for r in reports
+                    ],
+                    indent=2,
+                    default=str,
+                )
+            )
+        if not args.no_write:
+            write_section(STACKED_SECTION, text)
+    print(stacked_markdown(reports, args, time.monotonic() - t0))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--datasets", default="tweets,reuters,fashion")
@@ -510,7 +840,21 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/actlabel-bench")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", help="also write the figures as JSON here")
+    ap.add_argument("--mode", choices=["llm", "stacked"], default="llm", help="see the module docstring")
+    ap.add_argument("--stacked-work", default="/tmp/critic-bench")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--shares", default="0.05,0.1,0.2", help="reviewed shares for the stacked critic")
+    ap.add_argument("--text-items", type=int, default=300)
+    ap.add_argument("--text-model", default="local/qwen2.5-0.5b")
+    ap.add_argument("--r8-items", type=int, default=1000)
+    ap.add_argument("--r8-shots", type=int, default=5)
     args = ap.parse_args()
+    if args.mode == "stacked":
+        if args.datasets == ap.get_default("datasets"):
+            args.datasets = "fashion,tweets,reuters-r8"
+        args.shares = [float(x) for x in args.shares.split(",") if x]
+        main_stacked(args)
+        return
     t0 = time.monotonic()
     strategies = [s for s in args.strategies.split(",") if s]
     datasets = args.datasets.split(",")

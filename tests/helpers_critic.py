@@ -42,7 +42,7 @@ def tweet_of(body: dict[str, Any]) -> str:
 
 
 def machine_label_of(body: dict[str, Any]) -> str:
-    return re.search(r"Machine label: (\w+)", last_user(body)).group(1)
+    return re.search(r'(?:Machine label: |Is ")(\w+)', last_user(body)).group(1)
 
 
 def prefix_of(body: dict[str, Any]) -> str | None:
@@ -86,7 +86,7 @@ def critic_responder(body: dict[str, Any]) -> str | Reply:
     machine = machine_label_of(body)
     wrong = machine != gold
     prefix = prefix_of(body)
-    # the white-box critics ask "is the machine label correct?": "no" when it is wrong
+    # the white-box critics ask 'is "LABEL" the correct label?': "no" when it is wrong
     if prefix is not None:  # cot-logit verdict after the analysis
         return token_reply(
             "no" if wrong else "yes", {"yes": 0.15, "no": 0.85} if wrong else {"yes": 0.8, "no": 0.2}

@@ -154,7 +154,9 @@ def chat(text: str, **kw) -> ChatRequest:
 @pytest.fixture(scope="module")
 def smol():
     pytest.importorskip("llama_cpp")
-    backend = load_backend("local/smollm2", n_ctx=2048)
+    # in this process: these tests read the backend's internals (the child-process wrapper is
+    # tested on its own below)
+    backend = load_backend("local/smollm2", n_ctx=2048, isolate=False)
     yield backend
     backend.close()
 
@@ -210,7 +212,11 @@ def reference_sequence_logprob(model_path, prompt_tokens, seq) -> float:
 def test_multi_token_choice_logprobs_match_reference(smol):
     choices = ("strongly approving", "disapproving", "no opinion at all")
     request = chat("Great job, team!", choices=choices)
-    r = run(smol.chat(request))
+    smol.choice_scoring = "full"
+    try:
+        r = run(smol.chat(request))
+    finally:
+        smol.choice_scoring = "auto"
     prompt = smol.format_prompt(request.messages)
     ptoks = smol.tokenize(prompt)
     seqs = {c: smol._choice_tokens(ptoks, prompt, c) for c in choices}
@@ -300,3 +306,74 @@ def test_images_and_overlong_prompts_are_refused(smol, tmp_path):
         run(smol.chat(chat("word " * 5000)))
     # the backend still works after refusing
     assert run(smol.chat(chat("ok?", choices=("positive", "negative")))).text in ("positive", "negative")
+
+
+@pytest.mark.slow
+def test_first_token_scoring_reads_one_position(smol):
+    # single-word labels with distinct first tokens: "auto" reads them after the prompt, no extra decode
+    choices = ("strongly approving", "disapproving", "no opinion at all")
+    request = chat("Great job, team!", choices=choices)
+    r = run(smol.chat(request))
+    prompt = smol.format_prompt(request.messages)
+    ptoks = smol.tokenize(prompt)
+    seqs = {c: smol._choice_tokens(ptoks, prompt, c) for c in choices}
+    assert len({s[0] for s in seqs.values()}) == len(choices)
+    raw = {c: reference_sequence_logprob(smol.model_path, ptoks, s[:1]) for c, s in seqs.items()}
+    m = max(raw.values())
+    lse = m + math.log(sum(math.exp(v - m) for v in raw.values()))
+    for c in choices:
+        assert r.choice_logprobs[c] == pytest.approx(raw[c] - lse, abs=2e-3)
+
+
+@pytest.mark.slow
+def test_automatic_context_grows_to_fit_a_long_prompt():
+    pytest.importorskip("llama_cpp")
+    backend = load_backend("local/smollm2", isolate=False)
+    try:
+        assert backend._n_ctx == ll.DEFAULT_N_CTX
+        long = chat("word " * 5000, choices=("positive", "negative"))
+        assert run(backend.chat(long)).text in ("positive", "negative")
+        assert backend._n_ctx > ll.DEFAULT_N_CTX
+        with pytest.raises(ModelError, match="shorten the item"):
+            run(backend.chat(chat("word " * 40000, choices=("positive", "negative"))))
+    finally:
+        backend.close()
+
+
+# --- the model in a child process ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_isolated_backend_answers_like_the_in_process_one(smol):
+    from actlabel.models.llama_worker import IsolatedLlamaBackend
+
+    iso = load_backend("local/smollm2", n_ctx=2048)
+    try:
+        assert isinstance(iso, IsolatedLlamaBackend)
+        request = chat("I hate waiting in line.", choices=("positive", "negative", "neutral"))
+        a, b = run(iso.chat(request)), run(smol.chat(request))
+        assert a.text == b.text
+        for c in a.choice_logprobs:
+            assert a.choice_logprobs[c] == pytest.approx(b.choice_logprobs[c], abs=1e-6)
+        assert iso.tokenize("hello") == smol.tokenize("hello")
+        assert iso.stats["calls"] == 1
+        with pytest.raises(ModelError, match="context holds"):
+            run(iso.chat(chat("word " * 5000)))
+        assert run(iso.chat(request)).text == a.text  # still serving after a refused call
+    finally:
+        iso.close()
+
+
+@pytest.mark.slow
+def test_a_native_crash_names_its_cause():
+    import signal
+
+    from actlabel.models.llama_worker import NativeRuntimeCrash
+
+    iso = load_backend("local/smollm2", n_ctx=1024)
+    try:
+        iso.crash_for_test(signal.SIGILL)
+        with pytest.raises(NativeRuntimeCrash, match=r"SIGILL: an illegal instruction.*--rebuild-llama"):
+            run(iso.chat(chat("hello", choices=("positive", "negative"))))
+    finally:
+        iso.close()

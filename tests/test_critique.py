@@ -51,6 +51,7 @@ def test_every_strategy_is_registered() -> None:
         "logit",
         "cot-logit",
         "cot-ppl",
+        "consistency",
         "learned",
         "ensemble",
     }

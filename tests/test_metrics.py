@@ -292,6 +292,9 @@ def test_residual_interval_coverage_by_simulation(critic: str, uniform: float, r
         for method in hits:
             res = residual_error_estimate(np.where(d, y, -1), d, sel.review_prob, e, interval=method)
             hits[method] += res.lower <= left <= res.upper
-    assert 0.90 <= hits["adjusted"] / reps <= 0.99, hits
+    # Upper bound 0.99 and "Wald < 0.85 with the pessimistic critic" encoded the systematic
+    # design's hidden variance (issue 12 item 7: V_hat 2.4x below the design variance); with the
+    # pivotal design V_hat is right there and the adjusted interval is conservative (1.00).
+    assert 0.90 <= hits["adjusted"] / reps <= 1.0, hits
     if critic == "pessimistic":
-        assert hits["wald"] / reps < 0.85, hits  # the plain interval fails here (docs/benchmarks.md)
+        assert hits["wald"] / reps >= 0.88, hits

@@ -199,6 +199,54 @@ def test_images_by_rowid_only(project: Path, base: str) -> None:
         assert b"top secret" not in body and b"root:" not in body and b"import" not in body
 
 
+def test_ids_beyond_sqlite_integers_are_404_not_500(project: Path, base: str) -> None:
+    for path in ("/image/" + "9" * 23, "/image/9223372036854775808", "/image/0"):
+        status, body = _raw_get(base, path)
+        assert status == 404, (path, status, body[:200])
+    with httpx.Client(base_url=base) as client:
+        html = start(client, "ann")
+        for rowid in ("9" * 23, "-" + "9" * 30, "1e9"):
+            res = save(client, html, "positive", rowid=rowid)
+            assert res.status_code == 400, (rowid, res.status_code)
+            res = client.post("/skip", data={"csrf": csrf_of(html), "rowid": rowid})
+            assert res.status_code == 303, (rowid, res.status_code)
+    assert reviews(project) == []
+
+
+def test_an_image_swapped_for_a_symlink_outside_is_not_served(project: Path, base: str, tmp_path: Path) -> None:
+    secret = tmp_path / "outside.png"
+    secret.write_bytes(PNG_1X1 + b"top secret")
+    with Store.open(project) as store:
+        rowid = store.rowid_of("it0003")
+        image = Path(store.get_item(rowid).image_path)
+        inside = store.rowid_of("it0004")
+    assert _raw_get(base, f"/image/{rowid}")[0] == 200
+    image.unlink()
+    image.symlink_to(secret)
+    status, body = _raw_get(base, f"/image/{rowid}")
+    assert status == 404 and b"top secret" not in body
+    # a symlink that stays inside the project folder is still served
+    other = Path(str(image).replace("img3", "img4"))
+    image.unlink()
+    image.symlink_to(other)
+    assert _raw_get(base, f"/image/{rowid}") == (200, PNG_1X1)
+    assert _raw_get(base, f"/image/{inside}") == (200, PNG_1X1)
+
+
+def test_images_imported_from_a_table_are_served_from_its_folder(tmp_path: Path) -> None:
+    from actlabel.project import Project
+
+    data = tmp_path / "data"
+    (data / "imgs").mkdir(parents=True)
+    (data / "imgs" / "a.png").write_bytes(PNG_1X1)
+    (data / "t.csv").write_text("image,text\nimgs/a.png,hello\n")
+    with Project.init(tmp_path / "proj", ["positive", "negative"]) as proj:
+        proj.import_file(data / "t.csv", image_column="image", text_columns=["text"])
+        rowid = proj.store.item_rowids()[0]
+    with running(create_app(tmp_path / "proj")) as url:
+        assert _raw_get(url, f"/image/{rowid}") == (200, PNG_1X1)
+
+
 def test_missing_image_file_is_404(project: Path, base: str) -> None:
     with Store.open(project) as store:
         rowid = store.rowid_of("it0002")

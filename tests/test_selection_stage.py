@@ -112,3 +112,90 @@ def test_bad_budgets_are_one_line_errors(project: Project) -> None:
     for bad in ["-3", "150%", "lots", "13"]:
         with pytest.raises(UserError, match="--budget"):
             select_for_review(project.store, budget=bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 12 item 7: reviews outside the design, and `--budget auto` with them
+
+
+@pytest.fixture
+def project40(tmp_path, tweets_csv) -> Project:  # noqa: ANN001
+    """40 items (the 12 tweets, repeated with a number), gold labels included."""
+    import csv
+
+    rows = list(csv.DictReader(tweets_csv.open(encoding="utf-8")))
+    path = tmp_path / "forty.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["text", "gold"])
+        w.writeheader()
+        for k in range(40):
+            r = rows[k % len(rows)]
+            w.writerow({"text": f"{r['text']} #{k}", "gold": r["gold"]})
+    proj = Project.init(tmp_path / "p40", ["positive", "negative", "neutral"], instructions="Sentiment.")
+    proj.import_file(path, text_columns=["text"], gold_column="gold")
+    yield proj
+    proj.close()
+
+
+def _review_by_hand(project: Project, positions: list[int], wrong: bool = False) -> None:
+    store = project.store
+    rowids = [int(r) for r in current_state(store).rowids]
+    names = store.task.label_names
+    for item in store.iter_items([rowids[k] for k in positions]):
+        label = names[(names.index(item.gold_label) + 1) % 3] if wrong else item.gold_label
+        store.add_review(item.rowid, label, reviewer="hand", source="import")
+
+
+def test_out_of_design_reviews_export_pi_one_and_leave_the_estimate_alone(project40: Project) -> None:
+    """Issue 12: a review outside the queue got the round's small review_prob (weight 1/p = 100 on
+    its human label, -99 on its machine label) and the estimate said 92 errors left when 3 were."""
+    from actlabel.data import iter_export_batches
+
+    annotate_and_critique(project40, wrong_every=5)  # items 0, 5, 10, ... wrong (8 errors)
+    select_for_review(project40.store, budget="6", uniform=0.2, seed=0)
+    review_selected_with_gold(project40)
+    state = current_state(project40.store)
+    outside = [k for k in range(40) if not state.selected[k]][:3]
+    _review_by_hand(project40, outside)
+    est = estimate_for_store(project40.store)
+    state = current_state(project40.store)
+    wrong = np.array([k % 5 == 0 for k in range(40)])
+    left = int((wrong & ~state.reviewed).sum())
+    assert est.n_out_of_design == 3 and "outside the selection" in est.note
+    assert est.lower <= left <= est.upper and abs(est.estimate - left) < 10, (est, left)
+    batch = next(iter_export_batches(project40.store))
+    rp = dict(zip(batch["item_id"], batch["review_prob"], strict=True))
+    ids = list(batch["item_id"])
+    for k in outside:
+        assert rp[ids[k]] == 1.0
+    in_design = [k for k in range(40) if state.selected[k] and state.review_prob[k] < 1]
+    assert all(rp[ids[k]] < 1 for k in in_design)
+
+
+def test_budget_auto_counts_reviews_outside_the_pilot(project40: Project) -> None:
+    """40 items, 3 reviewed by hand, a 10-item pilot full of errors: the recommendation used to be
+    30 (N - pilot) and select failed with "budget 30 is larger than the 27 items not yet reviewed"."""
+    annotate_and_critique(project40, wrong_every=1)  # every machine label wrong
+    _review_by_hand(project40, [1, 2, 3])
+    first = select_for_review(project40.store, budget="auto", pilot_size=10, seed=0)
+    assert first.pilot and first.selected_now == 10
+    review_selected_with_gold(project40)
+    second = select_for_review(project40.store, budget="auto", uniform=0.2)
+    assert second.budget == 27 and second.selected_now == 27
+    assert "x 27 unreviewed items" in second.advice
+
+
+def test_pilot_items_without_a_machine_label_count_as_errors(project40: Project) -> None:
+    annotate_and_critique(project40, wrong_every=1000)  # only item 0 wrong
+    store = project40.store
+    first = select_for_review(store, budget="auto", pilot_size=10, seed=0)
+    state = current_state(store)
+    pilot = np.flatnonzero(state.selected)
+    failed = [int(state.rowids[k]) for k in pilot[:2] if k != 0]
+    store.add_annotations(
+        [{"item_rowid": r, "run_id": 3, "model": "m", "label": None, "status": "failed"} for r in failed]
+    )
+    review_selected_with_gold(project40)
+    second = select_for_review(store, budget="auto", uniform=0.2)
+    wrong_in_pilot = int(0 in pilot) + len(failed)
+    assert f"pilot: {wrong_in_pilot}/10 machine labels wrong" in second.advice, (first, second.advice)

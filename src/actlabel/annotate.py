@@ -91,11 +91,13 @@ def open_model(
     templates: Sequence[str] = (),
     engine: str = "async",
     workers: int | None = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> ModelStack:
     """Load `spec` (or take `backend` as given) and wrap it in the project's cache and a meter.
     The templates' hash is part of every cache key. engine="ray" sends the calls to a pool of Ray
-    workers (distributed.py); it sits under the cache, so a cached call never reaches a worker."""
-    raw = backend if backend is not None else load_backend(spec, base_url=base_url)
+    workers (distributed.py); it sits under the cache, so a cached call never reaches a worker.
+    backend_options go to the backend's constructor (n_ctx=, n_threads= for local models)."""
+    raw = backend if backend is not None else load_backend(spec, base_url=base_url, **(backend_options or {}))
     if engine != "async":
         from actlabel.distributed import wrap_engine
 
@@ -203,6 +205,7 @@ class LabelAnswer:
     probs: dict[str, float] | None  # over all labels, when the backend gave them
     reasoning: str | None = None
     raw: str = ""  # the model's reply (for CoT finished by a continuation: reply + continuation)
+    llm_probs: dict[str, float] | None = None  # the LLM's own distribution, before the label model
 
 
 @dataclass(frozen=True)
@@ -242,6 +245,130 @@ def parse_cot(
     return parse
 
 
+# ---- the label model (label_model.py) ------------------------------------------------------------
+
+
+def _example_item(task: Any, text: str, index: int) -> Item:
+    column = (task.text_columns or ["text"])[0]
+    return Item(
+        rowid=-1 - index, item_id=f"__example_{index}", data={column: text}, image_path=None, gold_label=None
+    )
+
+
+def label_model_wanted(setting: str, spec: str) -> bool:
+    """auto: on for embedded models (small, with a strong label prior), off for endpoints."""
+    if setting not in ("auto", "on", "off"):
+        raise UserError(f"--label-model must be auto, on or off, not {setting!r}")
+    return setting == "on" or (setting == "auto" and spec.startswith("local/"))
+
+
+@dataclass
+class ZeroReviewModel:
+    """What the label model learned before any review: the content-free prior, the pooling
+    weights, and the probe's scores for the items of this run."""
+
+    pooling: Any
+    log_prior: list[float] | None
+    example_llm_logp: list[list[float]] | None
+    probe_logq: dict[int, np.ndarray]
+    features: str | None
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "a": self.pooling.a,
+            "b": self.pooling.b,
+            "log_prior": self.log_prior,
+            "example_llm_logp": self.example_llm_logp,
+            "features": self.features,
+            "how": self.pooling.describe(),
+        }
+
+
+async def prepare_label_model(
+    store: Store, annotator: LLMAnnotator, todo: Sequence[int], *, progress: bool
+) -> ZeroReviewModel | None:
+    """Score content-free inputs and each few-shot example (left out of its own prompt), fit the
+    feature probe on the examples, and choose the pooling weights (label_model.py). None when the
+    backend gives no label probabilities."""
+    import dataclasses
+
+    from actlabel import label_model as lm
+
+    task = store.task
+    names = list(task.label_names)
+    if not annotator.logprobs or annotator.cot:
+        return None
+
+    async def probs_of(t: Any, item: Item) -> np.ndarray | None:
+        out = await annotator.label(item, task=t)
+        if isinstance(out, ParseFailure) or out.probs is None:
+            return None
+        return np.array([out.probs[n] for n in names])
+
+    cf = [await probs_of(task, _example_item(task, text, k)) for k, text in enumerate(lm.CONTENT_FREE_INPUTS)]
+    cf = [p for p in cf if p is not None]
+    if not cf:
+        return None
+    log_prior = np.log(lm.content_free_prior(np.array(cf)))
+    examples = [(k, ex) for k, ex in enumerate(task.examples) if ex.text.strip() and ex.label in names]
+    ex_logp, ex_labels, ex_texts = [], [], []
+    for k, ex in examples[: lm.MAX_LOO_EXAMPLES]:
+        others = dataclasses.replace(task, examples=[e for j, e in enumerate(task.examples) if j != k])
+        p = await probs_of(others, _example_item(task, ex.text, 100 + k))
+        if p is not None:
+            ex_logp.append(lm.safe_log(p))
+            ex_labels.append(names.index(ex.label))
+            ex_texts.append(ex.text)
+    probe_logq: dict[int, np.ndarray] = {}
+    features_name = None
+    pooling = lm.Pooling(1.0, 0.0, log_prior, "content-free calibration; no feature probe")
+    ex_y = np.array(ex_labels, dtype=int)
+    if len(set(ex_labels)) >= 2:
+        try:
+            from actlabel.models.features import TEXT_MODEL, cached_text_features
+        except ImportError:  # the ml extra is not installed: the LLM alone
+            cached_text_features = None
+        if cached_text_features is not None:
+            features_name = TEXT_MODEL
+            ex_x = cached_text_features(ex_texts, store.root)
+            items = list(store.iter_items(todo))
+            texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
+            x = cached_text_features(texts, store.root)
+            probe = lm.Probe(len(names)).fit(ex_x, ex_y)
+            q = lm.safe_log(probe.predict_proba(x))
+            probe_logq = {it.rowid: q[i] for i, it in enumerate(items)}
+            loo_q = lm.loo_probe_logq(ex_x, ex_y, len(names))
+            pooling = lm.choose_pooling(
+                ex_y, np.array(ex_logp), loo_q, log_prior, source="few-shot examples (left out in turn)"
+            )
+    return ZeroReviewModel(
+        pooling,
+        log_prior.tolist(),
+        [v.tolist() for v in ex_logp] if ex_logp else None,
+        probe_logq,
+        features_name,
+    )
+
+
+def _apply_label_model(
+    answer: LabelAnswer, model: ZeroReviewModel, rowid: int, names: list[str]
+) -> LabelAnswer:
+    if answer.probs is None:
+        return answer
+    llm = np.log(np.clip([answer.probs[n] for n in names], 1e-12, 1.0))[None, :]
+    q = model.probe_logq.get(rowid)
+    pooled = model.pooling.combine(llm, None if q is None else q[None, :])[0]
+    best = int(pooled.argmax())
+    return LabelAnswer(
+        names[best],
+        float(pooled[best]),
+        dict(zip(names, pooled.tolist(), strict=True)),
+        answer.reasoning,
+        answer.raw,
+        llm_probs=answer.probs,
+    )
+
+
 # ---- the annotators ------------------------------------------------------------------------------
 
 
@@ -266,9 +393,9 @@ class LLMAnnotator:
     def _lp(self) -> dict[str, Any]:
         return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.logprobs else {}
 
-    async def label(self, item: Item) -> LabelAnswer | ParseFailure:
+    async def label(self, item: Item, task: Any = None) -> LabelAnswer | ParseFailure:
         messages = prompting.annotation_messages(
-            self.task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
+            task or self.task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
         )
         backend = self.stack.backend
         if not self.cot:
@@ -308,6 +435,10 @@ class LLMAnnotator:
         )
 
 
+def _probs_json(probs: dict[str, float] | None) -> str | None:
+    return None if probs is None else json.dumps({k: round(float(v), 6) for k, v in probs.items()})
+
+
 def _failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | ModelError) -> dict[str, Any]:
     if isinstance(failure, ParseFailure):
         return {
@@ -339,6 +470,8 @@ def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict
         "reasoning": answer.reasoning,
         "raw": answer.raw,
         "status": "ok",
+        # the annotator's own distribution (before the label model), from which refinement starts
+        "probs": _probs_json(answer.llm_probs if answer.llm_probs is not None else answer.probs),
     }
 
 
@@ -383,10 +516,17 @@ def resolve_annotator(store: Store, model: str | None) -> str:
 # ---- the stage ---------------------------------------------------------------------------------
 
 
-def _settings_key(model: str, cot: bool, templates: str) -> str:
+#: bump when the label model's method changes, so `annotate` relabels instead of skipping
+LABEL_MODEL_VERSION = 1
+
+
+def _settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
     # The endpoint URL is left out ('openai/x@http://host/v1' -> 'openai/x'): the same model moved to
     # another host is still the same annotator (the response cache, which must be exact, keeps it).
-    return json.dumps({"model": model.split("@", 1)[0], "cot": cot, "templates": templates}, sort_keys=True)
+    key: dict[str, Any] = {"model": model.split("@", 1)[0], "cot": cot, "templates": templates}
+    if label_model is not None:
+        key["label_model"] = label_model
+    return json.dumps(key, sort_keys=True)
 
 
 def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
@@ -429,6 +569,8 @@ def annotate(
     wait: bool = False,
     engine: str = "async",
     workers: int | None = None,
+    label_model: str = "auto",
+    backend_options: dict[str, Any] | None = None,
 ) -> AnnotateResult | BatchOutcome[AnnotateResult]:
     """Label every item not yet labelled with these settings. See the module docstring.
 
@@ -454,6 +596,8 @@ def annotate(
             wait=wait,
             engine=engine,
             workers=workers,
+            label_model=label_model,
+            backend_options=backend_options,
         )
     )
 
@@ -476,6 +620,8 @@ async def annotate_async(
     wait: bool = False,
     engine: str = "async",
     workers: int | None = None,
+    label_model: str = "auto",
+    backend_options: dict[str, Any] | None = None,
 ) -> AnnotateResult | BatchOutcome[AnnotateResult]:
     if store.count_items() == 0:
         raise UserError(f"{store.root}: no items to annotate; import some with `actlabel import`")
@@ -496,12 +642,14 @@ async def annotate_async(
         templates=prompting.ANNOTATE_TEMPLATES,
         engine=engine,
         workers=workers,
+        backend_options=backend_options,
     )
     try:
         run = functools.partial(
             _annotate_llm,
             store,
             stack,
+            label_model=label_model_wanted(label_model, stack.spec) and not batch,
             composite=composite,
             cot=cot,
             concurrency=concurrency or default_concurrency(stack.spec),
@@ -525,6 +673,7 @@ async def _annotate_llm(
     store: Store,
     stack: ModelStack,
     *,
+    label_model: bool = False,
     composite: bool,
     cot: bool,
     concurrency: int,
@@ -545,7 +694,9 @@ async def _annotate_llm(
     model_name = (
         f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{stack.spec}" if composite else stack.spec
     )
-    settings = _settings_key(model_name, cot, templates)
+    settings = _settings_key(
+        model_name, cot, templates, label_model=LABEL_MODEL_VERSION if label_model else None
+    )
     todo, skipped = pending_items(store, settings, limit)
     left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
     if limit is not None:
@@ -558,16 +709,13 @@ async def _annotate_llm(
         store, stack, cot=cot, max_parse_retries=max_parse_retries, cot_max_tokens=cot_max_tokens
     )
     image_probs: dict[int, np.ndarray] = {}
+    image_errors: dict[int, str] = {}  # an unreadable image fails its item alone
     if composite:
         from actlabel.image_annotator import fit_image_classifier
-        from actlabel.models.features import cached_image_features
 
         clf, _n = fit_image_classifier(task, store.root)
         items_with_images = [it for it in store.iter_items(todo) if it.image_path]
-        if items_with_images:
-            feats = cached_image_features([it.image_path for it in items_with_images], store.root)
-            for it, p in zip(items_with_images, clf.predict_proba(feats), strict=True):
-                image_probs[it.rowid] = p
+        image_probs, image_errors = _image_probs(clf, items_with_images, store.root)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
     run_id = store.start_run(
         "annotate",
@@ -576,6 +724,8 @@ async def _annotate_llm(
     names = list(task.label_names)
 
     async def work(item: Item) -> dict[str, Any]:
+        if item.rowid in image_errors:
+            return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
         outcome = await annotator.label(item)
         if isinstance(outcome, ParseFailure):
             return _failed_record(item, run_id, model_name, outcome)
@@ -650,10 +800,35 @@ def _pool(answer: LabelAnswer, p_image: np.ndarray, names: list[str]) -> LabelAn
     return LabelAnswer(names[best], float(pooled[best]), probs, answer.reasoning, raw)
 
 
+def _image_probs(clf: Any, items: list[Item], root: Any) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+    """(rowid -> label probabilities, rowid -> why its image is unreadable) for items with images."""
+    from actlabel.models.features import cached_image_features
+
+    if not items:
+        return {}, {}
+    failures: dict[str, str] = {}
+    feats = cached_image_features([it.image_path for it in items], root, failures=failures)
+    good = [j for j, it in enumerate(items) if it.image_path not in failures]
+    probs = clf.predict_proba(feats[good]) if good else []
+    ok = {items[j].rowid: p for j, p in zip(good, probs, strict=True)}
+    bad = {it.rowid: failures[it.image_path] for it in items if it.image_path in failures}
+    return ok, bad
+
+
+def _failed_image_record(item: Item, run_id: int, model: str, reason: str) -> dict[str, Any]:
+    return {
+        "item_rowid": item.rowid,
+        "run_id": run_id,
+        "model": model,
+        "label": None,
+        "status": "failed",
+        "error": one_line(reason),
+    }
+
+
 def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> AnnotateResult:
     """The offline image annotator: few-shot logistic regression on EfficientNet-Lite0 features."""
     from actlabel.image_annotator import fit_image_classifier
-    from actlabel.models.features import cached_image_features
 
     start = time.monotonic()
     task = store.task
@@ -692,11 +867,15 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
                 for it in items
                 if not it.image_path
             ]
-            if with_image:
-                proba = clf.predict_proba(
-                    cached_image_features([it.image_path for it in with_image], store.root)
-                )
-                for it, p in zip(with_image, proba, strict=True):
+            probs, errors = _image_probs(clf, with_image, store.root)
+            records += [
+                _failed_image_record(it, run_id, model_name, errors[it.rowid])
+                for it in with_image
+                if it.rowid in errors
+            ]
+            if probs:
+                for it in (it for it in with_image if it.rowid in probs):
+                    p = probs[it.rowid]
                     best = int(p.argmax())
                     records.append(
                         {
@@ -706,12 +885,15 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
                             "label": names[best],
                             "confidence": float(p[best]),
                             "raw": json.dumps({n: round(float(v), 6) for n, v in zip(names, p, strict=True)}),
+                            "probs": json.dumps(
+                                {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}
+                            ),
                             "status": "ok",
                         }
                     )
             store.add_annotations(records)
-            done += len(with_image)
-            failed += len(items) - len(with_image)
+            done += len(probs)
+            failed += len(items) - len(probs)
             if progress and len(todo) > chunk:
                 print(f"annotate: {start_i + len(items)}/{len(todo)}", file=sys.stderr, flush=True)
     except BaseException as exc:

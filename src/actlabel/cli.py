@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -66,11 +67,24 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (UserError, ModelError) as exc:
             _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        except sqlite3.OperationalError as exc:
+            # The store maps these itself; this catches a write outside its transactions.
+            if not any(w in str(exc) for w in ("readonly", "disk is full", "unable to open")):
+                raise
+            _fail(f"the project database cannot be written ({exc})")
+        except PermissionError as exc:
+            _fail(f"{exc.filename or 'a file'}: permission denied")
         except KeyboardInterrupt:
-            click.echo(
-                "actlabel: interrupted; everything finished so far is saved, re-run to resume", err=True
-            )
+            click.echo(f"actlabel: interrupted; {_INTERRUPTED.get(ctx.invoked_subcommand, _RESUME)}", err=True)
             sys.exit(130)
+
+
+_RESUME = "everything finished so far is saved, re-run to resume"
+#: commands that write all at once: an interrupt leaves nothing of them behind
+_INTERRUPTED = {
+    "import": "nothing of this import was stored (an import is all-or-nothing); re-run it",
+    "select": "a selection round is written all at once: it was saved whole or not at all",
+}
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -140,6 +154,12 @@ def init(
     "--gold", "gold_column", help="Column with known-correct labels (for evaluation and --simulate gold)."
 )
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV/JSONL files.")
+@click.option(
+    "--image-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Folder the images must lie in, symlinks followed [default: the table's folder].",
+)
 def import_(
     directory: str,
     file: str,
@@ -148,6 +168,7 @@ def import_(
     id_column: str | None,
     gold_column: str | None,
     encoding: str,
+    image_root: str | None,
 ) -> None:
     """Import items from a CSV, JSONL or Parquet file, or an image folder (sub-folders = classes)."""
     with _open(directory) as project:
@@ -158,11 +179,14 @@ def import_(
             id_column=id_column,
             gold_column=gold_column,
             encoding=encoding,
+            image_root=image_root,
         )
     click.echo(
         f"imported {result.rows} rows from {file}: {result.new_items} new, "
         f"{result.already_present} already present"
     )
+    for note in result.notes:
+        click.echo(f"  note: {note}")
 
 
 @main.command()
@@ -174,10 +198,11 @@ def import_(
     type=click.Choice(["labelstudio", "argilla"]),
     help="Export the selected items as tasks for Label Studio or records for Argilla.",
 )
-def export(directory: str, out: str, fmt: str | None) -> None:
+@click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
+def export(directory: str, out: str, fmt: str | None, force: bool) -> None:
     """Write the labelled dataset to OUT (.csv, .jsonl or .parquet)."""
     with _open(directory) as project:
-        n = project.export(out, format=fmt)
+        n = project.export(out, format=fmt, force=force)
     click.echo(f"wrote {n} rows to {out}")
 
 
@@ -237,10 +262,17 @@ def _residual_line(residual: Any) -> str:
     d = _residual_dict(residual)
     if not d.get("identifiable", True):
         return f"errors left among unreviewed labels: {d.get('note')}"
-    return (
-        f"errors left among {d['n_unreviewed']} unreviewed labels: about {d['estimate']:.0f} "
+    est = d["estimate"]
+    # the estimate is unbiased, so it can fall below 0 by chance: say so rather than print "-3"
+    about = f"{est:.0f}" if est >= 0 else f"0 (unbiased estimate {est:.1f}, below 0 by chance)"
+    line = (
+        f"errors left among {d['n_unreviewed']} unreviewed labels: about {about} "
         f"({d['confidence']:.0%} CI {d['lower']:.0f} to {d['upper']:.0f}); {d['errors_found']} found by review"
     )
+    more = d.get("uniform_reviews_to_halve")
+    if more and d["upper"] > d["lower"]:
+        line += f"; about {more} more uniform reviews would halve the interval"
+    return line
 
 
 # ---- model stages ---------------------------------------------------------------------------
@@ -295,6 +327,39 @@ _scale_options = [
 ]
 
 
+# Options of the embedded (local/) models.
+_local_model_options = [
+    click.option(
+        "--n-ctx",
+        type=click.IntRange(256, 1 << 20),
+        default=None,
+        help="local/ models: context size in tokens [default: grows to fit the prompt].",
+    ),
+    click.option(
+        "--threads",
+        type=click.IntRange(1, 512),
+        default=None,
+        help="local/ models: CPU threads [default: $ACTLABEL_THREADS, else every core].",
+    ),
+]
+
+
+def _with_local_model_options(fn: Callable) -> Callable:
+    for option in reversed(_local_model_options):
+        fn = option(fn)
+    return fn
+
+
+def _local_backend_options(opts: dict[str, Any]) -> dict[str, Any] | None:
+    """Pop --n-ctx / --threads into backend constructor options (local models only)."""
+    n_ctx, threads = opts.pop("n_ctx", None), opts.pop("threads", None)
+    model = opts.get("model") or "local/"
+    if (n_ctx or threads) and not str(model).startswith("local/"):
+        raise UserError("--n-ctx and --threads apply to local/ models only")
+    out = {k: v for k, v in (("n_ctx", n_ctx), ("n_threads", threads)) if v is not None}
+    return out or None
+
+
 def _with_scale_options(fn: Callable) -> Callable:
     for option in reversed(_scale_options):
         fn = option(fn)
@@ -316,13 +381,37 @@ def _with_scale_options(fn: Callable) -> Callable:
     show_default=True,
     help="With --cot: the most tokens of reasoning per item.",
 )
+@_with_local_model_options
+@click.option(
+    "--label-model",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Correct the model's label prior and pool it with a feature probe fitted on the examples "
+    "(auto: on for local models).",
+)
+@click.option(
+    "--refine",
+    is_flag=True,
+    help="Relabel every item with what the reviews taught (cross-fitted; no model calls).",
+)
 def annotate(directory: str, **opts: Any) -> None:
     """Stage 1: a model labels every item."""
-    fn = _stage("annotate", "annotate")
+    refine = opts.pop("refine")
+    backend_options = _local_backend_options(opts)
     with _open(directory) as project:
         project.store.acquire_writer("annotate")
-        result = fn(project.store, progress=not opts.pop("no_progress"), **opts)
-    click.echo(str(result))
+        if refine:
+            from actlabel.refine import refine_labels
+
+            click.echo(str(refine_labels(project.store, progress=not opts.pop("no_progress"))))
+            return
+        fn = _stage("annotate", "annotate")
+        result = fn(
+            project.store, progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
+        )
+        click.echo(str(result))
+        _report_failures(project, "annotations", result)
 
 
 @main.command()
@@ -350,7 +439,21 @@ def critique(directory: str, **opts: Any) -> None:
     with _open(directory) as project:
         project.store.acquire_writer("critique")
         result = fn(project.store, progress=not opts.pop("no_progress"), **opts)
-    click.echo(str(result))
+        click.echo(str(result))
+        _report_failures(project, "critiques", result)
+
+
+def _report_failures(project: Any, table: str, result: Any) -> None:
+    """The most common reasons items failed in this run; a run where every item failed exits 1."""
+    run_id, failed = getattr(result, "run_id", None), getattr(result, "failed", 0)
+    if run_id is None or not failed:
+        return
+    reasons = project.failure_reasons(table, run_id)
+    for count, reason in reasons:
+        click.echo(f"  failed {count}x: {reason}", err=True)
+    if not getattr(result, "done", 0):
+        top = f"; most common: {reasons[0][1]}" if reasons else ""
+        _fail(f"every item failed ({failed}){top}")
 
 
 @main.command()
@@ -408,7 +511,7 @@ def select(directory: str, **opts: Any) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
 @click.option("--no-browser", is_flag=True, help="Do not open a browser window.")
 @click.option("--terminal", is_flag=True, help="Review in the terminal instead of the browser.")
 @click.option("--reviewer", default=None, help="Your name, recorded with each review.")
@@ -452,6 +555,30 @@ def import_reviews(directory: str, file: str, fmt: str) -> None:
     with _open(directory) as project:
         project.store.acquire_writer("import-reviews")
         click.echo(str(fn(project.store, file, fmt)))
+
+
+@main.group(cls=_Group)
+def serve() -> None:
+    """Serve the project to other tools while they run."""
+
+
+@serve.command("labelstudio")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=9090, show_default=True, help="0: any free port."
+)
+@click.option(
+    "--secret",
+    default=None,
+    help="Shared secret for the webhook [default: $ACTLABEL_LABELSTUDIO_SECRET, else a fresh one, printed].",
+)
+def serve_labelstudio(directory: str, host: str, port: int, secret: str | None) -> None:
+    """A Label Studio ML backend (machine label, critic, suspicious-first scores) and webhook receiver
+    that records the answers given in Label Studio as reviews."""
+    fn = _stage("review.labelstudio_live", "serve")
+    with _open(directory) as project:
+        fn(project.store, host=host, port=port, secret=secret)
 
 
 @main.command()
@@ -517,6 +644,13 @@ def run(directory: str, **opts: Any) -> None:
     "--llm-critic",
     default=None,
     help="Also criticize with the embedded LLM (e.g. logit, cot) before the learned critic.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 20),
+    default=2,
+    show_default=True,
+    help="Review rounds after the pilot (the labels and the critic learn from each).",
 )
 @click.option("--no-progress", is_flag=True)
 def demo(**opts: Any) -> None:

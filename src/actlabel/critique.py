@@ -3,8 +3,15 @@
 Strategies (`STRATEGIES`, PAPER.md step 2):
 - black-box, any chat model (critics/blackbox.py): `naive`, `cot` (default), `mc`, `devil`;
 - white-box, token probabilities (critics/whitebox.py): `logit`, `cot-logit`, `cot-ppl`;
-- beyond the paper: `learned` (an error model trained on reviewed items, critics/learned.py) and
-  `ensemble` (several critics combined, critics/ensemble.py; `ensemble:cot,logit` picks members).
+- beyond the paper: `consistency` (zero reviews, no model calls: how well each machine label agrees
+  with a label model cross-fitted on the other items' machine labels, its nearest neighbours and the
+  annotator's confidence, critics/consistency.py), `learned` (one stacked error model over every
+  signal, trained on reviewed items; below its minimum it writes the consistency scores,
+  critics/learned.py) and `ensemble` (several critics combined, critics/ensemble.py;
+  `ensemble:cot,logit` picks members).
+Default (`strategy=None`): `consistency` when the annotator is an embedded model (local/..., the
+image-feature annotator or the composite: a small local model is a weak critic of itself, and the
+data-driven critic is free), else `cot`.
 `calibrate()` maps a critic's error_prob onto observed error rates on reviewed items.
 
 Every strategy writes, per item, error_prob in [0, 1], a proposed_label (the label the critic
@@ -72,8 +79,13 @@ LLM_STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (NaiveCritic, CoTCritic, MCCritic, DevilCritic, LogitCritic, CoTLogitCritic, CoTPPLCritic)
 }
-STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, "learned", "ensemble")
+#: critics that call no chat model (rescored in full on every run)
+OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble")
+STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, *OFFLINE_STRATEGIES)
+#: the default for annotators that are not embedded models (see default_strategy)
 DEFAULT_STRATEGY = "cot"
+#: the default when the annotator is an embedded model
+EMBEDDED_DEFAULT_STRATEGY = "consistency"
 CRITIC_MODEL_ENV = "ACTLABEL_CRITIC_MODEL"
 CRITIC_MAX_TOKENS = 256
 
@@ -140,6 +152,16 @@ def parse_strategy(strategy: str) -> tuple[str, list[str] | None]:
                 f"unknown ensemble member(s) {', '.join(bad)}: use strategy names, optionally @MODEL"
             )
     return name, members
+
+
+def default_strategy(store: Store) -> str:
+    """`consistency` when the current machine labels come from an embedded model, else `cot`."""
+    counts = annotator_models(store)
+    if not counts:
+        return DEFAULT_STRATEGY
+    annotator = counts.most_common(1)[0][0]
+    embedded = annotator.startswith(("local/", "features/", COMPOSITE_PREFIX))
+    return EMBEDDED_DEFAULT_STRATEGY if embedded else DEFAULT_STRATEGY
 
 
 def annotator_models(store: Store) -> Counter[str]:
@@ -333,7 +355,7 @@ def critique(
     max_cost: float | None = None,
     max_total_tokens: int | None = None,
     limit: int | None = None,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str | None = None,
     progress: bool = True,
     backend: Backend | None = None,
     max_parse_retries: int = 2,
@@ -344,7 +366,8 @@ def critique(
     engine: str = "async",
     workers: int | None = None,
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
-    """Criticize the current machine labels with `strategy`. See the module docstring.
+    """Criticize the current machine labels with `strategy` (None: default_strategy). See the
+    module docstring.
 
     backend: a ready Backend instead of loading a model (tests, benchmarks).
     max_tokens: the budget of a critic's reasoning (cot, devil, cot-logit, cot-ppl analyses).
@@ -381,7 +404,7 @@ async def critique_async(
     max_cost: float | None = None,
     max_total_tokens: int | None = None,
     limit: int | None = None,
-    strategy: str = DEFAULT_STRATEGY,
+    strategy: str | None = None,
     progress: bool = True,
     backend: Backend | None = None,
     max_parse_retries: int = 2,
@@ -392,12 +415,14 @@ async def critique_async(
     engine: str = "async",
     workers: int | None = None,
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
+    if strategy is None:
+        strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
     name, members = parse_strategy(strategy)
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if not current_annotations(store):
         raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
-    if name in ("learned", "ensemble"):
+    if name in OFFLINE_STRATEGIES:
         if model or backend is not None:
             raise UserError(f"the {name} critic uses no chat model; drop --model")
         return _critique_offline(store, name, members, limit=limit, seed=seed)
@@ -608,14 +633,18 @@ def _finish_deferred(
 def _critique_offline(
     store: Store, name: str, members: Sequence[str] | None, *, limit: int | None, seed: int
 ) -> CritiqueResult:
-    """learned / ensemble: no chat model; every current machine label is rescored each run."""
+    """consistency / learned / ensemble: no chat model; every current machine label is rescored each run."""
     start = time.monotonic()
     targets = load_targets(store)
     if limit is not None:
         targets = targets[:limit]
     run_id = store.start_run("critique", {"strategy": name, "members": members, "limit": limit})
     try:
-        if name == "learned":
+        if name == "consistency":
+            from actlabel.critics.consistency import consistency_critique
+
+            records, info = consistency_critique(store, targets, run_id=run_id, seed=seed)
+        elif name == "learned":
             from actlabel.critics.learned import learned_critique
 
             records, info = learned_critique(store, targets, run_id=run_id, seed=seed)
@@ -780,11 +809,14 @@ def calibrate(
 __all__ = [
     "CALIBRATED_SUFFIX",
     "DEFAULT_STRATEGY",
+    "EMBEDDED_DEFAULT_STRATEGY",
+    "OFFLINE_STRATEGIES",
     "STRATEGIES",
     "CalibrationResult",
     "CritiqueResult",
     "calibrate",
     "critique",
     "critique_async",
+    "default_strategy",
     "is_derived",
 ]

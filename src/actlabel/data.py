@@ -6,6 +6,7 @@ stops the import with a one-line error naming the row, and nothing of that impor
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -53,6 +54,10 @@ class ImportResult:
     columns: list[str]
     text_columns: list[str]
     image_column: str | None
+    id_column: str | None = None
+    gold_column: str | None = None
+    #: what the user should know about this import (a remembered role this file lacks)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -77,41 +82,48 @@ def import_path(
     id_column: str | None = None,
     gold_column: str | None = None,
     encoding: str = "utf-8",
+    image_root: str | Path | None = None,
 ) -> ImportResult:
-    """Import a table file or an image folder into the project. Re-importing the same file adds nothing."""
+    """Import a table file or an image folder into the project. Re-importing the same file adds nothing.
+
+    image_root: the folder image paths must resolve into (symlinks followed); default: the table's
+    folder (or the image folder itself). The review app serves images only from these roots.
+    """
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    root = _image_root(path, image_root)
     if path.is_dir():
-        return _import_image_folder(store, path)
+        return _import_image_folder(store, path, root)
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise UserError(
             f"{path}: unknown file type {suffix!r} (use .csv, .tsv, .jsonl, .parquet or an image folder)"
         )
-    task = store.task
-    text_columns = list(text_columns) or list(task.text_columns)
-    image_column = image_column or task.image_column
-    id_column = id_column or task.id_column
-    gold_column = gold_column or task.gold_column
-
     if suffix in (".csv", ".tsv"):
+        encoding = _sniff_encoding(path, encoding)
         columns, batches = _csv_batches(path, encoding, delimiter="\t" if suffix == ".tsv" else ",")
     elif suffix in (".jsonl", ".ndjson"):
+        encoding = _sniff_encoding(path, encoding)
         columns, batches = _jsonl_batches(path, encoding)
     else:
         columns, batches = _parquet_batches(path)
 
-    roles = _resolve_roles(path, columns, text_columns, image_column, id_column, gold_column)
+    task = store.task
+    roles, notes = _roles_for_file(
+        path, columns, task, list(text_columns), image_column, id_column, gold_column
+    )
     labels = set(task.label_names)
-    run_id = store.start_run("import", {"path": str(path), "roles": roles.__dict__})
+    run_id = store.start_run(
+        "import", {"path": str(path.resolve()), "roles": roles.__dict__, "image_root": str(root)}
+    )
     rows = new = 0
     check_existing = store.count_items() > 0
     seen: set[str] = set()
     try:
         with store.transaction():
             for first_row, batch in batches:
-                records = _rows_to_records(path, first_row, batch, roles, labels, seen)
+                records = _rows_to_records(path, first_row, batch, roles, labels, seen, root)
                 if check_existing:
                     _check_conflicts(store, path, records)
                 new += store.insert_items(((r[0], r[1], r[2], r[3]) for r in records), run_id)
@@ -119,12 +131,106 @@ def import_path(
             if rows == 0:
                 raise UserError(f"{path}: no rows to import")
             store.add_input_columns(roles.text + ([roles.image] if roles.image else []))
+            if roles.image:
+                _add_image_root(store, root)
             _remember_roles(store, roles)
     except UserError as exc:
         store.finish_run(run_id, "failed", str(exc))
         raise
+    except BaseException as exc:  # Ctrl+C, kill: the transaction rolled back, say so in the run log
+        store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: nothing of this import was stored")
+        raise
     store.finish_run(run_id, "done", f"{rows} rows, {new} new")
-    return ImportResult(str(path), rows, new, rows - new, columns, roles.text, roles.image)
+    return ImportResult(
+        str(path), rows, new, rows - new, columns, roles.text, roles.image, roles.id, roles.gold, tuple(notes)
+    )
+
+
+# ---- where images may live -----------------------------------------------------------------------
+
+IMAGE_ROOTS_META = "image_roots"
+
+
+def _image_root(path: Path, image_root: str | Path | None) -> Path:
+    if image_root is None:
+        return (path if path.is_dir() else path.parent).resolve()
+    root = Path(image_root)
+    if not root.is_dir():
+        raise UserError(f"--image-root {root}: no such folder")
+    return root.resolve()
+
+
+def _add_image_root(store: Store, root: Path) -> None:
+    roots = image_roots(store)
+    if str(root) not in roots:
+        store.set_meta(IMAGE_ROOTS_META, json.dumps([*roots, str(root)]))
+
+
+def image_roots(store: Store) -> list[str]:
+    """The folders images were imported from (resolved): the review app serves files only inside
+    these and the project folder, so a symlink swapped in after import cannot leak other files."""
+    raw = store.get_meta(IMAGE_ROOTS_META)
+    return json.loads(raw) if raw else []
+
+
+def image_is_servable(store: Store, image_path: str) -> bool:
+    """True when `image_path` (symlinks followed now, not at import) lies inside an image root or
+    the project folder."""
+    try:
+        real = Path(image_path).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return False
+    roots = [store.root.resolve(), *(Path(r) for r in image_roots(store))]
+    return real.is_file() and any(real.is_relative_to(r) for r in roots)
+
+
+# ---- column roles ------------------------------------------------------------------------------
+
+
+def _roles_for_file(
+    path: Path,
+    columns: list[str],
+    task: Any,
+    text_columns: list[str],
+    image_column: str | None,
+    id_column: str | None,
+    gold_column: str | None,
+) -> tuple[ColumnRoles, list[str]]:
+    """Roles for this file: what the user passed (must exist), else what the first import fixed.
+
+    Remembered id and gold columns are used when the file has them and dropped when it does not, so
+    unlabelled items can follow a labelled set (the notes say so). Remembered text and image columns
+    are the input itself: a file without them is refused, naming where the role came from.
+    """
+    available = set(columns)
+    notes: list[str] = []
+    if not text_columns and task.text_columns:
+        missing = [c for c in task.text_columns if c not in available]
+        if missing and not image_column:
+            raise UserError(
+                f"{path}: the project's text column {missing[0]!r} (set by its first import) is not in this "
+                f"file; pass --text COLUMN (columns: {', '.join(columns)})"
+            )
+        if not missing:
+            text_columns = list(task.text_columns)
+    if image_column is None and task.image_column:
+        if task.image_column not in available:
+            raise UserError(
+                f"{path}: the project's image column {task.image_column!r} (set by its first import) is not "
+                f"in this file; pass --image COLUMN (columns: {', '.join(columns)})"
+            )
+        image_column = task.image_column
+    if id_column is None and task.id_column:
+        if task.id_column in available:
+            id_column = task.id_column
+        else:
+            notes.append(f"no id column {task.id_column!r} in this file: its items get content-hash ids")
+    if gold_column is None and task.gold_column:
+        if task.gold_column in available:
+            gold_column = task.gold_column
+        else:
+            notes.append(f"no gold column {task.gold_column!r} in this file: its items have no gold label")
+    return _resolve_roles(path, columns, text_columns, image_column, id_column, gold_column), notes
 
 
 def _remember_roles(store: Store, roles: ColumnRoles) -> None:
@@ -176,6 +282,21 @@ def _is_blank(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
 
 
+def _as_text(value: Any) -> str:
+    """A non-string cell as the text a model reads: JSON for numbers, booleans, lists and objects
+    (a Python repr such as `{'a': True}` is neither JSON nor what the file said)."""
+    if type(value) is str:
+        return value
+    if isinstance(value, bool | int | float | list | dict):
+        try:
+            return orjson.dumps(value).decode()
+        except TypeError:  # keys that are not strings, values orjson does not know
+            return json.dumps(value, ensure_ascii=False, default=str)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
 def _rows_to_records(
     path: Path,
     first_row: int,
@@ -183,6 +304,7 @@ def _rows_to_records(
     roles: ColumnRoles,
     labels: set[str],
     seen: set[str],
+    image_root: Path,
 ) -> list[tuple[str, str, str | None, str | None]]:
     """Validate a batch of rows and turn them into (item_id, data_json, image_path, gold) records.
 
@@ -197,7 +319,7 @@ def _rows_to_records(
             for i, v in enumerate(values):
                 if _is_blank(v):
                     raise UserError(f"{path}: row {first_row + i}: empty text in column {name!r}")
-            values = [str(v) for v in values]
+            values = [_as_text(v) for v in values]
         columns.append((name, values))
     image_paths: list[str | None] = [None] * n
     if roles.image:
@@ -206,7 +328,7 @@ def _rows_to_records(
         for i, raw in enumerate(raw_images):
             if _is_blank(raw):
                 raise UserError(f"{path}: row {first_row + i}: empty image path in column {roles.image!r}")
-            image_paths[i] = _check_image(path, first_row + i, (base / str(raw)).resolve())
+            image_paths[i] = _check_image(path, first_row + i, base / str(raw), image_root)
         columns.append((roles.image, [str(v) for v in raw_images]))
     # orjson: the stdlib encoder was a third of the import time.
     odumps = orjson.dumps
@@ -276,17 +398,58 @@ def _dedupe_ids(ids: list[str], seen: set[str]) -> list[str]:
     return out
 
 
-def _check_image(table: Path, row_no: int, image: Path) -> str:
+def _check_image(table: Path, row_no: int, image: Path, root: Path) -> str:
+    """The resolved path of a valid image inside `root`, else a one-line error naming the row."""
+    where = f"{table}: row {row_no}"
     if not image.is_file():
-        raise UserError(f"{table}: row {row_no}: image {image} not found")
+        raise UserError(f"{where}: image {image} not found")
+    resolved = image.resolve()
+    if not resolved.is_relative_to(root):
+        raise UserError(
+            f"{where}: image {image} resolves to {resolved}, outside {root} (images must lie inside the "
+            "table's folder, symlinks included; pass --image-root FOLDER to allow another folder)"
+        )
     try:
-        with image.open("rb") as fh:
+        with resolved.open("rb") as fh:
             head = fh.read(16)
     except OSError as exc:
-        raise UserError(f"{table}: row {row_no}: image {image} unreadable ({exc.strerror})") from None
+        raise UserError(f"{where}: image {image} unreadable ({exc.strerror})") from None
     if not _looks_like_image(head):
-        raise UserError(f"{table}: row {row_no}: {image} is not an image (unknown format)")
-    return str(image)
+        raise UserError(f"{where}: {image} is not an image (unknown format)")
+    problem = image_problem(resolved)
+    if problem:
+        raise UserError(f"{where}: image {image} {problem}")
+    return str(resolved)
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why the image at `path` cannot be used, or None. Reads the header and checks the file's
+    structure (PNG chunks and checksums) without decoding pixels, so it is cheap at import.
+
+    A header claiming more pixels than Pillow's MAX_IMAGE_PIXELS is refused: decoding it would
+    take gigabytes (a decompression bomb), and Pillow itself refuses twice that much.
+    """
+    import warnings
+
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                if limit and width * height > limit:
+                    return f"is {width}x{height} pixels, more than the {limit} a decoder is allowed (a decompression bomb?)"
+                img.verify()
+    except Image.DecompressionBombError as exc:
+        return f"is too large to decode ({str(exc).split(',')[0]}: a decompression bomb?)"
+    # Pillow reports a corrupt file with whatever its parser tripped on (OSError, SyntaxError,
+    # struct.error, ValueError...): any of them means this one file is unusable.
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"cannot be read ({reason})"
+    return None
 
 
 def _looks_like_image(head: bytes) -> bool:
@@ -315,13 +478,59 @@ def _check_conflicts(
                 )
 
 
+def _sniff_encoding(path: Path, encoding: str) -> str:
+    """The encoding to read `path` with: a byte-order mark wins over the default UTF-8 (it is
+    unambiguous), and a UTF-8 BOM is skipped so the first column keeps its name."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise UserError(f"unknown encoding {encoding!r}") from None
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    if name == "utf-8" and head.startswith(codecs.BOM_UTF8):
+        return "utf-8-sig"
+    if name in ("utf-8", "utf-32", "utf-32-le", "utf-32-be") and head.startswith(
+        (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+    ):
+        return "utf-32"
+    if name in ("utf-8", "utf-16", "utf-16-le", "utf-16-be") and head.startswith(
+        (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+    ):
+        return "utf-16"
+    if name == "utf-8" and b"\x00" in head:  # UTF-8 text never holds NUL bytes; UTF-16 text is full of them
+        guess = "utf-16-le" if head[1:2] == b"\x00" else "utf-16-be"
+        raise UserError(f"{path}: this looks like UTF-16 text without a byte-order mark; pass --encoding {guess}")
+    return encoding
+
+
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether a newline is the byte 0x0a in `encoding` (UTF-8, Latin-1...; not UTF-16/32), so a
+    file can be split into lines before decoding and a bad byte blamed on its line."""
+    return "\n".encode(encoding) == b"\n" and "a".encode(encoding) == b"a"
+
+
+def _read_first_line(path: Path, encoding: str, limit: int = 1 << 24) -> str:
+    """The first line, decoded alone: a text-mode read would decode a whole buffer and blame the
+    header for a bad byte further down. Byte by byte, so multi-byte encodings (UTF-16) work too."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    out: list[str] = []
+    with path.open("rb") as fh:
+        for _ in range(limit):
+            byte = fh.read(1)
+            if not byte:
+                out.append(decoder.decode(b"", final=True))
+                break
+            char = decoder.decode(byte)
+            out.append(char)
+            if char == "\n":
+                break
+    return "".join(out)
+
+
 def _csv_batches(path: Path, encoding: str, delimiter: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
     try:
-        # Decode the first line alone: a text-mode read would decode a whole buffer and blame
-        # the header for a bad byte further down.
-        with path.open("rb") as fh:
-            first_line = fh.readline().decode(encoding)
-        header = next(csv.reader([first_line.rstrip("\r\n")], delimiter=delimiter), None)
+        first_line = _read_first_line(path, encoding)
+        header = next(csv.reader([first_line.lstrip("\ufeff").rstrip("\r\n")], delimiter=delimiter), None)
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: header is not valid {encoding} ({exc.reason}); pass --encoding") from None
     except LookupError:
@@ -336,7 +545,11 @@ def _csv_batches(path: Path, encoding: str, delimiter: str) -> tuple[list[str], 
         try:
             reader = pacsv.open_csv(
                 path,
-                read_options=pacsv.ReadOptions(encoding=encoding, block_size=8 << 20),
+                # Arrow skips a UTF-8 BOM itself and decodes UTF-8 natively; other encodings go
+                # through a Python transcoder.
+                read_options=pacsv.ReadOptions(
+                    encoding="utf8" if encoding == "utf-8-sig" else encoding, block_size=8 << 20
+                ),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in header}, strings_can_be_null=False
@@ -378,16 +591,33 @@ def _locate_csv_problem(path: Path, encoding: str, delimiter: str, ncols: int, e
 
 
 def _jsonl_batches(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[int, dict]]]:
+    def lines() -> Iterator[tuple[int, str]]:
+        if _ascii_compatible(encoding):
+            # Split on bytes, decode per line: a bad byte is blamed on its own line.
+            with path.open("rb") as fh:
+                for line_no, raw in enumerate(fh, 1):
+                    try:
+                        yield line_no, raw.decode(encoding)
+                    except UnicodeDecodeError as exc:
+                        raise UserError(
+                            f"{path}: line {line_no}: not valid {encoding} text ({exc.reason}); pass --encoding"
+                        ) from None
+            return
+        line_no = 0
+        try:
+            with path.open(encoding=encoding, newline="") as fh:
+                for line_no, line in enumerate(fh, 1):  # noqa: B007 - read in the except clause
+                    yield line_no, line
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"{path}: near line {line_no + 1}: not valid {encoding} text ({exc.reason}); pass --encoding"
+            ) from None
+
     columns: list[str] = []
-    try:
-        with path.open(encoding=encoding) as fh:
-            for line_no, line in enumerate(fh, 1):
-                if line.strip():
-                    first = _parse_json_line(path, line_no, line)
-                    columns = list(first)
-                    break
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not valid {encoding} text ({exc.reason}); pass --encoding") from None
+    for line_no, line in lines():
+        if line.strip():
+            columns = list(_parse_json_line(path, line_no, line))
+            break
     if not columns:
         raise UserError(f"{path}: the file has no JSON objects")
 
@@ -395,24 +625,17 @@ def _jsonl_batches(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple
         cols: dict[str, list] = {c: [] for c in columns}
         start = 1
         row = 0
-        with path.open("rb") as fh:
-            for line_no, raw in enumerate(fh, 1):
-                try:
-                    line = raw.decode(encoding)
-                except UnicodeDecodeError as exc:
-                    raise UserError(
-                        f"{path}: line {line_no}: not valid {encoding} text ({exc.reason}); pass --encoding"
-                    ) from None
-                if not line.strip():
-                    continue
-                obj = _parse_json_line(path, line_no, line)
-                row += 1
-                for c in columns:
-                    cols[c].append(obj.get(c))
-                if row - start + 1 >= BATCH_ROWS:
-                    yield start, cols
-                    cols = {c: [] for c in columns}
-                    start = row + 1
+        for line_no, line in lines():
+            if not line.strip():
+                continue
+            obj = _parse_json_line(path, line_no, line)
+            row += 1
+            for c in columns:
+                cols[c].append(obj.get(c))
+            if row - start + 1 >= BATCH_ROWS:
+                yield start, cols
+                cols = {c: [] for c in columns}
+                start = row + 1
         if cols[columns[0]]:
             yield start, cols
 
@@ -445,7 +668,7 @@ def _parquet_batches(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]
     return columns, batches()
 
 
-def _import_image_folder(store: Store, folder: Path) -> ImportResult:
+def _import_image_folder(store: Store, folder: Path, root: Path) -> ImportResult:
     """An image folder: files at the top level have no gold label; each sub-folder is a class (gold label)."""
     labels = set(store.task.label_names)
     records = []
@@ -462,22 +685,32 @@ def _import_image_folder(store: Store, folder: Path) -> ImportResult:
             (
                 rel.as_posix(),
                 json.dumps({"image": rel.as_posix()}),
-                _check_image(folder, len(records) + 1, image.resolve()),
+                _check_image(folder, len(records) + 1, image, root),
                 gold,
             )
         )
     if not records:
         raise UserError(f"{folder}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    run_id = store.start_run("import", {"path": str(folder), "kind": "image-folder"})
-    with store.transaction():
-        if store.count_items():
-            _check_conflicts(store, folder, records)
-        new = store.insert_items(records, run_id)
-        store.add_input_columns(["image"])
-        task = store.task
-        if task.image_column is None:
-            task.image_column = "image"
-            store.set_task(task)
+    run_id = store.start_run(
+        "import", {"path": str(folder.resolve()), "kind": "image-folder", "image_root": str(root)}
+    )
+    try:
+        with store.transaction():
+            if store.count_items():
+                _check_conflicts(store, folder, records)
+            new = store.insert_items(records, run_id)
+            store.add_input_columns(["image"])
+            _add_image_root(store, root)
+            task = store.task
+            if task.image_column is None:
+                task.image_column = "image"
+                store.set_task(task)
+    except UserError as exc:
+        store.finish_run(run_id, "failed", str(exc))
+        raise
+    except BaseException as exc:
+        store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: nothing of this import was stored")
+        raise
     store.finish_run(run_id, "done", f"{len(records)} images, {new} new")
     return ImportResult(str(folder), len(records), new, len(records) - new, ["image"], [], "image")
 
@@ -525,7 +758,11 @@ def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, 
         out["proposed_label"] = proposed
         out["critic_rationale"] = rationale
         out["selected"] = selected
-        out["review_prob"] = review_prob
+        # a review the design never drew (imported, or given outside the queue) is a human label
+        # with pi = 1, outside the reweighted part (docs/statistics.md section 4)
+        out["review_prob"] = [
+            1.0 if h is not None and not s else p for s, p, h in zip(selected, review_prob, human, strict=True)
+        ]
         out["reviewed"] = [0 if h is None else 1 for h in human]
         out["human_label"] = human
         out["final_label"] = [m if h is None else h for m, h in zip(machine, human, strict=True)]
@@ -548,14 +785,24 @@ def _arrow_schema(columns: list[str]) -> pa.Schema:
     return pa.schema([(c, types.get(c, pa.string())) for c in columns])
 
 
-def export(store: Store, out: str | Path) -> int:
+def check_export_target(out: Path, *, force: bool) -> None:
+    """An export never overwrites a file unless asked to: the file may be the only copy of
+    earlier labels, or the user's own data."""
+    if out.is_dir():
+        raise UserError(f"{out} is a folder; give a file name")
+    if out.exists() and not force:
+        raise UserError(f"{out} already exists; pass --force to overwrite it")
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: no such folder")
+
+
+def export(store: Store, out: str | Path, *, force: bool = False) -> int:
     """Write the project's table to .csv, .jsonl or .parquet (by extension). Returns rows written."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".parquet"):
         raise UserError(f"{out}: unknown export type {suffix!r} (use .csv, .jsonl or .parquet)")
-    if not out.parent.exists():
-        raise UserError(f"{out.parent}: no such folder")
+    check_export_target(out, force=force)
     columns = export_columns(store)
     schema = _arrow_schema(columns)
     tmp = out.with_name(out.name + ".partial")

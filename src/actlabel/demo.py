@@ -28,6 +28,7 @@ import numpy as np
 
 from actlabel import datasets
 from actlabel.errors import UserError
+from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.project import Project
 from actlabel.store import DB_NAME
 from actlabel.task import Example, Label
@@ -45,7 +46,7 @@ class DemoSpec:
 
 SPECS = {
     "tweets": DemoSpec(
-        "tweets", "text", 300, 1500, 3,
+        "tweets", "text", 600, 1500, 3,
         "Classify the sentiment the author of the tweet expresses.",
     ),
     "reuters": DemoSpec(
@@ -71,6 +72,8 @@ TWEETS_MIN_AGREEMENT = 0.6
 # A later round's uniform share: every item keeps review_prob > 0, so the ACT loss stays
 # unbiased and the residual-error estimate is identifiable.
 UNIFORM_SHARE = 0.05
+# Review rounds after the pilot: the critic and the labels learn from each round before the next.
+DEMO_ROUNDS = 2
 
 
 def _say(progress: bool, message: str) -> None:
@@ -226,6 +229,40 @@ def _review(project: Project, progress: bool, seed: int) -> None:
         _say(progress, str(simulate_review(project.store, source="gold", error_rate=0.0, seed=seed)))
 
 
+def _learn_from_reviews(project: Project, progress: bool) -> None:
+    """What every round of reviews teaches: relabel (cross-fitted), then retrain the critic."""
+    from actlabel.critique import critique
+    from actlabel.refine import MIN_REVIEWS, refine_labels
+
+    store = project.store
+    reviewed = store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0]
+    if reviewed >= MIN_REVIEWS:
+        _say(progress, "refining the machine labels with the reviews so far")
+        _say(progress, str(refine_labels(store, progress=progress)))
+    _say(progress, "training the critic on the reviews so far")
+    _say(progress, str(critique(store, strategy="learned", progress=progress)))
+
+
+def _reviewed(project: Project) -> int:
+    return int(project.store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
+
+
+def _main_budget(project: Project, max_budget: str) -> int:
+    """All reviews the demo spends: the pilot's recommendation, capped by --max-budget."""
+    from actlabel import select as rules
+
+    n = project.store.count_items()
+    cap = rules.budget_from_spec(str(max_budget), n)
+    meta = project.store.get_meta("demo_budget")
+    if meta is not None:
+        return int(meta)
+    from actlabel.selection import recommended_budget
+
+    target = min(cap, recommended_budget(project.store))
+    project.store.set_meta("demo_budget", str(target))
+    return target
+
+
 def _rounds(project: Project) -> int:
     row = project.store.conn.execute("SELECT max(round) FROM selections").fetchone()
     return int(row[0] or 0)
@@ -290,6 +327,18 @@ def _downstream(
         reviewed=reviewed[keep], review_prob=pi[keep], n_classes=len(names), seed=seed,
     )  # fmt: skip
     table = [r.as_dict() for r in rows]
+    table.append(
+        _random_review_row(
+            train_x[keep],
+            test_x,
+            test_y,
+            gold[keep],
+            machine[keep],
+            int(reviewed[keep].sum()),
+            len(names),
+            seed,
+        )
+    )
     machine_acc = float((machine[keep] == gold[keep]).mean())
     final = np.where(reviewed, human, machine)
     note = (
@@ -301,6 +350,48 @@ def _downstream(
     return table
 
 
+#: seeds of the random-review baseline (its accuracy is their mean)
+RANDOM_REVIEW_SEEDS = 3
+
+
+def _random_review_row(
+    train_x: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    gold: np.ndarray,
+    machine: np.ndarray,
+    budget: int,
+    n_classes: int,
+    seed: int,
+) -> dict[str, Any]:
+    """The baseline ACT must beat: the same number of reviews spent uniformly at random, trained
+    with the same ACT loss (review_prob = budget / N for every item)."""
+    from actlabel.downstream import LinearACTClassifier
+
+    n = len(gold)
+    accs = []
+    for s in range(RANDOM_REVIEW_SEEDS):
+        rng = np.random.default_rng(seed + 1000 + s)
+        reviewed = np.zeros(n, dtype=bool)
+        reviewed[rng.choice(n, size=min(budget, n), replace=False)] = True
+        pi = np.full(n, max(budget, 1) / n)
+        clf = LinearACTClassifier(n_classes, seed=seed)
+        accs.append(
+            clf.fit(train_x, machine, np.where(reviewed, gold, -1), reviewed, pi).score(test_x, test_y)
+        )
+    return {
+        "training data": f"random review, same budget (mean of {RANDOM_REVIEW_SEEDS} draws)",
+        "test accuracy": round(float(np.mean(accs)), 4),
+        "human reviews": budget,
+        "budget (share of items)": round(budget / n, 4),
+    }
+
+
+def gap_closed(human: float, machine: float, act: float) -> float | None:
+    """(ACT - machine) / (human - machine): the share of the machine-to-human gap ACT closed."""
+    return None if human - machine <= 1e-9 else (act - machine) / (human - machine)
+
+
 def run_demo(
     *,
     dataset: str = "tweets",
@@ -310,6 +401,7 @@ def run_demo(
     seed: int = 0,
     max_budget: str = "20%",
     llm_critic: str | None = None,
+    rounds: int = DEMO_ROUNDS,
     progress: bool = True,
 ) -> dict[str, Any]:
     if dataset not in SPECS:
@@ -318,7 +410,17 @@ def run_demo(
     size = size or spec.default_size
     started = time.perf_counter()
     root = Path(directory)
-    model = model or (DEMO_MODEL if spec.kind != "image" else None)
+    if model is None:
+        # images: the few-shot image annotator; image+text: it pooled with the demo's text model
+        model = {
+            "text": DEMO_MODEL,
+            "image": None,
+            "image+text": f"composite/{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{DEMO_MODEL}",
+        }[spec.kind]
+    elif spec.kind == "image+text" and model.startswith("local/"):
+        model = f"composite/{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{model}"
+    elif spec.kind == "image" and model.startswith("local/"):
+        raise UserError(f"the {spec.name} demo labels images with the offline image annotator; omit --model")
     from actlabel.annotate import annotate
     from actlabel.critique import critique
     from actlabel.report import write_report
@@ -335,19 +437,18 @@ def run_demo(
         if _rounds(project) == 0:
             _say(progress, str(select_for_review(store, budget="auto", seed=seed)))
         _review(project, progress, seed)
-        _say(progress, "training the learned critic on the reviewed pilot")
-        _say(progress, str(critique(store, strategy="learned", progress=progress)))
         if _rounds(project) == 1:
+            _learn_from_reviews(project, progress)
+        target = _main_budget(project, max_budget)
+        while _rounds(project) <= rounds and _reviewed(project) < target:
+            left_rounds = rounds + 1 - _rounds(project)
+            size = max(1, -(-(target - _reviewed(project)) // left_rounds))
             main_round = select_for_review(
-                store,
-                budget="auto",
-                rule="threshold",
-                uniform=UNIFORM_SHARE,
-                seed=seed,
-                max_budget=max_budget,
+                store, budget=str(size), rule="threshold", uniform=UNIFORM_SHARE, seed=seed + _rounds(project)
             )
             _say(progress, str(main_round))
-        _review(project, progress, seed)
+            _review(project, progress, seed)
+            _learn_from_reviews(project, progress)
         table = _downstream(project, spec, root, seed, progress)
         report = write_report(store, root / "report.html")
         status = project.status()
@@ -370,11 +471,25 @@ def _print_summary(
         t.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row.values()))
     console.print(t)
     human = table[0]["test accuracy"]
+    machine = table[1]["test accuracy"]
     act = table[2]["test accuracy"]
+    share = gap_closed(human, machine, act)
+    closed = (
+        f"ACT closed {100 * share:.0f}% of the machine-to-human gap"
+        if share is not None
+        else "machine labels trained as well as human labels (no gap to close)"
+    )
+    random_row = table[3] if len(table) > 3 else None
     console.print(
-        f"ACT is {100 * (human - act):+.1f} points from full human labels "
+        f"{closed}: {100 * (act - human):+.1f} points from full human labels "
         f"with {table[2]['human reviews']} of {table[0]['human reviews']} items reviewed "
         f"({100 * table[2]['budget (share of items)']:.1f}%)"
+        + (
+            f"; random review at the same budget: {random_row['test accuracy']:.3f} "
+            f"(ACT {'+' if act >= random_row['test accuracy'] else ''}{100 * (act - random_row['test accuracy']):.1f} points)"
+            if random_row
+            else ""
+        )
     )
     if status.residual is not None and status.residual.identifiable:
         r = status.residual

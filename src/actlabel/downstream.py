@@ -1,30 +1,48 @@
 """Stage 5: train a downstream classifier with the ACT loss on fixed features, and compare training sets.
 
-A linear softmax classifier (multinomial logistic regression) on frozen features (text embeddings
-or image features), fitted by full-batch L-BFGS on `actlabel.loss.act_loss` plus an L2 penalty.
+Two models on frozen features (text embeddings or image features), both trained on
+`actlabel.loss.act_loss` plus an L2 penalty:
+
+* `LinearACTClassifier`: multinomial logistic regression, full-batch L-BFGS;
+* `MLPACTClassifier`: one hidden layer (ReLU), full-batch Adam, 200 steps on CPU.
+
 Full human labels and full machine labels are the same loss with every item reviewed (pi = 1) or
 none, so all training sets go through one code path.
+
+The loss (``loss=``), docs/statistics.md section 3:
+
+* ``"tuned"`` (default): the clipped loss (no label of any item gets a negative weight) at the
+  PPI++ variance-minimising lam, chosen from a first fit at lam = 1 (`actlabel.loss.ppi_lambda`);
+* ``"clip"``: the clipped loss at the given ``lam``;
+* ``"exact"``: the unbiased ACT loss at the given ``lam``, negative weights and all.  Unbounded
+  below when a corrected item has pi < 1: a flexible model can drive it to -infinity (the
+  collapse issue 12 measured on Fashion-MNIST).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
-from actlabel.loss import act_loss
+from actlabel.loss import act_loss, ppi_lambda
+
+LossKind = Literal["tuned", "clip", "exact"]
+LOSSES: tuple[str, ...] = ("tuned", "clip", "exact")
 
 
 @dataclass
-class LinearACTClassifier:
-    """scikit-learn style: parameters in the constructor, `fit` learns `coef_` and `intercept_`."""
-
+class _ACTModel:
     n_classes: int
     l2: float = 1e-3
     lam: float = 1.0
     max_weight: float | None = None
-    max_iter: int = 100
     seed: int = 0
+    loss: LossKind = "tuned"
+    #: the lam actually used by the last `fit` (the tuned one for loss="tuned")
+    lam_: float = field(default=1.0, init=False)
 
     def fit(
         self,
@@ -33,42 +51,43 @@ class LinearACTClassifier:
         human_labels: np.ndarray,
         reviewed: np.ndarray,
         review_prob: np.ndarray,
-    ) -> LinearACTClassifier:
+    ) -> _ACTModel:
         import torch
 
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         # One thread: the problem is small, and torch's thread pool costs more than it saves
         # (badly so on a loaded machine).
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            return self._fit(torch, features, machine_labels, human_labels, reviewed, review_prob)
+            xs = self._standardize(features, fit=True)
+            x = torch.as_tensor(xs, dtype=torch.float32)
+            d_np = np.asarray(reviewed, dtype=bool)
+            m = torch.as_tensor(np.asarray(machine_labels), dtype=torch.long)
+            h_np = np.where(d_np, human_labels, -1)
+            h = torch.as_tensor(h_np, dtype=torch.long)
+            d = torch.as_tensor(d_np)
+            pi_np = np.asarray(review_prob, dtype=float)
+            pi = torch.as_tensor(pi_np, dtype=torch.float32)
+            clip = self.loss != "exact"
+            lam = self.lam
+            if self.loss == "tuned" and (d_np & (pi_np < 1.0)).any():
+                self._fit(torch, x, m, h, d, pi, lam=1.0, clip=True)
+                probs = self._proba_std(xs)
+                lam = ppi_lambda(
+                    probs, np.asarray(machine_labels), np.where(d_np, h_np, 0), d_np, pi_np,
+                    sq_norm=(xs * xs).sum(axis=1) + 1.0,
+                )  # fmt: skip
+            elif self.loss == "tuned":
+                lam = 1.0  # no reviewed item with pi < 1: every lam gives the same loss
+            self.lam_ = float(lam)
+            return self._fit(torch, x, m, h, d, pi, lam=self.lam_, clip=clip)
         finally:
             torch.set_num_threads(threads)
 
-    def _fit(
-        self, torch, features, machine_labels, human_labels, reviewed, review_prob
-    ) -> LinearACTClassifier:  # noqa: ANN001
-        torch.manual_seed(self.seed)
-        x = torch.as_tensor(self._standardize(features, fit=True), dtype=torch.float32)
-        m = torch.as_tensor(np.asarray(machine_labels), dtype=torch.long)
-        h = torch.as_tensor(np.where(reviewed, human_labels, -1), dtype=torch.long)
-        d = torch.as_tensor(np.asarray(reviewed, dtype=bool))
-        pi = torch.as_tensor(np.asarray(review_prob, dtype=float), dtype=torch.float32)
-        w = torch.zeros(x.shape[1], self.n_classes, dtype=torch.float32, requires_grad=True)
-        b = torch.zeros(self.n_classes, dtype=torch.float32, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = act_loss(x @ w + b, m, h, d, pi, lam=self.lam, max_weight=self.max_weight)
-            loss = loss + self.l2 * (w * w).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        self.coef_ = w.detach().numpy()
-        self.intercept_ = b.detach().numpy()
-        return self
+    def _objective(self, torch, logits, m, h, d, pi, lam: float, clip: bool):  # noqa: ANN001, ANN202
+        return act_loss(logits, m, h, d, pi, lam=lam, max_weight=self.max_weight, clip=clip)
 
     def _standardize(self, features: np.ndarray, fit: bool = False) -> np.ndarray:
         features = np.asarray(features, dtype=float)
@@ -77,11 +96,105 @@ class LinearACTClassifier:
             self.scale_ = features.std(axis=0) + 1e-8
         return (features - self.mean_) / self.scale_
 
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self._proba_std(self._standardize(features))
+
+    def _proba_std(self, xs: np.ndarray) -> np.ndarray:
+        z = self._logits_std(xs)
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
-        return (self._standardize(features) @ self.coef_ + self.intercept_).argmax(axis=1)
+        return self._logits_std(self._standardize(features)).argmax(axis=1)
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> float:
         return float((self.predict(features) == np.asarray(labels)).mean())
+
+    # subclasses: _fit(torch, x, m, h, d, pi, lam, clip) -> self; _logits_std(xs) -> (n, K)
+    def _fit(self, torch, x, m, h, d, pi, *, lam: float, clip: bool):  # noqa: ANN001, ANN202
+        raise NotImplementedError
+
+    def _logits_std(self, xs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+@dataclass
+class LinearACTClassifier(_ACTModel):
+    """scikit-learn style: parameters in the constructor, `fit` learns `coef_` and `intercept_`."""
+
+    max_iter: int = 100
+
+    def _fit(self, torch, x, m, h, d, pi, *, lam: float, clip: bool):  # noqa: ANN001, ANN202
+        torch.manual_seed(self.seed)
+        w = torch.zeros(x.shape[1], self.n_classes, dtype=torch.float32, requires_grad=True)
+        b = torch.zeros(self.n_classes, dtype=torch.float32, requires_grad=True)
+        opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
+
+        best = [math.inf, w.detach().clone(), b.detach().clone()]
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = self._objective(torch, x @ w + b, m, h, d, pi, lam, clip) + self.l2 * (w * w).sum()
+            loss.backward()
+            value = float(loss.detach())
+            if math.isfinite(value) and value < best[0]:
+                best[:] = [value, w.detach().clone(), b.detach().clone()]
+            return loss
+
+        try:
+            opt.step(closure)
+        except IndexError:
+            # torch's strong-Wolfe search fails this way when the loss runs off to -inf, which
+            # the exact loss can (docs/statistics.md section 3a): keep the best finite point
+            pass
+        self.coef_ = best[1].numpy()
+        self.intercept_ = best[2].numpy()
+        return self
+
+    def _logits_std(self, xs: np.ndarray) -> np.ndarray:
+        return xs @ self.coef_ + self.intercept_
+
+
+@dataclass
+class MLPACTClassifier(_ACTModel):
+    """One hidden layer (ReLU) trained full-batch with Adam on the ACT loss; same interface.
+
+    Sized for frozen features of at most a few thousand items (384-1280 dimensions): 200 full-batch
+    steps of a 64-unit layer take a few seconds on one CPU thread.  Dropout on the inputs
+    regularises it (the linear model needs none).
+    """
+
+    l2: float = 1e-4
+    hidden: int = 64
+    steps: int = 200
+    lr: float = 5e-3
+    dropout: float = 0.2
+
+    def _fit(self, torch, x, m, h, d, pi, *, lam: float, clip: bool):  # noqa: ANN001, ANN202
+        torch.manual_seed(self.seed)
+        net = torch.nn.Sequential(
+            torch.nn.Dropout(self.dropout),
+            torch.nn.Linear(x.shape[1], self.hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(self.hidden, self.n_classes),
+        )
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        net.train()
+        for _ in range(self.steps):
+            opt.zero_grad()
+            loss = self._objective(torch, net(x), m, h, d, pi, lam, clip)
+            loss = loss + self.l2 * sum((p * p).sum() for n_, p in net.named_parameters() if "weight" in n_)
+            loss.backward()
+            opt.step()
+        net.eval()
+        self.params_ = [p.detach().numpy().copy() for p in net.parameters()]
+        return self
+
+    def _logits_std(self, xs: np.ndarray) -> np.ndarray:
+        w1, b1, w2, b2 = self.params_
+        hid = np.maximum(xs @ w1.T + b1, 0.0)
+        return hid @ w2.T + b2
 
 
 @dataclass(frozen=True)
@@ -114,6 +227,7 @@ def compare_training_sets(
     l2: float = 1e-3,
     max_weight: float | None = None,
     seed: int = 0,
+    loss: LossKind = "tuned",
 ) -> list[DownstreamRow]:
     """Test accuracy with full human (gold) labels, full machine labels, and the ACT data.
 
@@ -124,7 +238,7 @@ def compare_training_sets(
     ones = np.ones(n)
 
     def acc(h: np.ndarray, d: np.ndarray, pi: np.ndarray) -> float:
-        clf = LinearACTClassifier(n_classes, l2=l2, max_weight=max_weight, seed=seed)
+        clf = LinearACTClassifier(n_classes, l2=l2, max_weight=max_weight, seed=seed, loss=loss)
         return clf.fit(train_x, machine, h, d, pi).score(test_x, test_y)
 
     k = int(np.asarray(reviewed).sum())

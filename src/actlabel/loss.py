@@ -11,6 +11,13 @@ lam < 1 ("power tuning") shrinks the negative weight lam * (1 - 1/pi_i) that a r
 on its machine label.  With pi in {0, 1} (threshold rule, no uniform share) the loss is plain
 cross-entropy on the corrected labels.
 
+Stabilised variants (docs/statistics.md section 3): ``clip=True`` floors at 0 the machine-label
+weight lam * (1 - 1/pi_i) of a reviewed item whose human label differs, so every label of every
+item has a weight >= 0 and the loss is bounded below (the exact loss is not, which is how a linear
+or deep model collapses on it); its bias is (lam/N) sum_{h_i != m_i} (1 - pi_i) l(x_i, m_i) >= 0,
+a pull towards the machine label of wrong items that were likely to be missed.
+:func:`ppi_lambda` picks lam from the data (the variance-minimising lam of PPI++).
+
 Mini-batches: the loss is a mean over items of a per-item term, so its mean over a uniformly
 shuffled mini-batch of size b is an unbiased estimate of the full-data loss; we therefore divide
 by the batch size, never by the sum of weights (that would be a ratio estimator: biased, and it
@@ -108,13 +115,20 @@ def act_loss(
     max_weight: float | None = None,
     reduction: Reduction = "mean",
     check_inputs: bool = True,
+    clip: bool = False,
 ) -> torch.Tensor:
     """ACT loss with cross-entropy: mean_i[ lam*l_m + (l_h - lam*l_m) * d_i/pi_i ].
 
     Shapes: ``logits`` (b, K); labels, ``reviewed`` and ``review_prob`` (b,).  ``human_labels``
     may hold anything (e.g. -1) where ``reviewed`` is false: those entries are replaced by a valid
     class before the cross-entropy and multiplied by a zero weight, so they produce neither NaN
-    values nor NaN gradients.  ``max_weight`` clips 1/pi (biased, lower variance).
+    values nor NaN gradients.  ``max_weight`` clips 1/pi (biased, lower variance).  ``clip`` floors
+    the machine-label weight lam * (1 - w_i) of corrected items (h_i != m_i) at 0 (biased, bounded
+    below; docs/statistics.md section 3).
+
+    The weights and cross-entropies are computed, and returned, in float32 (float64 if the logits
+    are float64): 1/pi overflows float16 for pi < 1.5e-5 (inf * 0 = NaN), and so can a weighted
+    loss; gradients still flow back to float16 logits.
 
     reduction: "mean" divides the sum by the batch size b (unbiased for the full-data mean under
     uniform shuffling), "sum" returns the sum, "none" the per-item terms.
@@ -141,7 +155,9 @@ def act_loss(
     d = reviewed.to(device=logits.device, dtype=torch.bool)
     m = machine_labels.to(device=logits.device, dtype=torch.long)
     h = human_labels.to(device=logits.device, dtype=torch.long)
-    pi = review_prob.to(device=logits.device, dtype=logits.dtype)
+    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.to(work)
+    pi = review_prob.to(device=logits.device, dtype=torch.float64 if work == torch.float64 else torch.float32)
     if check_inputs:
         bad_m = (m < 0) | (m >= k)
         bad_h = d & ((h < 0) | (h >= k))
@@ -169,7 +185,13 @@ def act_loss(
         w = w.clamp(max=max_weight)
     loss_m = F.cross_entropy(logits, m, reduction="none")
     loss_h = F.cross_entropy(logits, h_safe, reduction="none")
-    per_item = lam * loss_m + (loss_h - lam * loss_m) * w
+    if clip:
+        # per label: machine weight lam (1 - w) (+ w if h == m), human weight w (h != m)
+        wm = torch.where(d & (h_safe != m), (lam * (1.0 - w)).clamp(min=0.0), lam * (1.0 - w) + w)
+        wh = torch.where(d & (h_safe != m), w, torch.zeros_like(w))
+        per_item = wm * loss_m + wh * loss_h
+    else:
+        per_item = lam * loss_m + (loss_h - lam * loss_m) * w
     if reduction == "none":
         return per_item
     if reduction == "sum":
@@ -189,10 +211,14 @@ def act_mean(
     *,
     lam: float = 1.0,
     max_weight: float | None = None,
+    clip: bool = False,
+    corrected: np.ndarray | None = None,
 ) -> float:
     """The ACT estimate for any per-item losses: (1/N) sum_i [lam l_m + (l_h - lam l_m) d_i/pi_i].
 
-    ``loss_human`` is only read where ``reviewed`` is true (NaN elsewhere is fine).
+    ``loss_human`` is only read where ``reviewed`` is true (NaN elsewhere is fine).  ``clip``
+    floors the machine-label weight lam (1 - d_i/pi_i) at 0 on items whose human label differs
+    from the machine label (``corrected``, a boolean array, required with ``clip``).
     """
     lam = _check_lam(lam)
     lm = np.asarray(loss_machine, dtype=float)
@@ -203,9 +229,15 @@ def act_mean(
     if lh.shape != (n,):
         raise ValueError(f"loss_human must have shape ({n},), got {lh.shape}")
     w = review_weights(reviewed, review_prob, max_weight=max_weight)
-    corr = np.where(w > 0, lh - lam * lm, 0.0)
     if n == 0:
         return float("nan")
+    if clip:
+        if corrected is None:
+            raise ValueError("clip=True needs `corrected` (human label != machine label, per item)")
+        c = np.asarray(corrected, dtype=bool) & (w > 0)
+        wm = np.where(c, np.maximum(lam * (1.0 - w), 0.0), lam * (1.0 - w) + w)
+        return float(np.mean(wm * lm + np.where(c, w * np.nan_to_num(lh), 0.0)))
+    corr = np.where(w > 0, lh - lam * lm, 0.0)
     return float(np.mean(lam * lm + corr * w))
 
 
@@ -267,16 +299,29 @@ def act_sample_weights(
 
 
 def act_variance(
-    loss_human: np.ndarray, loss_machine: np.ndarray, review_prob: np.ndarray, *, lam: float = 1.0
+    loss_human: np.ndarray,
+    loss_machine: np.ndarray,
+    review_prob: np.ndarray,
+    *,
+    lam: float = 1.0,
+    clip: bool = False,
+    corrected: np.ndarray | None = None,
 ) -> float:
     """Variance of the ACT loss (at fixed theta) under Poisson sampling d_i ~ Bernoulli(pi_i):
 
-        Var = (1/N^2) sum_i (l_h,i - lam * l_m,i)^2 (1 - pi_i) / pi_i
+        Var = (1/N^2) sum_i (l_h,i - lam_i * l_m,i)^2 (1 - pi_i) / pi_i
+
+    with lam_i = lam for the exact loss; with ``clip`` (machine weight of corrected items floored
+    at 0) lam_i = lam * pi_i on the items whose labels differ (``corrected``), lam elsewhere
+    (docs/statistics.md section 3).
 
     It is zero with a perfect annotator (l_h = l_m, lam = 1) or a perfect critic (pi_i = 1 where
     the labels differ).  Items with pi_i = 0 are never reviewed: they contribute no variance but a
-    bias, and are left out of the sum (the term is taken as 0).  The fixed-size systematic design
-    of :mod:`actlabel.select` has a variance close to this formula (docs/statistics.md section 2).
+    bias, and are left out of the sum (the term is taken as 0).  For the fixed-size pivotal design
+    that :func:`actlabel.select.select` uses, the design variance is at most this formula (ratio
+    0.5-1.0 measured, test_statistics_mc.py); the systematic design
+    (``select(..., design="systematic")``, the default before) can exceed it 1.5-6x under
+    threshold + a small uniform share.
     """
     lam = _check_lam(lam)
     lh = np.asarray(loss_human, dtype=float)
@@ -294,6 +339,64 @@ def act_variance(
     n = lh.size
     if n == 0:
         return 0.0
+    lam_i = np.full(n, lam)
+    if clip:
+        if corrected is None:
+            raise ValueError("clip=True needs `corrected` (human label != machine label, per item)")
+        c = np.asarray(corrected, dtype=bool)
+        lam_i = np.where(c, lam * pi, lam)
     pos = pi > 0
-    terms = (lh[pos] - lam * lm[pos]) ** 2 * (1.0 - pi[pos]) / pi[pos]
+    terms = (lh[pos] - lam_i[pos] * lm[pos]) ** 2 * (1.0 - pi[pos]) / pi[pos]
     return float(terms.sum() / n**2)
+
+
+def ppi_lambda(
+    probs: np.ndarray,
+    machine_labels: np.ndarray,
+    human_labels: np.ndarray,
+    reviewed: np.ndarray,
+    review_prob: np.ndarray,
+    *,
+    sq_norm: np.ndarray | None = None,
+) -> float:
+    """The variance-minimising lam of PPI++ (Angelopoulos et al. 2023) for the ACT loss.
+
+    At a pilot fit theta_0 with predicted class probabilities ``probs`` (N, K), the gradient of the
+    cross-entropy with respect to the logits is g = p - onehot(label); for a linear model the
+    parameter gradient is x (x) g, so inner products scale by ||x||^2 (``sq_norm``, default 1).
+    The ACT gradient's variance under Poisson sampling is
+    sum_i c_i ||g_h,i - lam g_m,i||^2, c_i = (1 - pi_i)/pi_i (times ||x_i||^2), minimised at
+
+        lam* = sum_i c_i <g_h,i, g_m,i> / sum_i c_i ||g_m,i||^2,
+
+    estimated by Horvitz-Thompson over the reviewed items (weight 1/pi_i) and clipped to [0, 1].
+    Where the machine labels agree with the humans (g_h = g_m) lam* is 1; where they are wrong
+    and the model fits the machine labels lam* falls towards 0.  Returns 1.0 when no reviewed item
+    has pi < 1 (the loss then has no variance to reduce).  The choice uses the reviews, so the
+    loss at lam* is unbiased only asymptotically (as in PPI++).
+    """
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2:
+        raise ValueError(f"probs must have shape (items, classes), got {p.shape}")
+    n, k = p.shape
+    m = np.asarray(machine_labels)
+    h = np.asarray(human_labels)
+    if m.shape != (n,) or h.shape != (n,):
+        raise ValueError(f"machine_labels and human_labels must have shape ({n},)")
+    d, pi = _np_reviewed_prob(reviewed, review_prob, n)
+    s = np.ones(n) if sq_norm is None else np.asarray(sq_norm, dtype=float)
+    use = d & (pi < 1.0)
+    if not use.any():
+        return 1.0
+    pu, mu, hu = p[use], m[use].astype(int), h[use].astype(int)
+    if ((mu < 0) | (mu >= k) | (hu < 0) | (hu >= k)).any():
+        raise ValueError(f"labels must be classes in [0, {k}) on reviewed items")
+    rows = np.arange(pu.shape[0])
+    pp = (pu * pu).sum(axis=1)
+    g_hm = pp - pu[rows, hu] - pu[rows, mu] + (hu == mu)
+    g_mm = pp - 2.0 * pu[rows, mu] + 1.0
+    c = (1.0 - pi[use]) / pi[use] ** 2 * s[use]  # (1 - pi)/pi for the variance, 1/pi for HT
+    den = float((c * g_mm).sum())
+    if den <= 0:
+        return 1.0
+    return float(np.clip((c * g_hm).sum() / den, 0.0, 1.0))

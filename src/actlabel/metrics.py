@@ -559,8 +559,9 @@ def oracle_budget_curve(is_error: np.ndarray, budgets: np.ndarray) -> BudgetCurv
 class ResidualErrorEstimate:
     """How many of the unreviewed machine labels are wrong, with a confidence interval."""
 
-    #: estimated number of wrong machine labels among unreviewed items, clipped to [0, n_unreviewed]
-    #: (NaN if not identifiable)
+    #: estimated number of wrong machine labels among unreviewed items: the design-unbiased T_hat,
+    #: not clipped (it can fall below 0 by chance when few errors are left; the interval never
+    #: does).  NaN if not identifiable.
     estimate: float
     lower: float
     upper: float
@@ -575,13 +576,58 @@ class ResidualErrorEstimate:
     model_estimate: float
     identifiable: bool
     note: str
-    #: T_hat before clipping: exactly unbiased, may fall outside [0, n_unreviewed]
+    #: T_hat (the same as ``estimate`` since the estimate is no longer clipped)
     raw_estimate: float = float("nan")
+    #: the lam used in T_hat (power tuning, see ``lam="auto"``)
+    lam: float = 1.0
+    #: reviews counted as found errors but kept out of the Horvitz-Thompson part (never selected)
+    n_out_of_design: int = 0
+    #: uniform reviews of unreviewed items (one new round) that would about halve the interval
+    uniform_reviews_to_halve: int | None = None
 
     @property
     def rate(self) -> float:
         """Estimated error rate among the unreviewed items."""
         return self.estimate / self.n_unreviewed if self.n_unreviewed else float("nan")
+
+
+def _cross_fitted_platt(
+    e: np.ndarray, y: np.ndarray, design: np.ndarray, pi: np.ndarray, seed: int
+) -> np.ndarray:
+    """Platt-recalibrated e: 2-fold cross-fitted on the design's reviews, full fit elsewhere."""
+    idx = np.flatnonzero(design)
+    w = 1.0 / pi[idx]
+    out = PlattCalibrator().fit(e[idx], y[idx].astype(bool), w).predict(e)
+    fold = np.random.default_rng(seed).permutation(idx.size) % 2
+    for k in (0, 1):
+        train, test = idx[fold != k], idx[fold == k]
+        yt = y[train].astype(bool)
+        if test.size and yt.any() and not yt.all():
+            cal = PlattCalibrator().fit(e[train], yt, w[fold != k])
+            out[test] = cal.predict(e[test])
+    return np.clip(out, 0.0, 1.0)
+
+
+def tuned_lambda(
+    is_error: np.ndarray, reviewed: np.ndarray, review_prob: np.ndarray, error_prob: np.ndarray
+) -> float:
+    """Power tuning for the residual estimate: lam* = sum c y e / sum c e^2, c = (1 - pi)/pi.
+
+    It minimises the variance sum_i c_i (y_i - lam e_i)^2 of T_hat; both sums are estimated by
+    Horvitz-Thompson over the reviewed items (weight 1/pi) and lam* is clipped to [0, 1].  A critic
+    that overstates the error rate gets lam* < 1 (it is shrunk, as calibration would); a useless
+    one lam* near 0 (T_hat becomes the plain Horvitz-Thompson count).
+    """
+    d = np.asarray(reviewed, dtype=bool)
+    pi, e = np.asarray(review_prob, dtype=float)[d], np.asarray(error_prob, dtype=float)[d]
+    y = np.asarray(is_error, dtype=float)
+    y = y[d] if y.shape == d.shape else y
+    keep = pi < 1.0
+    if not keep.any():
+        return 1.0
+    w = (1.0 - pi[keep]) / pi[keep] ** 2
+    den = float((w * e[keep] ** 2).sum())
+    return 1.0 if den <= 0 else float(np.clip((w * y[keep] * e[keep]).sum() / den, 0.0, 1.0))
 
 
 def residual_error_estimate(
@@ -591,8 +637,11 @@ def residual_error_estimate(
     error_prob: np.ndarray,
     *,
     confidence: float = 0.95,
-    lam: float = 1.0,
+    lam: float | Literal["auto"] = 1.0,
     interval: Literal["adjusted", "wald"] = "adjusted",
+    out_of_design: np.ndarray | None = None,
+    calibrate: bool = False,
+    seed: int = 0,
 ) -> ResidualErrorEstimate:
     """Prediction-powered estimate of the number of wrong labels among the unreviewed items.
 
@@ -609,20 +658,38 @@ def residual_error_estimate(
 
         V_hat = sum_i d_i (1 - pi_i) / pi_i^2 (y_i - lam e_i)^2
 
-    (a slight over-estimate for the fixed-size design of actlabel.select).
+    (for the pivotal design of actlabel.select the design variance is at most the Poisson one).
+    ``estimate`` is T_hat itself, unclipped: clipping at 0 biased it upward by 12-120% under
+    threshold + a small uniform share (docs/statistics.md section 5).
 
-    Interval T_hat -+ z sqrt(V), clipped to [0, N_unreviewed] (as is the estimate), with
-    ``interval="wald"``: V = V_hat; ``interval="adjusted"`` (default):
+    Intervals T_hat -+ z sqrt(V), clipped to [0, N_unreviewed]: ``interval="wald"``: V = V_hat;
+    ``interval="adjusted"`` (default):
 
         V = max( V_hat + (z^2/2) (1 - p*)/p*^2 [(1 - lam e_bar)^2 + (lam e_bar)^2],
                  sum_i (1 - pi_i)/pi_i (e_i - 2 lam e_i^2 + lam^2 e_i^2) )
 
-    where p* and e_bar are the means of pi and e over the unreviewed items.  The first term adds
-    Agresti-Coull-style pseudo-counts (z^2/2 pseudo-errors and pseudo-correct items sampled at p*);
-    the second is the design variance if e were calibrated.  Errors among unreviewed items are rare
-    and each sampled one carries a large weight 1/pi, so V_hat is small precisely when the sample
-    missed them: the Wald interval covers 17-96% in bench/bench_residual_coverage.py, the adjusted
-    one 93-100%, wider where the sample is small or e overstates the error rate.
+    where p* and e_bar are the means of pi and e over the unreviewed items: Agresti-Coull-style
+    pseudo-counts, and the design variance if e were calibrated (V_hat is small exactly when the
+    sample missed the rare, heavily weighted errors).  Its half-width is 0.9-1.2 times 1.96 times
+    the estimator's true standard deviation in bench/bench_residual_coverage.py: the interval is
+    about as narrow as T_hat allows, so a narrower one needs a better prediction (``calibrate``)
+    or more uniform reviews (``uniform_reviews_to_halve``).
+
+    ``calibrate=True`` replaces e by a Platt recalibration fitted on the design's reviews
+    (weights 1/pi), cross-fitted: each reviewed item's e comes from a fit on the other half of the
+    reviews, so its own label never enters its prediction; unreviewed items use the fit on all of
+    them.  A pessimistic or overconfident critic then becomes a sharper control variate and the
+    calibrated-critic variance floor stops overstating the variance.  The estimate is unbiased up
+    to the O(1/n) effect of two fitted parameters.
+
+    ``lam="auto"`` picks lam by :func:`tuned_lambda` (power tuning; the estimate is then unbiased
+    only asymptotically, as in PPI++).
+
+    ``out_of_design`` marks reviewed items that the design never selected (imported from Label
+    Studio / Argilla, or reviewed outside the queue): their human label is known, so they count as
+    found errors and leave the unreviewed set, but they stay out of the Horvitz-Thompson part (they
+    enter Y_hat as if unsampled).  Then E[T_hat] = E[T] exactly whenever the outside reviews were
+    chosen independently of the design's random draw, however they depend on the labels.
 
     ``is_error`` has length N (values where not reviewed are ignored, NaN/-1 allowed) or one entry
     per reviewed item, in item order.  If some unreviewed item has pi_i = 0 (threshold rule with no
@@ -637,9 +704,6 @@ def residual_error_estimate(
     pi = _prob_array(review_prob, "review_prob")
     if pi.size != n:
         raise ValueError(f"review_prob must have length {n}, got {pi.size}")
-    lam = float(lam)
-    if not (0.0 <= lam <= 1.0):
-        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
     if interval not in ("adjusted", "wald"):
         raise ValueError(f"interval must be 'adjusted' or 'wald', got {interval!r}")
     z = _z(confidence)
@@ -657,9 +721,27 @@ def residual_error_estimate(
     if not ok.all():
         i = int(np.flatnonzero(d)[np.flatnonzero(~ok)[0]])
         raise ValueError(f"is_error must be 0/1 on reviewed items; got {y_rev[~ok][0].item()!r} at item {i}")
-    bad = d & (pi <= 0)
+    ood = np.zeros(n, dtype=bool) if out_of_design is None else _bool_array(out_of_design, "out_of_design", n)
+    ood &= d
+    pi = pi.copy()
+    # an outside review of an item the design could never draw (pi = 0): the HT sample cannot stand
+    # for it, so it stands for itself (pi = 1, exact)
+    exact = ood & (pi <= 0)
+    pi[exact] = 1.0
+    ood &= ~exact
+    design = d & ~ood  # reviews the design drew: the Horvitz-Thompson sample
+    bad = design & (pi <= 0)
     if bad.any():
         raise ValueError(f"item {int(np.flatnonzero(bad)[0])} is reviewed but has review_prob 0")
+    y_full = np.zeros(n)
+    y_full[d] = y_rev
+    if calibrate and int(design.sum()) >= 4 and 0 < int(y_full[design].sum()) < int(design.sum()):
+        e = _cross_fitted_platt(e, y_full, design, pi, seed)
+    if lam == "auto":
+        lam = tuned_lambda(y_full, design, pi, e)
+    lam = float(lam)
+    if not (0.0 <= lam <= 1.0):
+        raise ValueError(f"lam must be in [0, 1], got {lam!r}")
     unrev = ~d
     n_u = int(unrev.sum())
     found = int(y_rev.sum())
@@ -682,40 +764,48 @@ def residual_error_estimate(
                 f"not identifiable: {k} unreviewed items could never have been reviewed (review_prob 0); "
                 "select with a uniform share (e.g. --uniform 0.05) to estimate the errors left"
             ),
+            lam=lam,
+            n_out_of_design=int(ood.sum()),
         )
-    p_r, e_r = pi[d], e[d]
-    resid = y_rev - lam * e_r
+    p_r, e_r, y_r = pi[design], e[design], y_full[design]
+    resid = y_r - lam * e_r
     y_hat = lam * float(e.sum()) + float((resid / p_r).sum())
     t_hat = y_hat - found
-    var = float(((1.0 - p_r) / p_r**2 * resid**2).sum())
+    v_hat = float(((1.0 - p_r) / p_r**2 * resid**2).sum())
+    # population weights c_i = (1 - pi)/pi of the design variance; out-of-design items with
+    # pi = 0 were never drawable and add nothing
+    pos = pi > 0
+    c = np.where(pos, (1.0 - pi) / np.where(pos, pi, 1.0), 0.0)
+    var = v_hat
     if interval == "adjusted" and n_u > 0:
-        # V_hat is small exactly when the sample happened to miss the rare, heavily weighted
-        # errors (estimate and V_hat are strongly correlated), so guard it twice
-        # (docs/statistics.md section 5):
-        # (1) Agresti-Coull-style: z^2/2 pseudo-errors and z^2/2 pseudo-correct items sampled at
-        #     the mean review probability of the unreviewed items ("an error could hide there");
+        # (1) Agresti-Coull-style pseudo-counts at the mean pi of the unreviewed items;
+        # (2) never less than the design variance a calibrated critic implies.
         p_star = float(pi[unrev].mean())
         e_bar = float(e[unrev].mean())
         if p_star < 1.0:
             var += z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
-        # (2) never less than the design variance a calibrated critic implies:
-        #     sum_i (1 - pi_i)/pi_i E[(y_i - lam e_i)^2] with E[y_i] = e_i.
-        pos = pi > 0
         g = e[pos] - 2.0 * lam * e[pos] ** 2 + (lam * e[pos]) ** 2
-        var = max(var, float(((1.0 - pi[pos]) / pi[pos] * g).sum()))
+        var = max(var, float((c[pos] * g).sum()))
+    se0 = math.sqrt(var)
+    lower, upper = t_hat - z * se0, t_hat + z * se0
+    g_unrev = float((e[unrev] - 2.0 * lam * e[unrev] ** 2 + (lam * e[unrev]) ** 2).sum())
     se = math.sqrt(var)
-    lower = min(max(t_hat - z * se, 0.0), float(n_u))
-    upper = min(max(t_hat + z * se, 0.0), float(n_u))
-    note = f"prediction-powered Horvitz-Thompson estimate, {interval} normal interval"
+    lower = min(max(lower, 0.0), float(n_u))
+    upper = min(max(upper, 0.0), float(n_u))
+    note = f"prediction-powered Horvitz-Thompson estimate, {interval} interval"
+    if lam != 1.0:
+        note += f", lam {lam:.2f}"
+    if ood.any():
+        note += f"; {int(ood.sum())} reviews outside the selection counted as found, not reweighted"
     low = p_r < 0.5
-    n_low, err_low = int(low.sum()), int(y_rev[low].sum())
+    n_low, err_low = int(low.sum()), int(y_r[low].sum())
     if err_low < 5:
         note += (
             f"; only {err_low} errors among the {n_low} items reviewed with review_prob < 0.5, which stand"
             " for the unreviewed ones: the interval is rough, raise the uniform share or the budget"
         )
     return ResidualErrorEstimate(
-        estimate=min(max(t_hat, 0.0), float(n_u)),
+        estimate=t_hat,
         lower=lower,
         upper=upper,
         std_error=se,
@@ -723,12 +813,36 @@ def residual_error_estimate(
         n_unreviewed=n_u,
         n_reviewed=n_rev,
         errors_found=found,
-        total_errors_estimate=min(max(t_hat, 0.0), float(n_u)) + found,
+        total_errors_estimate=t_hat + found,
         model_estimate=model,
         identifiable=True,
         note=note,
         raw_estimate=t_hat,
+        lam=lam,
+        n_out_of_design=int(ood.sum()),
+        uniform_reviews_to_halve=_reviews_to_halve(var, g_unrev, n_u),
     )
+
+
+def _reviews_to_halve(var_now: float, g: float, n_u: int) -> int | None:
+    """m uniform reviews in a new round with Var = (N_u/m - 1) G <= var_now / 4 (None: no need)."""
+    if n_u == 0 or var_now <= 0 or g <= 0:
+        return None
+    # sequential HT: a new round of m uniform reviews alone stands for the N_u unreviewed items
+    m = n_u / (1.0 + var_now / (4.0 * g))
+    return min(n_u, max(1, math.ceil(m)))
+
+
+def uniform_reviews_to_halve_width(estimate: ResidualErrorEstimate) -> int | None:
+    """How many more uniform reviews would about halve the residual-error interval.
+
+    A new round of m reviews drawn uniformly from the N_u unreviewed items replaces the current
+    Horvitz-Thompson sample (sequential weights, docs/statistics.md section 4); its variance is
+    (N_u/m - 1) G with G = sum_{unreviewed} E(y_i - lam e_i)^2 at the current estimate.  The
+    interval's half-width scales with the standard error, so halving it needs a quarter of the
+    variance: m = N_u / (1 + V/(4G)).  None when the interval is already degenerate.
+    """
+    return estimate.uniform_reviews_to_halve
 
 
 def downstream_gap(acc_act: float, acc_human: float) -> float:

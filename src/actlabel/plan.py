@@ -279,7 +279,8 @@ def _critic_estimate(
 
     lines += [f"--- critic prompt for item {first.item_id} ---", show(render(first)), "---"]
     if strategy == "cot-logit":
-        verdict = prompting.template("critic_verdict").strip()
+        label = machine.get(first.rowid, task.label_names[0])
+        verdict = prompting.render("critic_verdict", machine_label=label).strip()
         lines.append(
             f"then, continuing the critic's own answer: <its analysis>\n\n{verdict} -> P(yes), P(no)"
         )

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from actlabel import data
+from actlabel.errors import UserError
 from actlabel.store import Store
 from actlabel.task import Example, Label, Task
 
@@ -38,6 +40,13 @@ class ProjectStatus:
     next_steps: list[str] = field(default_factory=list)
 
 
+def _os_reason(exc: BaseException) -> str:
+    """The reason an OS call failed, without Python's exception syntax."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror + (f" ({exc.filename})" if exc.filename else "")
+    return str(exc) or type(exc).__name__
+
+
 class Project:
     """An actlabel project folder. `Project.init(...)` creates one, `Project(dir)` opens one."""
 
@@ -59,7 +68,10 @@ class Project:
             instructions=instructions,
             examples=list(examples or []),
         )
-        Store.create(root, task).close()
+        try:
+            Store.create(root, task).close()
+        except (OSError, sqlite3.OperationalError) as exc:
+            raise UserError(f"cannot create the project {root}: {_os_reason(exc)}") from None
         return cls(root)
 
     def close(self) -> None:
@@ -83,12 +95,19 @@ class Project:
         finally:
             self.store.release_writer()
 
-    def export(self, out: str | Path, *, format: str | None = None) -> int:
+    def export(self, out: str | Path, *, format: str | None = None, force: bool = False) -> int:
+        """Write the labelled table (or tool tasks with `format`) to `out`; an existing file is
+        refused unless `force`."""
         if format:
             from actlabel.review import adapters
 
+            data.check_export_target(Path(out), force=force)
             return adapters.export_for_tool(self.store, out, format)
-        return data.export(self.store, out)
+        return data.export(self.store, out, force=force)
+
+    def failure_reasons(self, table: str, run_id: int, top: int = 3) -> list[tuple[int, str]]:
+        """The most common reasons items failed in one annotate ("annotations") or critique run."""
+        return self.store.failure_reasons(table, run_id, top)
 
     # ---- status ----------------------------------------------------------------------------
     def status(self) -> ProjectStatus:

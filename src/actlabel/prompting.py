@@ -112,9 +112,11 @@ def _content(text: str, image: str | None) -> tuple[TextPart | ImagePart, ...]:
     return (ImagePart(image), TextPart(text)) if image else (TextPart(text),)
 
 
-def system_message(task: Task, name: str) -> Message:
+def system_message(task: Task, name: str, **values: str) -> Message:
     instructions = task.instructions.strip()
-    return Message.text("system", render(name, instructions=instructions, label_list=label_list(task.labels)))
+    return Message.text(
+        "system", render(name, instructions=instructions, label_list=label_list(task.labels), **values)
+    )
 
 
 def item_content(task: Task, item: Item, *, with_image: bool = True) -> tuple[str, str | None]:
@@ -131,10 +133,17 @@ ANNOTATE_TEMPLATES = ("annotate_system", "annotate_direct", "annotate_cot")
 def annotation_messages(
     task: Task, item: Item, *, cot: bool, root: Path | None = None, with_images: bool = True
 ) -> tuple[Message, ...]:
-    """System turn, few-shot examples as prior turns, then the item."""
+    """System turn, few-shot examples as prior turns, then the item.
+
+    Everything that does not depend on the item comes first, so a local model evaluates only the
+    item's own tokens: for direct answers the answer rule is stated once, in the system turn, and
+    each user turn is just the input (one copy of the label list instead of one per example)."""
     body = "annotate_cot" if cot else "annotate_direct"
     names = label_names(task.labels)
-    messages = [system_message(task, "annotate_system")]
+    answer_format = (
+        "" if cot else f"Answer with the label only, exactly as written in the list: {names}."
+    )
+    messages = [system_message(task, "annotate_system", answer_format=answer_format)]
     text_column = (task.text_columns or ["text"])[0]
     for ex in task.examples:
         image = resolve_image(ex.image, root) if (ex.image and with_images) else None

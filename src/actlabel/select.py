@@ -17,9 +17,13 @@ The math, with derivations, is in ``docs/statistics.md``; the short version:
   u > 0 every item has pi_i > 0, which is what makes the ACT loss unbiased and the residual-error
   estimate (``metrics.residual_error_estimate``) identifiable.
 
-* The reviewed indicators d are drawn by *systematic sampling over a random permutation*: a
-  fixed-size design whose first-order inclusion probabilities are exactly pi_i and which never
-  selects more than B items (the budget is hard).
+* The reviewed indicators d are drawn by the *pivotal method over a random permutation*
+  (Deville and Tille 1998): a fixed-size design whose first-order inclusion probabilities are
+  exactly pi_i, which never selects more than B items (the budget is hard), and whose variance
+  for Horvitz-Thompson sums is at most the Poisson formula.  Systematic sampling over a random
+  permutation (``design="systematic"``, the default before) has the same pi but, under threshold +
+  a small uniform share, a sample count in the low-probability part 6x as variable as Poisson
+  (docs/statistics.md section 2).
 
 * ``select_round`` adds a round of review among items not yet reviewed; the returned
   ``review_prob`` is the sequential Horvitz-Thompson probability (1 for items reviewed in earlier
@@ -37,6 +41,8 @@ from typing import Literal
 import numpy as np
 
 Rule = Literal["threshold", "exponential", "normalized"]
+Design = Literal["pivotal", "systematic"]
+DESIGNS: tuple[str, ...] = ("pivotal", "systematic")
 RULES: tuple[str, ...] = ("threshold", "exponential", "normalized")
 
 #: Default slope of the exponential rule on the probability scale.  With beta = 20 an item 0.15
@@ -297,8 +303,10 @@ def sample_systematic(
     ceil(T); it is exactly B when T = B is a whole number, and never more than ``max_size`` (the
     hard budget; default ceil(T)).  Units with pi_i = 1 are taken with certainty and units with
     pi_i = 0 never, without relying on floating-point interval ends.  The random order makes
-    every pair of units jointly selectable; the variance of Horvitz-Thompson sums is then close to
-    the Poisson formula (measured in docs/statistics.md section 2).
+    every pair of units jointly selectable, but under threshold + a small uniform share the grid
+    drifts slowly through runs of near-certain units, so the low-probability units hit are
+    positively correlated: their count varied 6x as much as under Poisson sampling
+    (docs/statistics.md section 2).  Kept for comparison; :func:`select` uses the pivotal design.
     """
     pi = np.asarray(review_prob, dtype=float)
     if pi.ndim != 1:
@@ -324,11 +332,76 @@ def sample_systematic(
     return chosen
 
 
+def sample_pivotal(review_prob: np.ndarray, seed: SeedLike = 0, *, max_size: int | None = None) -> np.ndarray:
+    """Fixed-size sample with first-order inclusion probabilities exactly ``review_prob``.
+
+    Sequential pivotal method (Deville and Tille 1998) over a random permutation: two units with
+    fractional probabilities a and b meet; if a + b < 1 one of them (chosen with probability
+    proportional to its share) takes a + b and the other is dropped; otherwise one of them is
+    selected and the other keeps a + b - 1 (the first is selected with probability
+    (1 - b)/(2 - a - b)).  Each step keeps every unit's expected final indicator equal to its
+    current probability, so P(d_i = 1) = pi_i exactly; the sample size is floor(T) or ceil(T),
+    T = sum pi, and never more than ``max_size`` (default ceil(T)).  Because each step couples
+    only two units and the order is random, the design is close to the maximum-entropy
+    (conditional Poisson) design: Horvitz-Thompson variances at most the Poisson formula
+    (docs/statistics.md section 2).  O(N) in a Python loop over the fractional units (0.3 s for
+    a million items).
+    """
+    pi = np.asarray(review_prob, dtype=float)
+    if pi.ndim != 1:
+        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
+    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    rng = _rng(seed)
+    chosen = pi >= 1.0
+    order = rng.permutation(np.flatnonzero((pi > 0.0) & (pi < 1.0)))
+    probs = pi[order].tolist()
+    draws = rng.random(len(probs) + 1).tolist()
+    picked: list[int] = []
+    a, pa = -1, 0.0
+    for k, pb in enumerate(probs):
+        if a < 0:
+            a, pa = k, pb
+            continue
+        total = pa + pb
+        if total < 1.0:
+            if draws[k] * total < pb:
+                a = k
+            pa = total
+        else:
+            rest = total - 1.0
+            if draws[k] * (2.0 - total) < 1.0 - pb:
+                picked.append(a)
+                a = k
+            else:
+                picked.append(k)
+            pa = rest
+        if pa <= 1e-12:
+            a, pa = -1, 0.0
+    # the last fractional unit: total mass is B up to rounding, so pa is ~0 or ~1 when sum pi = B
+    cap = math.ceil(float(pi[order].sum()) - 1e-9) if max_size is None else int(max_size) - int(chosen.sum())
+    if a >= 0 and len(picked) < cap and draws[-1] < pa:
+        picked.append(a)
+    if picked:
+        chosen[order[np.asarray(picked[: max(cap, 0)], dtype=int)]] = True
+    return chosen
+
+
+def _sample(pi: np.ndarray, rng: np.random.Generator, max_size: int, design: str) -> np.ndarray:
+    if design == "pivotal":
+        return sample_pivotal(pi, rng, max_size=max_size)
+    if design == "systematic":
+        return sample_systematic(pi, rng, max_size=max_size)
+    raise ValueError(f"unknown sampling design {design!r}; choose one of {', '.join(DESIGNS)}")
+
+
 def sample_poisson(review_prob: np.ndarray, seed: SeedLike = 0) -> np.ndarray:
     """Independent Bernoulli(pi_i) draws (Poisson sampling).
 
     Exact inclusion probabilities and the textbook variance formulas, but a random sample size:
-    the budget is *not* hard, which is why :func:`select` uses :func:`sample_systematic`.
+    the budget is *not* hard, which is why :func:`select` uses :func:`sample_pivotal`.
     Provided for simulations and for checking variance formulas.
     """
     pi = np.asarray(review_prob, dtype=float)
@@ -351,16 +424,18 @@ def select(
     uniform: float = 0.0,
     beta: float = DEFAULT_BETA,
     seed: int = 0,
+    design: Design = "pivotal",
 ) -> SelectionResult:
     """Choose at most ``budget`` items for human review.
 
     pi = (1 - u) * pi_rule(e, B) + u * B / N (see :func:`inclusion_probabilities`), then
-    d ~ systematic sampling with inclusion probabilities pi (see :func:`sample_systematic`):
-    P(d_i = 1) = pi_i exactly and sum_i d_i <= B always.
+    d ~ the pivotal design with inclusion probabilities pi (see :func:`sample_pivotal`;
+    ``design="systematic"`` for :func:`sample_systematic`): P(d_i = 1) = pi_i exactly and
+    sum_i d_i <= B always.
     """
     rng = np.random.default_rng(seed)
     pi, params = inclusion_probabilities(error_prob, budget, rule=rule, uniform=uniform, beta=beta, seed=rng)
-    chosen = sample_systematic(pi, rng, max_size=int(budget))
+    chosen = _sample(pi, rng, int(budget), design)
     return SelectionResult(
         selected=chosen,
         review_prob=pi,
@@ -383,6 +458,7 @@ def select_round(
     uniform: float = 0.0,
     beta: float = DEFAULT_BETA,
     seed: int = 0,
+    design: Design = "pivotal",
 ) -> SelectionResult:
     """Add a round of review: choose up to ``added_budget`` items among those not yet reviewed.
 
@@ -433,12 +509,94 @@ def select_round(
     sub_pi, params = inclusion_probabilities(
         e[remaining], added_budget, rule=rule, uniform=uniform, beta=beta, seed=rng
     )
-    sub_chosen = sample_systematic(sub_pi, rng, max_size=added_budget)
+    sub_chosen = _sample(sub_pi, rng, added_budget, design)
     pi = np.ones(n)
     pi[remaining] = sub_pi
     new = np.zeros(n, dtype=bool)
     new[remaining] = sub_chosen
     return SelectionResult(selected=reviewed | new, review_prob=pi, newly_selected=new, **common, **params)
+
+
+@dataclass(frozen=True)
+class RoundSplitCost:
+    """Variance cost of spending a budget in several rounds: see :func:`round_split_variance`."""
+
+    budgets: tuple[int, ...]
+    #: expected Var of the sequential Horvitz-Thompson correction after the last round
+    variance: float
+    #: the same with one round of the total budget
+    single_round_variance: float
+    #: variance / single_round_variance (> 1: the split costs precision; inf: not identifiable)
+    ratio: float
+
+
+def round_split_variance(
+    error_prob: np.ndarray,
+    budgets: list[int] | tuple[int, ...],
+    *,
+    rule: Rule = "threshold",
+    uniform: float | list[float] | tuple[float, ...] = 0.05,
+    beta: float = DEFAULT_BETA,
+    n_sim: int = 20,
+    seed: int = 0,
+) -> RoundSplitCost:
+    """What a round split costs in variance, if the critic ``error_prob`` were calibrated and fixed.
+
+    With sequential Horvitz-Thompson weights (:func:`select_round`) the unreviewed remainder is
+    represented only by the *last* round's sample, so the variance of the ACT correction
+    sum_i d_i (y_i - e_i) / pi_i (the residual-error estimate's error, and the ACT loss's
+    correction term up to the per-item losses) is, given the history,
+
+        V = sum_{i not reviewed before the last round} (1 - p_i) / p_i * e_i (1 - e_i)
+
+    with p_i the last round's probabilities and y_i ~ Bernoulli(e_i).  This function simulates the
+    rounds (``n_sim`` times, the critic kept fixed: a critic that improves between rounds gains
+    back some of this) and returns the mean V next to one round with the total budget (and the
+    first round's uniform share).  A small
+    last round (say u B_r = 2 uniform items) makes V large however big the earlier rounds were;
+    ``uniform`` may be one share for every round or one per round.
+    """
+    e = _as_error_prob(error_prob)
+    b = [int(x) for x in budgets]
+    if not b or any(x < 0 for x in b):
+        raise ValueError(f"budgets must be a non-empty list of whole numbers >= 0, got {budgets!r}")
+    us = [float(uniform)] * len(b) if isinstance(uniform, int | float) else [float(x) for x in uniform]
+    if len(us) != len(b):
+        raise ValueError(f"uniform must be one share or one per round ({len(b)}), got {len(us)}")
+    g = e * (1.0 - e)
+
+    def variance(pi: np.ndarray, before: np.ndarray) -> float:
+        rest = ~before
+        if (rest & (pi <= 0) & (g > 0)).any():
+            return math.inf
+        ok = rest & (pi > 0)
+        return float(((1.0 - pi[ok]) / pi[ok] * g[ok]).sum())
+
+    rng = np.random.default_rng(seed)
+    split, single = [], []
+    for _ in range(max(1, int(n_sim))):
+        reviewed = np.zeros(e.size, dtype=bool)
+        before = reviewed
+        pi = np.zeros(e.size)
+        for bud, u in zip(b, us, strict=True):
+            if bud == 0:
+                continue
+            before = reviewed
+            res = select_round(
+                e, reviewed, None, bud, rule=rule, uniform=u, beta=beta, seed=int(rng.integers(2**31))
+            )
+            reviewed, pi = res.selected, res.review_prob
+        split.append(variance(pi, before))
+        one, _ = inclusion_probabilities(e, sum(b), rule=rule, uniform=us[0], beta=beta, seed=rng)
+        single.append(variance(one, np.zeros(e.size, dtype=bool)))
+    v, v1 = float(np.mean(split)), float(np.mean(single))
+    if math.isinf(v):
+        ratio = math.inf
+    elif v1 > 0:
+        ratio = v / v1
+    else:
+        ratio = math.inf if v > 0 else 1.0
+    return RoundSplitCost(tuple(b), v, v1, ratio)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -509,7 +667,12 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
 
 
 def recommend_budget(
-    pilot_errors: int, pilot_size: int, n_items: int, confidence: float = 0.95
+    pilot_errors: int,
+    pilot_size: int,
+    n_items: int,
+    confidence: float = 0.95,
+    *,
+    n_reviewed: int | None = None,
 ) -> BudgetRecommendation:
     """Recommend a review budget from a uniform pilot (paper insight 6: B near the number of errors).
 
@@ -519,7 +682,9 @@ def recommend_budget(
     We use the *upper* end: a budget below the number of machine errors leaves errors behind even
     with a perfect critic (fixed <= B), and a real critic needs some slack above the error count to
     catch most errors, while over-budgeting costs reviews only linearly.  The pilot items are
-    already reviewed, so the budget is for the other N - pilot_size items.
+    already reviewed, so the budget is for the other N - pilot_size items; ``n_reviewed`` (all
+    items reviewed so far, pilot included, e.g. some reviewed by hand outside the queue) replaces
+    pilot_size there when given.
     """
     for name, v in (("pilot_errors", pilot_errors), ("pilot_size", pilot_size), ("n_items", n_items)):
         if isinstance(v, bool) or not isinstance(v, int | np.integer) or v < 0:
@@ -530,9 +695,14 @@ def recommend_budget(
         raise ValueError(f"pilot_errors ({pilot_errors}) cannot exceed pilot_size ({pilot_size})")
     if pilot_size > n_items:
         raise ValueError(f"pilot_size ({pilot_size}) is larger than the {n_items} items")
+    done = int(pilot_size) if n_reviewed is None else int(n_reviewed)
+    if not (pilot_size <= done <= n_items):
+        raise ValueError(
+            f"n_reviewed ({done}) must be between pilot_size ({pilot_size}) and n_items ({n_items})"
+        )
     rate = pilot_errors / pilot_size
     lower, upper = wilson_interval(int(pilot_errors), int(pilot_size), confidence)
-    remaining = int(n_items) - int(pilot_size)
+    remaining = int(n_items) - done
     budget = min(remaining, math.ceil(upper * remaining - 1e-9))
     explanation = (
         f"pilot: {pilot_errors}/{pilot_size} machine labels wrong ({rate:.1%}, {confidence:.0%} Wilson "

@@ -165,6 +165,10 @@ def select_for_review(
             added = rules.budget_from_spec(str(budget), int((~reviewed).sum()))
         except ValueError as exc:
             raise UserError(f"--budget {budget}: {exc}") from None
+        if added == 0:  # an empty round would only add a round number to the project
+            raise UserError(
+                f"--budget {budget} selects no item; give a count (e.g. 50) or a share (e.g. 20%)"
+            )
         advice = ""
 
     if rule == "normalized" and added < 0.3 * n:
@@ -232,13 +236,29 @@ def _select_pilot(
 def _budget_from_pilot(store: Store, state: CurrentState, pilot: dict) -> rules.BudgetRecommendation:
     index = {int(r): i for i, r in enumerate(state.rowids)}
     rows = [index[r] for r in pilot["rowids"] if r in index]
+    # a pilot item without a machine label (annotation failed) needs a human anyway: an error
     errors = sum(
-        1 for i in rows if state.human_label[i] is not None and state.human_label[i] != state.machine_label[i]
+        1
+        for i in rows
+        if state.human_label[i] is not None
+        and (state.machine_label[i] is None or state.human_label[i] != state.machine_label[i])
     )
     missing = sum(1 for i in rows if state.human_label[i] is None)
     if missing:
         raise UserError(f"{missing} pilot items are not reviewed yet: review them first")
     try:
-        return rules.recommend_budget(errors, len(rows), int(state.rowids.size))
+        # items reviewed outside the pilot (by hand, imported) are not left to review either
+        n_reviewed = int(state.reviewed.sum())  # the pilot is complete here, so it is included
+        return rules.recommend_budget(errors, len(rows), int(state.rowids.size), n_reviewed=n_reviewed)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+
+
+def recommended_budget(store: Store) -> int:
+    """All the reviews the pilot recommends (those made so far included): what a plan of several
+    rounds spends in all (the demo, `actlabel run --rounds`)."""
+    state = current_state(store)
+    pilot = json.loads(store.get_meta(PILOT_META) or "null")
+    if pilot is None:
+        raise UserError("no pilot yet: run `actlabel select DIR --budget auto` and review it first")
+    return _budget_from_pilot(store, state, pilot).budget + int(state.reviewed.sum())

@@ -145,7 +145,28 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX batch_requests_key ON batch_requests (key);
     """,
+    # The annotator's probability of every label (JSON object label -> p), when it has them: the
+    # label model (label_model.py) recalibrates and refines labels from them without new calls.
+    """
+    ALTER TABLE annotations ADD COLUMN probs TEXT;
+    """,
+    # Whether the item was selected for review when a review arrived from outside actlabel's own
+    # queue (Label Studio live): 1 yes, 0 no (out of design: the statistics take review_prob 1 for
+    # it), NULL not recorded (the review app and the simulator review selected items only).
+    """
+    ALTER TABLE reviews ADD COLUMN selected_when_reviewed INTEGER;
+    """,
 ]
+
+
+def _why_read_only(root: Path, db: Path) -> str | None:
+    """Why this process cannot write the project, or None (SQLite needs the file and, for its WAL
+    and lock files, the folder)."""
+    if not os.access(db, os.W_OK):
+        return f"{db} is not writable"
+    if not os.access(root, os.W_OK | os.X_OK):
+        return f"the folder {root} is not writable"
+    return None
 
 
 @dataclass(frozen=True)
@@ -186,9 +207,11 @@ class ResponseCache:
 class Store:
     """One project: a folder holding `actlabel.db`. Open with `Store.open(dir)` or `Store.create(dir, task)`."""
 
-    def __init__(self, root: Path, conn: sqlite3.Connection):
+    def __init__(self, root: Path, conn: sqlite3.Connection, read_only: str | None = None):
         self.root = root
         self.conn = conn
+        #: why the project cannot be written (a read-only file or folder), or None
+        self.read_only = read_only
         self._lock_fh: Any = None
         self._task: Task | None = None
 
@@ -229,16 +252,32 @@ class Store:
             raise NotAProject(
                 f"{root} is not an actlabel project (no {DB_NAME}; create one with `actlabel init`)"
             )
+        read_only = _why_read_only(root, db)
         try:
-            conn = cls._connect(db)
+            conn = cls._connect(db) if read_only is None else cls._connect_read_only(db)
             row = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise NotAProject(f"{db} is not a readable actlabel project ({exc})") from None
         if row is None or row[0] != FORMAT:
             raise NotAProject(f"{db} is not an actlabel project database")
-        store = cls(root, conn)
+        store = cls(root, conn, read_only)
         store._migrate()
         return store
+
+    @staticmethod
+    def _connect_read_only(db: Path) -> sqlite3.Connection:
+        """Reading a project nobody may write (status, export, report still work). In a read-only
+        folder SQLite cannot create the WAL index, so the file is opened as immutable."""
+        for query in ("mode=ro", "mode=ro&immutable=1"):
+            conn = sqlite3.connect(
+                f"{db.resolve().as_uri()}?{query}", uri=True, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+        raise sqlite3.OperationalError("cannot open the database read-only")
 
     def close(self) -> None:
         self.release_writer()
@@ -277,21 +316,39 @@ class Store:
                 raise ProjectBusy(
                     f"{self.root}: the project is busy (another process is writing); try again"
                 ) from None
-            raise
+            raise self._read_only_error(exc) from None
         try:
             yield self.conn
-        except BaseException:
+        except BaseException as exc:
             self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
+                raise self._read_only_error(exc) from None
             raise
         else:
-            self.conn.execute("COMMIT")
+            try:
+                self.conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                raise self._read_only_error(exc) from None
+
+    def _read_only_error(self, exc: sqlite3.OperationalError) -> Exception:
+        if "readonly" not in str(exc) and "read-only" not in str(exc):
+            return exc
+        why = self.read_only or f"{self.root / DB_NAME}: {exc}"
+        return UserError(f"{self.root}: the project is read-only ({why}); nothing was written")
 
     def acquire_writer(self, command: str) -> None:
         """Take the project's writer lock for a stage command; a second writer is told who holds it."""
         if self._lock_fh is not None:
             return
+        if self.read_only:
+            raise UserError(
+                f"{self.root}: the project is read-only ({self.read_only}); `actlabel {command}` needs to write to it"
+            )
         path = self.root / LOCK_NAME
-        fh = open(path, "a+")  # noqa: SIM115 - held for the life of the command
+        try:
+            fh = open(path, "a+")  # noqa: SIM115 - held for the life of the command
+        except OSError as exc:
+            raise UserError(f"{self.root}: cannot take the writer lock {path} ({exc.strerror})") from None
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -455,10 +512,19 @@ class Store:
         now = time.time()
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO annotations (item_rowid, run_id, model, label, confidence, reasoning, raw, status, error, created_at)"
-                " VALUES (:item_rowid, :run_id, :model, :label, :confidence, :reasoning, :raw, :status, :error, :created_at)",
+                "INSERT INTO annotations (item_rowid, run_id, model, label, confidence, reasoning, raw, status, error,"
+                " created_at, probs) VALUES (:item_rowid, :run_id, :model, :label, :confidence, :reasoning, :raw,"
+                " :status, :error, :created_at, :probs)",
                 (
-                    {"confidence": None, "reasoning": None, "raw": None, "error": None, "created_at": now} | r
+                    {
+                        "confidence": None,
+                        "reasoning": None,
+                        "raw": None,
+                        "error": None,
+                        "created_at": now,
+                        "probs": None,
+                    }
+                    | r
                     for r in records
                 ),
             )
@@ -507,11 +573,12 @@ class Store:
                 raise UserError(
                     f"item {r['item_rowid']}: review label {r['label']!r} is not one of the task's labels"
                 )
-            rows.append({"duration_ms": None, "created_at": now} | r)
+            rows.append({"duration_ms": None, "created_at": now, "selected_when_reviewed": None} | r)
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at)"
-                " VALUES (:item_rowid, :reviewer, :label, :source, :duration_ms, :created_at)",
+                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at,"
+                " selected_when_reviewed) VALUES (:item_rowid, :reviewer, :label, :source, :duration_ms,"
+                " :created_at, :selected_when_reviewed)",
                 rows,
             )
 
@@ -522,6 +589,19 @@ class Store:
         cols = ", ".join(columns)
         sql = f"SELECT item_rowid, max(id), {cols} FROM {table} {('WHERE ' + where) if where else ''} GROUP BY item_rowid"
         return {row[0]: row[2:] for row in self.conn.execute(sql)}
+
+    def failure_reasons(self, table: str, run_id: int, top: int = 3) -> list[tuple[int, str]]:
+        """(count, error) of the most common failures a stage run recorded, most common first."""
+        if table not in {"annotations", "critiques"}:
+            raise ValueError(f"unknown stage table {table!r}")
+        return [
+            (n, error or "no reason recorded")
+            for error, n in self.conn.execute(
+                f"SELECT error, count(*) AS n FROM {table} WHERE run_id = ? AND status = 'failed'"
+                " GROUP BY error ORDER BY n DESC, error LIMIT ?",
+                (run_id, top),
+            )
+        ]
 
     def count(self, table: str, where: str = "") -> int:
         if table not in {"items", "annotations", "critiques", "selections", "reviews", "model_calls", "runs"}:

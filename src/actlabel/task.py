@@ -6,6 +6,7 @@ import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from actlabel.errors import UserError
 
@@ -111,33 +112,67 @@ def read_labels_file(path: Path) -> list[Label]:
 def read_examples_file(
     path: Path, *, text_column: str = "text", label_column: str = "label"
 ) -> list[Example]:
-    """Few-shot examples from a CSV or JSONL file with a label column and a text and/or image column."""
+    """Few-shot examples from a CSV or JSONL file with a label column and a text and/or image column.
+
+    Image paths are relative to the examples file (as image paths in an imported table are to the
+    table); they are stored absolute, and checked here so a missing image fails `init`, not
+    `annotate` an hour later.
+    """
     if not path.exists():
         raise UserError(f"{path}: no such examples file")
-    rows: list[dict[str, str]]
+    rows: list[tuple[str, Any]]  # (where, row)
     try:
         if path.suffix.lower() in (".jsonl", ".json"):
             rows = []
-            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append((f"line {n}", json.loads(line)))
                     except json.JSONDecodeError as exc:
                         raise UserError(f"{path}: line {n}: not valid JSON ({exc.msg})") from None
         else:
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                reader = csv.DictReader(fh)
+                rows = [(f"row {n}", row) for n, row in enumerate(reader, 1)]
     except UnicodeDecodeError as exc:
         raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: malformed CSV ({exc})") from None
     examples = []
-    for n, row in enumerate(rows, 1):
-        if label_column not in row:
-            raise UserError(f"{path}: row {n}: no {label_column!r} column")
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(
+                f"{path}: {where}: expected an object with a {label_column!r} field, found "
+                f"{json.dumps(row)[:40]}"
+            )
+        if label_column not in row or row[label_column] is None:
+            raise UserError(f"{path}: {where}: no {label_column!r} column")
+        image = row.get("image")
         examples.append(
             Example(
                 label=str(row[label_column]).strip(),
-                text=str(row.get(text_column) or ""),
-                image=str(row.get("image") or ""),
+                text=_field_text(row.get(text_column)),
+                image=_example_image(path, where, image) if image not in (None, "") else "",
             )
         )
     return examples
+
+
+def _field_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _example_image(path: Path, where: str, raw: Any) -> str:
+    from actlabel.data import image_problem  # data imports the store, which imports this module
+
+    if not isinstance(raw, str):
+        raise UserError(f"{path}: {where}: the image must be a path, found {json.dumps(raw)[:40]}")
+    image = (path.parent / raw).resolve()
+    if not image.is_file():
+        raise UserError(f"{path}: {where}: example image {raw!r} not found (looked for {image})")
+    problem = image_problem(image)
+    if problem:
+        raise UserError(f"{path}: {where}: example image {raw!r} {problem}")
+    return str(image)

@@ -1,4 +1,4 @@
-"""The learned critic (beyond the paper): an error model trained on the items humans reviewed.
+"""The learned critic (beyond the paper): one stacked error model over every signal, trained on reviews.
 
 Target: y_i = 1 when the human label differs from the machine label, on reviewed items.
 Features per item:
@@ -6,25 +6,42 @@ Features per item:
   image (models/features.py), cached per content in the project folder;
 - the machine confidence (missing -> the mean, plus a missing indicator);
 - the machine label, one-hot (annotators err more on some classes);
-- the error_prob of every other critic (strategy, model) that covers at least half of the items,
+- the zero-review consistency critic's signals (critics/consistency.py): the out-of-fold
+  probability of the machine label under a label model fitted to the machine labels, its
+  neighbours' agreement, and the pooled consistency error_prob;
+- the error_prob of every LLM critic (strategy, model) that covers at least half of the items,
   as a logit (missing -> that critic's mean).
 - a label model's view of the machine label: log p(m_i | x_i) and log max_k p(k | x_i) from a
-  second classifier (below). A linear error model cannot see "the content says coat but the label
-  says shirt" from the embedding and the one-hot label side by side (that is an interaction);
-  the label model's probability of the machine label is exactly that signal, in one number.
+  second classifier fitted to the *human* labels (below). A linear error model cannot see "the
+  content says coat but the label says shirt" from the embedding and the one-hot label side by
+  side (that is an interaction); the label model's probability of the machine label is exactly
+  that signal, in one number.
 
 Label model: multinomial logistic regression on the content features (projected on their first
 128 principal components, fitted on all items), fitted to the reviewed items' human labels plus the
 task's few-shot examples, C chosen by cross-validated log-loss. Reviewed items get out-of-fold
 probabilities.
 
-Error model: standardised features, logistic regression with class_weight='balanced' (errors are
-the minority). The feature set (with or without the raw content features, which can drown the
-others on a few hundred reviews) and C are chosen together by stratified cross-validated AUROC on
-the reviewed items. Reviewed items get out-of-fold predictions (a model never scores the items it
-was fitted on), the others the model refitted on all reviews. It retrains on every run, so it
-improves as reviews arrive; reviews chosen by another critic are a biased sample, which the
-cross-validated AUROC in the result makes visible.
+Error model: standardised features, logistic regression with balanced classes (errors are the
+minority). Three feature sets are tried: the consistency critic and the confidence alone (a
+recalibration, best on few reviews), every compact signal, and those plus the raw content
+features; the set and C are chosen together by stratified cross-validated AUROC on the reviewed
+items. Reviewed items get out-of-fold predictions (a model never scores the items it was fitted
+on), the others the model refitted on all reviews. It retrains on every run, so it improves as
+reviews arrive.
+
+Reviews chosen by a critic are a biased sample (the suspicious items): each reviewed item is
+weighted by 1 / review_prob of the selection that chose it (capped at MAX_WEIGHT times the median
+weight, so one lucky draw of a tiny inclusion probability cannot own the fit), both in the fit and
+in the reported metrics, which then estimate the critic's quality on the whole dataset. Reviews
+made outside any selection count with weight 1 (probability 1: they are not a random draw).
+
+Result: AUROC, AUPRC and precision at the budget (the share of items reviewed so far) of the
+out-of-fold error probabilities on the reviewed items, weighted as above: no gold labels needed.
+
+Below MIN_REVIEWED reviews (or MIN_EACH right and wrong ones) there is nothing to fit: the critic
+writes the zero-review consistency critic's error probabilities under its own name and says so in
+one line, so a pipeline that asks for it works from the first run.
 
 Proposed label: the label model's most probable label when that probability is at least 0.5,
 else the machine label (not confident enough to contradict it).
@@ -63,6 +80,10 @@ PCA_DIMS = 128
 MIN_COVERAGE = 0.5
 
 
+#: cap on a reviewed item's weight, as a multiple of the median weight (see the module docstring)
+MAX_WEIGHT = 20.0
+
+
 @dataclass
 class LearnedInfo:
     reviewed: int
@@ -71,20 +92,30 @@ class LearnedInfo:
     C: float
     features: list[str]
     model: str
+    cv_auprc: float = float("nan")
+    budget_share: float = float("nan")
+    precision_at_budget: float = float("nan")
+    weighted: bool = False
+    fallback: str = ""
 
     def summary(self) -> str:
+        if self.fallback:
+            return self.fallback
+        how = "weighted by 1/review_prob" if self.weighted else "unweighted"
         return (
             f"learned error model on {self.reviewed} reviews ({self.wrong} wrong machine labels), "
-            f"C={self.C:g}, cross-validated AUROC {self.cv_auroc:.3f}; features: {', '.join(self.features)}"
+            f"C={self.C:g}, cross-validated AUROC {self.cv_auroc:.3f}, AUPRC {self.cv_auprc:.3f}, "
+            f"precision {self.precision_at_budget:.2f} at the budget ({self.budget_share:.0%} of items) "
+            f"on reviewed items, out of fold, {how}; features: {', '.join(self.features)}"
         )
 
 
-def _need_more(reviewed: int, wrong: int) -> UserError:
+def _fallback_line(reviewed: int, wrong: int) -> str:
     right = reviewed - wrong
-    return UserError(
+    return (
         f"the learned critic trains on reviewed items and has {reviewed} ({wrong} wrong machine labels, "
-        f"{right} right); it needs at least {MIN_REVIEWED} with {MIN_EACH} of each: review more items "
-        "(actlabel select ... then actlabel review), or use another strategy until then"
+        f"{right} right); it needs at least {MIN_REVIEWED} with {MIN_EACH} of each, so until then it writes "
+        "the zero-review consistency critic's scores (review more items, then run it again)"
     )
 
 
@@ -139,7 +170,8 @@ def side_features(
     names.append("machine label")
     ann_ids = {t.item.rowid: t.annotation_id for t in targets}
     for (strategy, model), scores in sorted(critic_scores(store, ann_ids).items()):
-        if is_derived(strategy) or strategy == "learned" or (strategy, model) == exclude:
+        # consistency is recomputed inline (its signals, not only its error_prob, are features)
+        if is_derived(strategy) or strategy in ("learned", "consistency") or (strategy, model) == exclude:
             continue
         e = np.array([scores.get(t.item.rowid, (np.nan, None))[0] for t in targets], dtype=float)
         if np.isfinite(e).mean() < MIN_COVERAGE:
@@ -171,34 +203,94 @@ def _folds(y: np.ndarray, k: int, seed: int) -> Any:
 
 
 def fit_error_model(
-    candidates: dict[str, np.ndarray], y: np.ndarray, reviewed: np.ndarray, seed: int = 0
+    candidates: dict[str, np.ndarray],
+    y: np.ndarray,
+    reviewed: np.ndarray,
+    seed: int = 0,
+    weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float, float, str]:
     """(error_prob for every row, chosen C, cross-validated AUROC, chosen feature set).
 
     `candidates` maps a feature-set name to its matrix (all rows); the set and C with the best
-    cross-validated AUROC on the reviewed rows win. Reviewed rows are scored out of fold.
+    cross-validated (weighted) AUROC on the reviewed rows win. Reviewed rows are scored out of fold.
+    `weights`: one per reviewed row (1/review_prob), used in the fit and in the AUROC.
     """
-    from sklearn.model_selection import cross_val_predict
-
-    from actlabel.metrics import error_detection_auroc
-
+    w = np.ones(y.size) if weights is None else np.asarray(weights, dtype=float)
     k = int(min(5, y.sum(), (~y).sum()))
-    folds = _folds(y, k, seed)
+    folds = list(_folds(y, k, seed).split(np.zeros(y.size), y))
     best: tuple[float, float, str, np.ndarray] | None = None
     for name, X in candidates.items():
+        Xr = X[reviewed]
         for C in C_GRID:
-            oof = cross_val_predict(_pipeline(C, seed), X[reviewed], y, cv=folds, method="predict_proba")[
-                :, 1
-            ]
-            auc = error_detection_auroc(oof, y)
+            oof = np.zeros(y.size)
+            for tr, te in folds:
+                model = _pipeline(C, seed).fit(Xr[tr], y[tr], logisticregression__sample_weight=w[tr])
+                oof[te] = model.predict_proba(Xr[te])[:, 1]
+            auc = weighted_auroc(oof, y, w)
             if best is None or auc > best[0] + 1e-9:
                 best = (auc, C, name, oof)
     assert best is not None
     auc, C, name, oof = best
     X = candidates[name]
-    e = _pipeline(C, seed).fit(X[reviewed], y).predict_proba(X)[:, 1]
+    e = _pipeline(C, seed).fit(X[reviewed], y, logisticregression__sample_weight=w).predict_proba(X)[:, 1]
     e[reviewed] = oof
     return e, C, float(auc), name
+
+
+def weighted_auroc(score: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, score, sample_weight=w))
+
+
+def weighted_auprc(score: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+    from sklearn.metrics import average_precision_score
+
+    if not y.any():
+        return float("nan")
+    return float(average_precision_score(y, score, sample_weight=w))
+
+
+def weighted_precision_at(score: np.ndarray, y: np.ndarray, w: np.ndarray, share: float) -> float:
+    """Share of errors among the top `share` of the (weighted) items by score: with weights
+    1/review_prob the reviewed items stand for the whole dataset, so this estimates the precision
+    of reviewing the top `share` of all items. Ties at the cut count in proportion."""
+    order = np.argsort(-score, kind="mergesort")
+    s, yy, ww = score[order], y[order].astype(float), w[order]
+    mass = share * ww.sum()
+    if mass <= 0:
+        return float("nan")
+    hits = taken = 0.0
+    start = 0
+    while start < s.size and taken < mass - 1e-12:
+        end = start
+        while end < s.size and s[end] == s[start]:
+            end += 1
+        gw, ge = ww[start:end].sum(), (ww[start:end] * yy[start:end]).sum()
+        f = min(1.0, (mass - taken) / gw) if gw > 0 else 1.0
+        taken += f * gw
+        hits += f * ge
+        start = end
+    return hits / taken if taken > 0 else float("nan")
+
+
+def review_weights(store: Store, rowids: Sequence[int]) -> tuple[np.ndarray, bool]:
+    """(1/review_prob per reviewed row, capped; whether any weight differs from 1). The
+    probability is that of the latest selection that chose the item; reviews no selection asked for
+    count as probability 1."""
+    pis = {
+        r[0]: r[2]
+        for r in store.conn.execute(
+            "SELECT item_rowid, max(id), review_prob FROM selections WHERE selected = 1 GROUP BY item_rowid"
+        )
+    }
+    p = np.array([pis.get(r) or 1.0 for r in rowids], dtype=float)
+    w = 1.0 / np.clip(p, 1e-9, 1.0)
+    if w.size:
+        w = np.minimum(w, MAX_WEIGHT * float(np.median(w)))
+    return w, bool(w.size and np.ptp(w) > 1e-12)
 
 
 def fit_label_model(
@@ -295,17 +387,33 @@ def example_features(
 def learned_critique(
     store: Store, targets: Sequence[Target], *, run_id: int, seed: int = 0
 ) -> tuple[list[dict[str, Any]], LearnedInfo]:
-    """Critique records for every target from an error model fitted on the reviewed ones."""
+    """Critique records for every target from an error model fitted on the reviewed ones (or the
+    consistency critic's, below the minimum of reviews)."""
+    from actlabel.critics.consistency import consistency_records, consistency_signals
+
     task = store.task
     names = task.label_names
     reviews = latest_reviews(store)
     reviewed = np.array([t.item.rowid in reviews for t in targets])
     y = np.array([reviews[t.item.rowid] != t.machine_label for t in targets if t.item.rowid in reviews])
     n_rev, n_wrong = int(reviewed.sum()), int(y.sum())
-    if n_rev < MIN_REVIEWED or n_wrong < MIN_EACH or n_rev - n_wrong < MIN_EACH:
-        raise _need_more(n_rev, n_wrong)
     content, content_names = content_features(task, targets, store.root)
+    sig = consistency_signals(store, targets, seed=seed, content=(content, content_names))
+    if n_rev < MIN_REVIEWED or n_wrong < MIN_EACH or n_rev - n_wrong < MIN_EACH:
+        line = _fallback_line(n_rev, n_wrong)
+        model_name = "learned/consistency-fallback"
+        records = consistency_records(
+            store,
+            targets,
+            sig,
+            run_id=run_id,
+            strategy="learned",
+            model=model_name,
+            prefix=f"zero-review fallback ({n_rev} reviews): ",
+        )
+        return records, LearnedInfo(n_rev, n_wrong, float("nan"), 0.0, [], model_name, fallback=line)
     side, side_names = side_features(store, task, targets)
+    cons, cons_names = sig.features()
     ex_X, ex_labels = example_features(task, content_names, store.root)
     content, ex_X = reduce_dims(content, ex_X, seed)
     human = [names.index(reviews[t.item.rowid]) for t in targets if t.item.rowid in reviews]
@@ -317,13 +425,41 @@ def learned_critique(
     label_feats = np.column_stack(
         [np.log(np.clip(p_machine, 1e-4, 1.0)), np.log(np.clip(proba.max(axis=1), 1e-4, 1.0))]
     )
-    compact = np.hstack([label_feats, side])
+    compact = np.hstack([label_feats, cons, side])
+    conf_cols = side[:, :2] if side_names[:1] == ["machine confidence"] else np.zeros((len(targets), 0))
+    rowids = [t.item.rowid for t in targets if t.item.rowid in reviews]
+    weights, weighted = review_weights(store, rowids)
     e, C, auc, chosen = fit_error_model(
-        {"compact": compact, "with content": np.hstack([content, compact])}, y, reviewed, seed
+        {
+            "consistency": np.hstack([cons[:, -1:], conf_cols]),
+            "compact": compact,
+            "with content": np.hstack([content, compact]),
+        },
+        y,
+        reviewed,
+        seed,
+        weights,
     )
-    used = (content_names if chosen == "with content" else []) + ["label model"] + side_names
+    used = {
+        "consistency": cons_names + side_names[:1] * (conf_cols.shape[1] > 0),
+        "compact": ["label model"] + cons_names + side_names,
+        "with content": content_names + ["label model"] + cons_names + side_names,
+    }[chosen]
     model_name = "learned/" + "+".join(content_names) + "+logreg"
-    info = LearnedInfo(n_rev, n_wrong, auc, C, used, model_name)
+    share = n_rev / len(targets)
+    oof = e[reviewed]
+    info = LearnedInfo(
+        n_rev,
+        n_wrong,
+        auc,
+        C,
+        used,
+        model_name,
+        cv_auprc=weighted_auprc(oof, y, weights),
+        budget_share=share,
+        precision_at_budget=weighted_precision_at(oof, y, weights, share),
+        weighted=weighted,
+    )
     records = []
     for i, t in enumerate(targets):
         best = int(proba[i].argmax())
@@ -349,6 +485,7 @@ def learned_critique(
                         "annotation_id": t.annotation_id,
                         "machine_label": t.machine_label,
                         "out_of_fold": bool(reviewed[i]),
+                        "consistency_error_prob": round(float(sig.error_prob[i]), 4),
                         "label_probs": {n: round(float(p), 4) for n, p in zip(names, proba[i], strict=True)},
                     }
                 ),

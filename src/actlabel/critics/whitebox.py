@@ -1,12 +1,14 @@
 """White-box critics: the error probability read from token probabilities (PAPER.md step 2).
 
-- logit: "is the machine label correct? yes or no"; e = P(no) / (P(yes) + P(no)) from the
-  next-token distribution (llama.cpp scores both answers exactly: `choices=("yes", "no")` ->
-  `choice_logprobs`; endpoints give the top alternatives of the first answer token).
-  The paper asks "is the label wrong?" and reads P(yes); we ask the question the other way round
-  because small models misread the negation and answer "yes" to agree with the label shown: with
-  Qwen2.5-1.5B on 300 CrowdFlower tweets, P(yes) to "is it wrong?" ranked errors *below* correct
-  labels (AUROC 0.30). The quantity estimated is the same, P(label wrong).
+- logit: 'is "LABEL" the correct label for this item? yes or no'; e = P(no) / (P(yes) + P(no))
+  from the next-token distribution (llama.cpp scores both answers exactly: `choices=("yes", "no")`
+  -> `choice_logprobs`; endpoints give the top alternatives of the first answer token).
+  The paper asks "is the label wrong?" and reads P(yes). We ask the other way round, with the label
+  inside the question, because small models misread both the negation and a label shown apart
+  ("Machine label: X. Is the machine label wrong?"): with Qwen2.5-1.5B on CrowdFlower tweets that
+  form ranked errors *below* correct labels (AUROC 0.30 on 300 items), the positive form with a
+  separate label line was at chance (0.45 on 60), and 'is "X" the correct label?' reached 0.64 on
+  the same 60. The quantity estimated is the same, P(label wrong).
 - cot-logit: the critic first writes an analysis; the same yes/no question is then read right after it
   (the analysis is sent back as the start of the assistant turn, `assistant_prefix`).
 - cot-ppl: the perplexity of that analysis, PPL = exp(-mean token log-probability), as an error
@@ -131,7 +133,9 @@ class CoTLogitCritic(Strategy):
         if isinstance(first, ParseFailure):
             return first
         analysis = first.value.text.strip()
-        prefix = analysis + "\n\n" + prompting.template("critic_verdict").strip()
+        prefix = (
+            analysis + "\n\n" + prompting.render("critic_verdict", machine_label=target.machine_label).strip()
+        )
         second = await ctx.ask(
             yes_no_request(ctx.messages(target, "critic_analysis"), prefix), wrong_probability
         )

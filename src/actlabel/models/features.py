@@ -91,6 +91,10 @@ def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
     return np.asarray(vecs, dtype=np.float32)
 
 
+class UnreadableImage(UserError):
+    """One image cannot be decoded (missing, truncated, corrupt, or too many pixels)."""
+
+
 def _load_image(path: str) -> np.ndarray:
     from PIL import Image, ImageOps
 
@@ -99,26 +103,47 @@ def _load_image(path: str) -> np.ndarray:
             img = ImageOps.exif_transpose(img).convert("RGB")
             img = img.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
             arr = np.asarray(img, dtype=np.float32)
-    except OSError as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+    # Pillow signals a bad file with whatever its parser tripped on (OSError, SyntaxError,
+    # DecompressionBombError, struct.error...): each means this one image is unusable.
+    except Exception as exc:  # noqa: BLE001
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UnreadableImage(f"cannot read image {path}: {reason}") from None
     return ((arr - 127.0) / 128.0).transpose(2, 0, 1)
 
 
-def image_features(paths: Sequence[str], *, batch_size: int = 32) -> np.ndarray:
-    """(n, 1280) float32 L2-normalised EfficientNet-Lite0 features (global average pooled)."""
+def image_features(
+    paths: Sequence[str], *, batch_size: int = 32, failures: dict[str, str] | None = None
+) -> np.ndarray:
+    """(n, 1280) float32 L2-normalised EfficientNet-Lite0 features (global average pooled).
+
+    failures: when given, an unreadable image does not stop the batch: its reason goes in
+    `failures[path]` and its row is NaN. Without it the first unreadable image raises.
+    """
     if not paths:
         return np.zeros((0, 1280), dtype=np.float32)
     import torch
 
     model = image_model()
     out = []
+    bad: list[int] = []
     with _lock, torch.inference_mode():
         for start in range(0, len(paths), batch_size):
-            batch = np.stack([_load_image(p) for p in paths[start : start + batch_size]])
-            feats = model.extract_features(torch.from_numpy(batch)).mean((2, 3)).numpy()
+            arrays = []
+            for i, p in enumerate(paths[start : start + batch_size], start):
+                try:
+                    arrays.append(_load_image(p))
+                except UnreadableImage as exc:
+                    if failures is None:
+                        raise
+                    failures[p] = str(exc)
+                    bad.append(i)
+                    arrays.append(np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
+            feats = model.extract_features(torch.from_numpy(np.stack(arrays))).mean((2, 3)).numpy()
             out.append(feats)
     feats = np.concatenate(out).astype(np.float32)
-    return feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    feats[bad] = np.nan
+    return feats
 
 
 def text_key(text: str) -> str:
@@ -169,19 +194,24 @@ class FeatureCache:
             if k not in self._index and k not in missing:
                 missing[k] = i
         todo = list(missing.values())
+        uncomputable: dict[str, np.ndarray] = {}
         for start in range(0, len(todo), chunk):
             part = todo[start : start + chunk]
             vecs = compute(part)
             for idx, vec in zip(part, vecs, strict=True):
+                vec = np.asarray(vec, dtype=np.float32)
+                if np.isnan(vec).any():  # compute() could not make this one: returned, never cached
+                    uncomputable[keys[idx]] = vec
+                    continue
                 self._index[keys[idx]] = len(self._rows)
-                self._rows.append(np.asarray(vec, dtype=np.float32))
+                self._rows.append(vec)
             self._dirty = True
             if len(todo) > chunk:
                 self.save()  # long runs keep what they computed if interrupted
         self.save()
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
-        return np.stack([self._rows[self._index[k]] for k in keys])
+        return np.stack([self._rows[self._index[k]] if k in self._index else uncomputable[k] for k in keys])
 
     def save(self) -> None:
         if not self._dirty or self.folder is None:
@@ -210,7 +240,33 @@ def cached_text_features(texts: Sequence[str], root: Path | None) -> np.ndarray:
     return cache.get_many([text_key(t) for t in texts], lambda idx: embed_texts([texts[i] for i in idx]))
 
 
-def cached_image_features(paths: Sequence[str], root: Path | None) -> np.ndarray:
-    """EfficientNet-Lite0 features of the images at `paths`, computed once per distinct image."""
+def cached_image_features(
+    paths: Sequence[str], root: Path | None, *, failures: dict[str, str] | None = None
+) -> np.ndarray:
+    """EfficientNet-Lite0 features of the images at `paths`, computed once per distinct image.
+
+    failures: when given, each unreadable image gets its reason there (by path) and a NaN row,
+    and the others are computed as usual, so one bad image fails alone.
+    """
     cache = FeatureCache(cache_folder(root), IMAGE_MODEL)
-    return cache.get_many([image_key(p) for p in paths], lambda idx: image_features([paths[i] for i in idx]))
+    if failures is None:
+        return cache.get_many(
+            [image_key(p) for p in paths], lambda idx: image_features([paths[i] for i in idx])
+        )
+    from actlabel.models.base import ModelError
+
+    keys: list[str] = []
+    readable: list[int] = []
+    for i, p in enumerate(paths):
+        try:
+            keys.append(image_key(p))
+            readable.append(i)
+        except (ModelError, OSError) as exc:  # missing or unreadable file
+            failures[p] = str(exc).splitlines()[0]
+    out = np.full((len(paths), 1280), np.nan, dtype=np.float32)
+    if readable:
+        sub = [paths[i] for i in readable]
+        out[readable] = cache.get_many(
+            keys, lambda idx: image_features([sub[i] for i in idx], failures=failures)
+        )
+    return out

@@ -48,6 +48,8 @@ from .base import ChatRequest, ChatResponse, ImagePart, Message, ModelError, Tok
 DEFAULT_LOCAL_MODEL = "qwen2.5-1.5b"
 
 INSTALL_HINT = "pip install 'actlabel[local]'"
+#: the context a local model starts with; it grows to fit a longer prompt (LlamaBackend)
+DEFAULT_N_CTX = 4096
 #: top-k used when sampling with temperature > 0 (full-vocabulary sampling produces junk tokens)
 SAMPLE_TOP_K = 40
 
@@ -290,9 +292,15 @@ CHATML_FALLBACK = (
 class LlamaBackend:
     """A GGUF model in-process. `spec` names the model (part of cache keys).
 
-    n_ctx: context length in tokens (prompt + answer). n_threads: default $ACTLABEL_THREADS, else
-    os.cpu_count().
+    n_ctx: context length in tokens (prompt + answer); None (the default) starts at DEFAULT_N_CTX
+    and grows to fit a longer prompt, up to the model's trained context (the model is reloaded with
+    the larger context, about a second). n_threads: default $ACTLABEL_THREADS, else os.cpu_count().
     prefix_reuse: keep the KV cache of the prompt prefix shared with the previous call.
+    choice_scoring: "full" scores every constrained choice by its whole token sequence (one extra
+    decode per multi-token choice); "auto" (default) reads the choices from the one position after
+    the prompt when their first tokens all differ: once a model has produced a label's first token
+    it completes that label with probability ~1, so the first token carries the decision, and
+    this costs no decode beyond the prompt's. Choices that share a first token are scored in full.
     """
 
     supports_logprobs = True
@@ -303,10 +311,11 @@ class LlamaBackend:
         model_path: str | Path,
         *,
         spec: str | None = None,
-        n_ctx: int = 4096,
+        n_ctx: int | None = None,
         n_threads: int | None = None,
         n_batch: int = 512,
         prefix_reuse: bool = True,
+        choice_scoring: str = "auto",
         verbose: bool = False,
     ) -> None:
         # GGML's threads meet at OpenMP barriers for every layer. With the default (active) wait
@@ -326,25 +335,19 @@ class LlamaBackend:
             raise ModelError(f"model file not found: {self.model_path}")
         self.spec = spec or f"local/{self.model_path.name}#{self.model_path.stat().st_size}"
         self.prefix_reuse = prefix_reuse
+        if choice_scoring not in ("auto", "full"):
+            raise ModelError(f"choice_scoring must be 'auto' or 'full', not {choice_scoring!r}")
+        self.choice_scoring = choice_scoring
         threads = n_threads or int(os.environ.get("ACTLABEL_THREADS") or 0) or os.cpu_count() or 1
         self.n_threads = threads
-        t0 = time.perf_counter()
-        try:
-            self._llama = llama_cpp.Llama(
-                model_path=str(self.model_path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_threads=threads,
-                n_threads_batch=threads,
-                logits_all=False,
-                verbose=verbose,
-            )
-        except (ValueError, RuntimeError) as exc:
-            raise ModelError(f"cannot load {self.model_path}: {' '.join(str(exc).split())}") from None
-        self.load_seconds = time.perf_counter() - t0
+        self._auto_ctx = n_ctx is None
+        self._n_batch = n_batch
+        self._verbose = verbose
         self._lib = llama_cpp
+        t0 = time.perf_counter()
+        self._load(n_ctx or DEFAULT_N_CTX)
+        self.load_seconds = time.perf_counter() - t0
         self._n_vocab = self._llama.n_vocab()
-        self._n_ctx = self._llama.n_ctx()
         model = self._llama._model
         eos = self._llama.token_eos()
         bos = self._llama.token_bos()
@@ -355,7 +358,6 @@ class LlamaBackend:
             bos_token=model.token_get_text(bos) if bos != -1 else "",
             add_generation_prompt=True,
         )
-        self._vocab = model.vocab
         self._lock = threading.Lock()
         # One worker thread: llama.cpp contexts are not thread-safe, and queueing calls here
         # (rather than in the default executor) leaves that pool free for other work.
@@ -365,6 +367,56 @@ class LlamaBackend:
 
     def __repr__(self) -> str:
         return f"LlamaBackend({self.spec!r})"
+
+    def _load(self, n_ctx: int) -> None:
+        old = getattr(self, "_llama", None)
+        if old is not None:
+            old.close()  # free the old context and weights before loading the larger one
+        try:
+            self._llama = self._lib.Llama(
+                model_path=str(self.model_path),
+                n_ctx=n_ctx,
+                n_batch=self._n_batch,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                logits_all=False,
+                verbose=self._verbose,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(f"cannot load {self.model_path}: {' '.join(str(exc).split())}") from None
+        self._n_ctx = self._llama.n_ctx()
+        self._vocab = self._llama._model.vocab
+        try:
+            self._n_ctx_train = int(self._llama.n_ctx_train())
+        except (AttributeError, TypeError, ValueError):
+            self._n_ctx_train = self._n_ctx
+
+    def _fit_context(self, needed: int) -> None:
+        """Reload with a context that holds `needed` tokens, when the context is automatic and
+        the model was trained for that many; else a one-line error that says what to do."""
+        if needed <= self._n_ctx:
+            return
+        if not self._auto_ctx or needed > self._n_ctx_train:
+            limit = self._n_ctx if not self._auto_ctx else self._n_ctx_train
+            how = (
+                f"pass a larger --n-ctx (the model was trained for {self._n_ctx_train})"
+                if not self._auto_ctx and needed <= self._n_ctx_train
+                else "shorten the item or the few-shot examples"
+            )
+            raise ModelError(
+                f"{self.spec}: the prompt needs {needed} tokens and the context holds {limit}: {how}"
+            )
+        size = self._n_ctx
+        while size < needed:
+            size *= 2
+        self._load(min(size, self._n_ctx_train))
+
+    def prompt_limit(self) -> int:
+        """The most tokens a prompt can have: the context size it can grow to."""
+        return self._n_ctx_train if self._auto_ctx else self._n_ctx
+
+    def get_stats(self) -> dict[str, int]:
+        return dict(self.stats)
 
     # --- prompt ---
 
@@ -490,12 +542,15 @@ class LlamaBackend:
         rows_by_choice: dict[str, list[tuple[int, np.ndarray]]] = {}
         seqs: dict[str, list[int]] = {}
         for choice in choices:
-            seq = seqs[choice] = self._choice_tokens(prompt_tokens, prompt, choice)
-            if not seq:
+            seqs[choice] = self._choice_tokens(prompt_tokens, prompt, choice)
+            if not seqs[choice]:
                 raise ModelError(f"{self.spec}: choice {choice!r} is empty")
+        first_only = self.choice_scoring == "auto" and len({seq[0] for seq in seqs.values()}) == len(choices)
+        for choice in choices:
+            seq = seqs[choice]
             total = float(first[seq[0]])
             rows = [first]
-            if len(seq) > 1:
+            if len(seq) > 1 and not first_only:
                 # One batched decode of the choice (all but its last token) gives the logits for
                 # each of its next tokens; then roll back to the prompt for the next choice.
                 self._llama.n_tokens = n_prompt
@@ -507,7 +562,8 @@ class LlamaBackend:
                         rows.append(lp)
             scores[choice] = total
             if request.logprobs:
-                rows_by_choice[choice] = list(zip(seq, rows, strict=True))
+                # first-token scoring has logits for the first position only
+                rows_by_choice[choice] = list(zip(seq[: len(rows)], rows, strict=True))
         values = np.array([scores[c] for c in choices])
         norm = values - (values.max() + math.log(np.exp(values - values.max()).sum()))
         choice_logprobs = {c: float(v) for c, v in zip(choices, norm, strict=True)}
@@ -530,11 +586,9 @@ class LlamaBackend:
         with self._lock:
             prompt = self.format_prompt(request.messages, request.assistant_prefix)
             tokens = self.tokenize(prompt)
+            answer_room = 2 if request.choices else min(request.max_tokens, 64)
+            self._fit_context(len(tokens) + answer_room)
             room = self._n_ctx - len(tokens)
-            if room < (2 if request.choices else 1):
-                raise ModelError(
-                    f"{self.spec}: prompt is {len(tokens)} tokens, the context holds {self._n_ctx} (pass n_ctx=...)"
-                )
             request = request if request.max_tokens <= room else _with_max_tokens(request, room)
             rng = np.random.default_rng(request.seed)
             logits = self._eval_prompt(tokens)
@@ -588,9 +642,17 @@ def resolve_local(name: str) -> tuple[Path, str]:
     raise ModelError(f"unknown local model {name!r}: use one of {known} or a path ending in .gguf")
 
 
-def load_local(name: str, **opts: Any) -> LlamaBackend:
+def load_local(name: str, *, isolate: bool | None = None, **opts: Any) -> Any:
+    """The backend for `local/NAME`. isolate (default: on, unless $ACTLABEL_LLAMA_IN_PROCESS=1):
+    run the model in a child process (llama_worker.py) so a native crash is reported, not fatal."""
     # Checked first so a missing runtime is reported before a gigabyte of weights is assembled.
     if importlib.util.find_spec("llama_cpp") is None:
         raise ModelError(f"local models need llama-cpp-python: {INSTALL_HINT}")
     path, spec = resolve_local(name)
+    if isolate is None:
+        isolate = os.environ.get("ACTLABEL_LLAMA_IN_PROCESS", "") not in ("1", "true", "yes")
+    if isolate:
+        from .llama_worker import IsolatedLlamaBackend
+
+        return IsolatedLlamaBackend(path, spec=spec, **opts)
     return LlamaBackend(path, spec=spec, **opts)

@@ -139,7 +139,8 @@ def image_data_url(path: str, max_side: int = 768) -> str:
                 img.convert("RGB").save(buf, format="JPEG", quality=90)
                 mime = "image/jpeg"
             url = f"data:{mime};base64,{base64.b64encode(buf.getvalue()).decode('ascii')}"
-    except OSError as exc:
+    # A decompression bomb or a corrupt header fails this one item (a ModelError), not the run.
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ModelError(f"cannot read image {path}: {one_line(str(exc))}") from None
     with _url_lock:
         _url_cache[memo_key] = url

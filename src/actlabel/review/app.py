@@ -43,6 +43,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from actlabel.data import image_is_servable
 from actlabel.errors import ProjectBusy, UserError
 from actlabel.review.queue import LEASE_S, ReviewQueue, UnknownItem
 from actlabel.store import Store
@@ -58,6 +59,7 @@ TOKEN_COOKIE = "actlabel_token"
 REVIEWER_COOKIE = "actlabel_reviewer"
 SOURCE = "human"
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_ROWID = 2**63 - 1
 
 SECURITY_HEADERS = [
     (
@@ -356,11 +358,15 @@ class ReviewApp:
 
     async def image(self, request: Request) -> Response:
         rowid = request.path_params["rowid"]
+        if not 0 < rowid <= MAX_ROWID:  # SQLite integers are 64-bit: a longer id names no item
+            return PlainTextResponse("not found", 404)
         path = self.queue.image_path(rowid)
         # Only the path stored for this item at import; nothing from the request reaches the file system.
-        if not path or not os.path.isfile(path):
+        # Resolved again now: a file swapped for a symlink after import must not lead outside the
+        # folders images were imported from.
+        if not path or not image_is_servable(self.queue.store, path):
             return PlainTextResponse("not found", 404)
-        return FileResponse(path, headers={"cache-control": "private, max-age=3600"})
+        return FileResponse(os.path.realpath(path), headers={"cache-control": "private, max-age=3600"})
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
         return PlainTextResponse("not found", 404)
@@ -402,10 +408,12 @@ def _clean_name(raw: str | None) -> str | None:
 
 
 def _int(raw: str | None) -> int | None:
+    """A form integer, or None when absent, malformed or beyond SQLite's 64-bit range."""
     try:
-        return int(raw) if raw not in (None, "") else None
+        value = int(raw) if raw not in (None, "") and len(raw) <= 20 else None
     except ValueError:
         return None
+    return value if value is not None and -MAX_ROWID - 1 <= value <= MAX_ROWID else None
 
 
 def _secret(store: Store) -> bytes:

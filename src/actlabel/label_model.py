@@ -1,0 +1,278 @@
+"""The label model: an annotator's label probabilities, corrected for its prior and pooled with a
+classifier on frozen features, with the pooling learned per project.
+
+Two experts score every item over the K labels:
+- the LLM: log p_llm(k | x), its normalised probability of each label (constrained choices);
+- a probe: logistic regression on frozen features (MiniLM text embeddings, EfficientNet image
+  features) fitted on the trusted labels: the task's few-shot examples and, once they exist, the
+  human reviews.
+
+Small models carry a strong prior towards some labels (Qwen2.5-0.5B answered "negative" for 277
+of 300 tweets). Contextual calibration (Zhao et al. 2021, "Calibrate before use") divides the
+LLM's distribution by the one it gives for content-free inputs ("N/A", an empty item, "[MASK]"):
+log p_cal = log p_llm - log c. The pooled score is a weighted product of experts,
+
+    score_k(x) = a * (log p_llm(k|x) - log c_k) + b * log q(k|x),   p = softmax(score),
+
+with (a, b) chosen per project by leave-one-out log-likelihood on the trusted labels: on the
+few-shot examples alone before any review (the LLM scored on each example with that example left
+out of its prompt, the probe refitted without it), on the reviews as they arrive. Which expert
+wins depends on the task (measured in docs/benchmarks.md, "Embedded annotator"), which is why
+the weights are learned and not fixed; a small preference for the plain calibrated LLM (a=1, b=0)
+breaks ties, so a handful of examples cannot talk the model into a noisy probe.
+
+Refining with reviews (`annotate --refine`) is cross-fitted: items are split into folds by a hash of
+their id, and an item's refined label comes from a model fitted on the examples plus the reviews of
+the *other* folds. The ACT loss needs a machine label that does not depend on the item's own review
+draw; cross-fitting gives exactly that (tests/test_label_model.py checks the loss stays unbiased by
+Monte Carlo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+#: content-free inputs for contextual calibration (Zhao et al. 2021 use "N/A", "" and "[MASK]")
+CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
+#: grids for the pooling weights: a on the calibrated LLM, b on the feature probe
+A_GRID = (0.0, 0.5, 1.0, 1.5)
+B_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+#: log-likelihood per trusted label that a weight choice must gain over (1, 0) to be preferred
+TIE_MARGIN = 0.02
+#: the probe's inverse regularisation: features are L2-normalised, so a handful of examples
+#: needs a large C to move the boundary at all (as the few-shot image classifier)
+PROBE_C = 10.0
+#: few-shot examples scored with themselves left out (one prompt each; more add little)
+MAX_LOO_EXAMPLES = 40
+#: folds for cross-fitted refinement
+REFINE_FOLDS = 5
+_EPS = 1e-6
+
+
+def log_normalize(scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=float)
+    m = scores.max(axis=-1, keepdims=True)
+    return scores - (m + np.log(np.exp(scores - m).sum(axis=-1, keepdims=True)))
+
+
+def safe_log(p: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(np.asarray(p, dtype=float), _EPS, 1.0))
+
+
+def content_free_prior(probs: np.ndarray) -> np.ndarray:
+    """The mean label distribution over the content-free inputs, renormalised (c in the docstring)."""
+    c = np.clip(np.asarray(probs, dtype=float), _EPS, None).mean(axis=0)
+    return c / c.sum()
+
+
+# ---- the probe ----------------------------------------------------------------------------------
+
+
+class Probe:
+    """Logistic regression on L2-normalised features over the full label list (0 for unseen labels,
+    smoothed so one missing label cannot veto it in the product)."""
+
+    def __init__(self, n_labels: int, C: float = PROBE_C, seed: int = 0):
+        self.n_labels = n_labels
+        self.C = C
+        self.seed = seed
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> Probe:
+        from sklearn.linear_model import LogisticRegression
+
+        labels = np.asarray(labels)
+        self.classes_ = np.unique(labels)
+        if len(self.classes_) < 2:
+            self.model_ = None
+            return self
+        self.model_ = LogisticRegression(C=self.C, max_iter=2000, random_state=self.seed)
+        self.model_.fit(features, labels, sample_weight=weights)
+        return self
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        out = np.full((len(features), self.n_labels), 1.0 / self.n_labels)
+        if self.model_ is None:
+            return out
+        proba = self.model_.predict_proba(features)
+        out[:] = 0.0
+        out[:, self.model_.classes_] = proba
+        # a label without trusted examples gets a small share instead of a veto
+        out = 0.98 * out + 0.02 / self.n_labels
+        return out / out.sum(axis=1, keepdims=True)
+
+
+def loo_probe_logq(
+    features: np.ndarray, labels: np.ndarray, n_labels: int, probe: type = Probe
+) -> np.ndarray:
+    """Leave-one-out log q(k | x_j) for each trusted row j (the probe refitted without row j)."""
+    n = len(labels)
+    out = np.empty((n, n_labels))
+    for j in range(n):
+        keep = np.arange(n) != j
+        out[j] = safe_log(
+            probe(n_labels).fit(features[keep], labels[keep]).predict_proba(features[j : j + 1])
+        )[0]
+    return out
+
+
+def kfold_probe_logq(
+    features: np.ndarray, labels: np.ndarray, n_labels: int, k: int = 5, seed: int = 0, probe: type = Probe
+) -> np.ndarray:
+    """Out-of-fold log q: leave-one-out for a handful of rows, else k folds (a fit per row costs
+    too much past a dozen)."""
+    n = len(labels)
+    if n <= 12:
+        return loo_probe_logq(features, labels, n_labels, probe)
+    folds = np.random.default_rng(seed).permutation(n) % k
+    out = np.empty((n, n_labels))
+    for f in range(k):
+        test = folds == f
+        out[test] = safe_log(
+            probe(n_labels).fit(features[~test], labels[~test]).predict_proba(features[test])
+        )
+    return out
+
+
+# ---- pooling --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pooling:
+    """score = a * (log p_llm - log c) + b * log q; `fit_info` says how (a, b) were chosen."""
+
+    a: float = 1.0
+    b: float = 0.0
+    log_prior: np.ndarray | None = None  # log c, the content-free prior (None: no calibration)
+    fit_info: str = "default weights"
+    table: dict[tuple[float, float], float] = field(default_factory=dict)
+
+    def combine(self, llm_logp: np.ndarray | None, probe_logq: np.ndarray | None) -> np.ndarray:
+        """Pooled probabilities (n, K). Either expert may be missing."""
+        parts = []
+        if llm_logp is not None and self.a > 0:
+            cal = llm_logp - (self.log_prior if self.log_prior is not None else 0.0)
+            parts.append(self.a * cal)
+        if probe_logq is not None and self.b > 0:
+            parts.append(self.b * probe_logq)
+        if not parts:
+            base = llm_logp if llm_logp is not None else probe_logq
+            return np.exp(log_normalize(base))
+        return np.exp(log_normalize(sum(parts)))
+
+    def describe(self) -> str:
+        cal = "content-free calibration" if self.log_prior is not None else "no calibration"
+        return f"a={self.a:g} (LLM, {cal}), b={self.b:g} (feature probe); {self.fit_info}"
+
+
+def choose_pooling(
+    labels: np.ndarray,
+    llm_logp: np.ndarray | None,
+    probe_logq: np.ndarray | None,
+    log_prior: np.ndarray | None,
+    *,
+    source: str,
+) -> Pooling:
+    """(a, b) maximising the held-out log-likelihood of `labels` (rows: trusted items, with their
+    leave-one-out / out-of-fold expert scores); ties go to the plain calibrated LLM."""
+    labels = np.asarray(labels)
+    n = len(labels)
+    if llm_logp is None and probe_logq is None:
+        raise ValueError("no expert to pool")
+    if llm_logp is None:
+        return Pooling(0.0, 1.0, None, f"feature probe only ({n} {source})")
+    if probe_logq is None or n == 0:
+        return Pooling(1.0, 0.0, log_prior, "LLM only")
+    table: dict[tuple[float, float], float] = {}
+    rows = np.arange(n)
+    for a in A_GRID:
+        for b in B_GRID:
+            if a == 0 and b == 0:
+                continue
+            logp = np.log(np.clip(Pooling(a, b, log_prior).combine(llm_logp, probe_logq), 1e-12, 1.0))
+            table[(a, b)] = float(logp[rows, labels].mean())
+    default = table[(1.0, 0.0)]
+    # near-equal scores go to the simpler model: less weight on the probe, a nearer 1
+    best = max(table, key=lambda k: (round(table[k], 9), -k[1], -abs(k[0] - 1.0)))
+    if table[best] < default + TIE_MARGIN:
+        best = (1.0, 0.0)
+    acc = {
+        k: float((Pooling(*k, log_prior).combine(llm_logp, probe_logq).argmax(1) == labels).mean())
+        for k in ((1.0, 0.0), best)
+    }
+    info = (
+        f"chosen on {n} {source} by held-out log-likelihood {table[best]:.3f} "
+        f"(LLM alone {default:.3f}; accuracy {acc[best]:.2f} vs {acc[(1.0, 0.0)]:.2f})"
+    )
+    return Pooling(best[0], best[1], log_prior, info, table)
+
+
+# ---- cross-fitted refinement -------------------------------------------------------------------
+
+
+def fold_of(item_ids: Sequence[str], k: int = REFINE_FOLDS) -> np.ndarray:
+    """A fixed fold per item from a hash of its id: the same split on every run."""
+    return np.array([int(hashlib.sha256(i.encode()).hexdigest()[:8], 16) % k for i in item_ids])
+
+
+@dataclass
+class RefineResult:
+    probs: np.ndarray  # (n, K) refined distribution for every item
+    poolings: list[Pooling]  # one per fold
+    trusted: int
+
+
+def refine(
+    *,
+    features: np.ndarray,
+    llm_logp: np.ndarray | None,
+    log_prior: np.ndarray | None,
+    reviewed_idx: np.ndarray,
+    reviewed_labels: np.ndarray,
+    example_features: np.ndarray,
+    example_labels: np.ndarray,
+    example_llm_logp: np.ndarray | None,
+    folds: np.ndarray,
+    probe: type = Probe,
+) -> RefineResult:
+    """Cross-fitted labels for every item (see the module docstring).
+
+    features (n, d) and llm_logp (n, K) are the pool's; reviewed_idx indexes into the pool;
+    example_* are the few-shot examples (example_llm_logp: leave-one-out scores, or None).
+    probe: the feature classifier's class (Probe; tests pass a cheaper one).
+    """
+    n_labels = (llm_logp.shape[1] if llm_logp is not None else None) or int(
+        max(reviewed_labels.max(initial=0), example_labels.max(initial=0)) + 1
+    )
+    k = int(folds.max()) + 1 if len(folds) else 1
+    out = np.empty((len(features), n_labels))
+    poolings = []
+    rev_fold = folds[reviewed_idx]
+    for f in range(k):
+        train = reviewed_idx[rev_fold != f]
+        train_labels = reviewed_labels[rev_fold != f]
+        tx = np.vstack([example_features, features[train]])
+        ty = np.concatenate([example_labels, train_labels])
+        # held-out expert scores on the training reviews choose this fold's pooling weights
+        oof_q = kfold_probe_logq(tx, ty, n_labels, probe=probe)
+        t_llm = None
+        if llm_logp is not None:
+            if example_llm_logp is not None:
+                t_llm = np.vstack([example_llm_logp, llm_logp[train]])
+                sel_q, sel_y = oof_q, ty
+            else:
+                t_llm = llm_logp[train]
+                sel_q, sel_y = oof_q[len(example_labels) :], train_labels
+        else:
+            sel_q, sel_y = oof_q, ty
+        pooling = choose_pooling(
+            sel_y, t_llm, sel_q, log_prior, source=f"trusted labels ({len(train)} reviews from other folds)"
+        )
+        poolings.append(pooling)
+        here = folds == f
+        q = safe_log(probe(n_labels).fit(tx, ty).predict_proba(features[here]))
+        out[here] = pooling.combine(None if llm_logp is None else llm_logp[here], q)
+    return RefineResult(out, poolings, len(reviewed_idx))
