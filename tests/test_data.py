@@ -14,9 +14,10 @@ from actlabel.project import Project
 
 from .conftest import LABELS, TWEETS, write_csv
 
+# A 1x1 PNG Pillow decodes (import now checks images: the earlier bytes could not be decoded at all).
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360f8cf000000030101001825dd5c0000000049454e44ae426082"
+    "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201a2d6c5d90000000049454e44ae426082"
 )
 
 
@@ -253,3 +254,68 @@ def test_duplicate_id_across_batches_is_caught(tmp_path: Path, monkeypatch: pyte
         with pytest.raises(UserError, match=r"row 4: duplicate id '1'"):
             proj.import_file(path, id_column="id")
         assert proj.store.count_items() == 0
+
+
+def test_jsonl_arrow_reader_gives_exactly_what_the_line_reader_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actlabel.data as data_mod
+
+    objs = [
+        {"text": 'quote " and backslash \\ and tab \t', "gold": "positive", "extra": {"x": 1}},
+        {"text": "line\nbreak, caf\u00e9, emoji \U0001f600, \u2028 separator", "gold": None},
+        {"gold": "neutral", "text": "control \u0001 char and \u007f del"},
+        {"text": "no gold at all"},
+        {"text": "same"},
+        {"text": "same"},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text(
+        "\n".join(json.dumps(o, ensure_ascii=i % 2 == 0) for i, o in enumerate(objs)) + "\n\n  \n"
+    )
+
+    def stored(name: str) -> list[tuple]:
+        with new_project(tmp_path, name) as proj:
+            proj.import_file(path, gold_column="gold")
+            return proj.store.conn.execute(
+                "SELECT item_id, data, gold_label FROM items ORDER BY rowid"
+            ).fetchall()
+
+    arrow_calls = []
+    real = data_mod._jsonl_arrow_batches
+    monkeypatch.setattr(data_mod, "_jsonl_arrow_batches", lambda *a: arrow_calls.append(1) or real(*a))
+    fast = stored("fast")
+    assert arrow_calls, "the Arrow reader was not used"
+
+    def cannot(*_a):
+        raise data_mod._ArrowCannot("forced")
+        yield  # a generator, like the real one
+
+    monkeypatch.setattr(data_mod, "_jsonl_arrow_batches", cannot)
+    exact = stored("exact")
+    assert fast == exact and len(fast) == len(objs)
+
+
+def test_identical_rows_in_different_batches_stay_distinct(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import actlabel.data as data_mod
+
+    monkeypatch.setattr(data_mod, "BATCH_ROWS", 2)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["a", "b", "a", "a", "c"]))
+
+    def cannot(*_a):
+        raise data_mod._ArrowCannot("forced")
+        yield
+
+    monkeypatch.setattr(data_mod, "_jsonl_arrow_batches", cannot)  # the line reader, in batches of 2
+    with new_project(tmp_path) as proj:
+        assert proj.import_file(path).new_items == 5
+        ids = [r[0] for r in proj.store.conn.execute("SELECT item_id FROM items ORDER BY rowid")]
+        assert ids[2] == ids[0] + "~2" and ids[3] == ids[0] + "~3" and len(set(ids)) == 5
+        assert proj.import_file(path).new_items == 0
+    monkeypatch.undo()  # the Arrow reader (one batch) gives the same ids
+    with new_project(tmp_path, "q") as proj:
+        proj.import_file(path)
+        assert [r[0] for r in proj.store.conn.execute("SELECT item_id FROM items ORDER BY rowid")] == ids

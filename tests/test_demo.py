@@ -52,3 +52,17 @@ def test_demo_refuses_a_folder_holding_something_else(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "actlabel.cli", "demo", "--dir", str(tmp_path / "busy")],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and "not empty" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("dataset", ["reuters", "fashion", "fashion-captions"])
+def test_every_documented_dataset_runs_end_to_end(tmp_path: Path, dataset: str) -> None:
+    args = ["--dataset", dataset, "--size", "40", "--test-size", "40", "--dir", str(tmp_path / dataset)]
+    if dataset != "fashion":
+        args += ["--model", "local/smollm2"]
+    r = subprocess.run(
+        [sys.executable, "-m", "actlabel.cli", "demo", *args, "--no-progress"],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "Downstream test accuracy" in r.stdout and "random review, same budget" in r.stdout
+    assert "of the machine-to-human gap" in r.stdout or "no gap to close" in r.stdout

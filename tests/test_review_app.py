@@ -213,7 +213,9 @@ def test_ids_beyond_sqlite_integers_are_404_not_500(project: Path, base: str) ->
     assert reviews(project) == []
 
 
-def test_an_image_swapped_for_a_symlink_outside_is_not_served(project: Path, base: str, tmp_path: Path) -> None:
+def test_an_image_swapped_for_a_symlink_outside_is_not_served(
+    project: Path, base: str, tmp_path: Path
+) -> None:
     secret = tmp_path / "outside.png"
     secret.write_bytes(PNG_1X1 + b"top secret")
     with Store.open(project) as store:

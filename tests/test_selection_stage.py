@@ -199,3 +199,22 @@ def test_pilot_items_without_a_machine_label_count_as_errors(project40: Project)
     second = select_for_review(store, budget="auto", uniform=0.2)
     wrong_in_pilot = int(0 in pilot) + len(failed)
     assert f"pilot: {wrong_in_pilot}/10 machine labels wrong" in second.advice, (first, second.advice)
+
+
+def test_status_line_says_how_many_uniform_reviews_halve_the_interval() -> None:
+    from actlabel.cli import _residual_line
+    from actlabel.metrics import residual_error_estimate
+    from actlabel.select import select
+
+    rng = np.random.default_rng(0)
+    y = rng.random(2000) < 0.15
+    e = np.clip(np.where(y, rng.beta(3, 2, 2000), rng.beta(1, 5, 2000)), 0, 1)
+    sel = select(e, 300, rule="threshold", uniform=0.1, seed=0)
+    d = sel.selected
+    est = residual_error_estimate(np.where(d, y, -1), d, sel.review_prob, e)
+    line = _residual_line(est)
+    assert f"about {est.uniform_reviews_to_halve} more uniform reviews would halve the interval" in line
+    from dataclasses import asdict
+
+    low = asdict(est) | {"estimate": -3.2}  # the unbiased estimate can fall below 0 by chance
+    assert "about 0 (unbiased estimate -3.2, below 0 by chance)" in _residual_line(low)

@@ -517,7 +517,7 @@ def resolve_annotator(store: Store, model: str | None) -> str:
 
 
 #: bump when the label model's method changes, so `annotate` relabels instead of skipping
-LABEL_MODEL_VERSION = 1
+LABEL_MODEL_VERSION = 2
 
 
 def _settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
@@ -717,9 +717,17 @@ async def _annotate_llm(
         items_with_images = [it for it in store.iter_items(todo) if it.image_path]
         image_probs, image_errors = _image_probs(clf, items_with_images, store.root)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
+    zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
     run_id = store.start_run(
         "annotate",
-        {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit},
+        {
+            "model": model_name,
+            "cot": cot,
+            "templates": templates,
+            "settings": settings,
+            "limit": limit,
+            "label_model": None if zero is None else zero.params(),
+        },
     )
     names = list(task.label_names)
 
@@ -729,7 +737,7 @@ async def _annotate_llm(
         outcome = await annotator.label(item)
         if isinstance(outcome, ParseFailure):
             return _failed_record(item, run_id, model_name, outcome)
-        answer = outcome
+        answer = outcome if zero is None else _apply_label_model(outcome, zero, item.rowid, names)
         if composite and item.rowid in image_probs:
             answer = _pool(answer, image_probs[item.rowid], names)
         return _ok_record(item, run_id, model_name, answer)

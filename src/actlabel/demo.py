@@ -402,11 +402,16 @@ def run_demo(
     max_budget: str = "20%",
     llm_critic: str | None = None,
     rounds: int = DEMO_ROUNDS,
+    test_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     if dataset not in SPECS:
         raise UserError(f"unknown demo dataset {dataset!r} (use {', '.join(SPECS)})")
     spec = SPECS[dataset]
+    if test_size is not None:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, test_size=test_size)
     size = size or spec.default_size
     started = time.perf_counter()
     root = Path(directory)
@@ -494,7 +499,7 @@ def _print_summary(
     if status.residual is not None and status.residual.identifiable:
         r = status.residual
         console.print(
-            f"errors left among unreviewed labels: about {r.estimate:.0f} "
+            f"errors left among unreviewed labels: about {max(r.estimate, 0.0):.0f} "
             f"(95% CI {r.lower:.0f} to {r.upper:.0f})"
         )
     console.print(f"report: {report}   ({elapsed:.0f} s)")

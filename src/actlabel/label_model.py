@@ -14,12 +14,12 @@ log p_cal = log p_llm - log c. The pooled score is a weighted product of experts
 
     score_k(x) = a * (log p_llm(k|x) - log c_k) + b * log q(k|x),   p = softmax(score),
 
-with (a, b) chosen per project by leave-one-out log-likelihood on the trusted labels: on the
+with (a, b) chosen per project by leave-one-out accuracy on the trusted labels: on the
 few-shot examples alone before any review (the LLM scored on each example with that example left
 out of its prompt, the probe refitted without it), on the reviews as they arrive. Which expert
 wins depends on the task (measured in docs/benchmarks.md, "Embedded annotator"), which is why
-the weights are learned and not fixed; a small preference for the plain calibrated LLM (a=1, b=0)
-breaks ties, so a handful of examples cannot talk the model into a noisy probe.
+the weights are learned and not fixed; the plain calibrated LLM (b=0) is kept unless pooling
+labels more trusted items right, so a handful of examples cannot talk the model into a noisy probe.
 
 Refining with reviews (`annotate --refine`) is cross-fitted: items are split into folds by a hash of
 their id, and an item's refined label comes from a model fitted on the examples plus the reviews of
@@ -38,9 +38,10 @@ import numpy as np
 
 #: content-free inputs for contextual calibration (Zhao et al. 2021 use "N/A", "" and "[MASK]")
 CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
-#: grids for the pooling weights: a on the calibrated LLM, b on the feature probe
-A_GRID = (0.0, 0.5, 1.0, 1.5)
-B_GRID = (0.0, 0.25, 0.5, 1.0, 2.0)
+#: grids for the pooling: the probe's share w and a temperature t (a = t(1-w) on the calibrated
+#: LLM, b = t w on the feature probe)
+W_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+T_GRID = (0.5, 1.0, 1.5, 2.0)
 #: log-likelihood per trusted label that a weight choice must gain over (1, 0) to be preferred
 TIE_MARGIN = 0.02
 #: the probe's inverse regularisation: features are L2-normalised, so a handful of examples
@@ -176,8 +177,13 @@ def choose_pooling(
     *,
     source: str,
 ) -> Pooling:
-    """(a, b) maximising the held-out log-likelihood of `labels` (rows: trusted items, with their
-    leave-one-out / out-of-fold expert scores); ties go to the plain calibrated LLM."""
+    """The probe's share w and a temperature t (a = t(1-w), b = t w) from held-out scores of the
+    trusted labels (rows: their leave-one-out / out-of-fold expert scores).
+
+    w is chosen by held-out accuracy, since the label is the argmax (log-likelihood alone would
+    reward flattening a confidently wrong expert towards uniform); ties by log-likelihood at the
+    best temperature. w moves off 0 (the calibrated LLM alone) only when it labels more trusted
+    items right; t only scales the confidence."""
     labels = np.asarray(labels)
     n = len(labels)
     if llm_logp is None and probe_logq is None:
@@ -186,28 +192,33 @@ def choose_pooling(
         return Pooling(0.0, 1.0, None, f"feature probe only ({n} {source})")
     if probe_logq is None or n == 0:
         return Pooling(1.0, 0.0, log_prior, "LLM only")
-    table: dict[tuple[float, float], float] = {}
     rows = np.arange(n)
-    for a in A_GRID:
-        for b in B_GRID:
-            if a == 0 and b == 0:
-                continue
-            logp = np.log(np.clip(Pooling(a, b, log_prior).combine(llm_logp, probe_logq), 1e-12, 1.0))
-            table[(a, b)] = float(logp[rows, labels].mean())
-    default = table[(1.0, 0.0)]
-    # near-equal scores go to the simpler model: less weight on the probe, a nearer 1
-    best = max(table, key=lambda k: (round(table[k], 9), -k[1], -abs(k[0] - 1.0)))
-    if table[best] < default + TIE_MARGIN:
-        best = (1.0, 0.0)
-    acc = {
-        k: float((Pooling(*k, log_prior).combine(llm_logp, probe_logq).argmax(1) == labels).mean())
-        for k in ((1.0, 0.0), best)
-    }
+    table: dict[tuple[float, float], float] = {}
+    scores: dict[float, tuple[float, float, float]] = {}  # w -> (accuracy, log-likelihood, t)
+    for w in W_GRID:
+        best_ll, best_t, acc = -np.inf, 1.0, 0.0
+        for t in T_GRID:
+            pool = Pooling(t * (1 - w), t * w, log_prior)
+            p = pool.combine(llm_logp, probe_logq)
+            ll = float(np.log(np.clip(p[rows, labels], 1e-12, 1.0)).mean())
+            table[(pool.a, pool.b)] = ll
+            acc = float((p.argmax(1) == labels).mean())  # the same for every t
+            if ll > best_ll:
+                best_ll, best_t = ll, t
+        scores[w] = (acc, best_ll, best_t)
+    base = scores[0.0]
+    best_w = 0.0
+    for w in W_GRID[1:]:
+        acc, ll, _t = scores[w]
+        b_acc, b_ll, _ = scores[best_w]
+        if acc > b_acc + 1e-9 or (abs(acc - b_acc) <= 1e-9 and ll > b_ll + TIE_MARGIN):
+            best_w = w
+    acc, ll, t = scores[best_w]
     info = (
-        f"chosen on {n} {source} by held-out log-likelihood {table[best]:.3f} "
-        f"(LLM alone {default:.3f}; accuracy {acc[best]:.2f} vs {acc[(1.0, 0.0)]:.2f})"
+        f"probe share {best_w:g}, temperature {t:g}, chosen on {n} {source} by held-out accuracy "
+        f"{acc:.2f} (calibrated LLM alone {base[0]:.2f}; log-likelihood {ll:.3f} vs {base[1]:.3f})"
     )
-    return Pooling(best[0], best[1], log_prior, info, table)
+    return Pooling(t * (1 - best_w), t * best_w, log_prior, info, table)
 
 
 # ---- cross-fitted refinement -------------------------------------------------------------------

@@ -820,17 +820,43 @@ def residual_error_estimate(
         raw_estimate=t_hat,
         lam=lam,
         n_out_of_design=int(ood.sum()),
-        uniform_reviews_to_halve=_reviews_to_halve(var, g_unrev, n_u),
+        uniform_reviews_to_halve=_reviews_to_halve(
+            var, g_unrev, n_u, z, float(e[unrev].mean()) if n_u else 0.0, lam, interval == "adjusted"
+        ),
     )
 
 
-def _reviews_to_halve(var_now: float, g: float, n_u: int) -> int | None:
-    """m uniform reviews in a new round with Var = (N_u/m - 1) G <= var_now / 4 (None: no need)."""
-    if n_u == 0 or var_now <= 0 or g <= 0:
+def _reviews_to_halve(
+    var_now: float, g: float, n_u: int, z: float, e_bar: float, lam: float, adjusted: bool
+) -> int | None:
+    """Smallest m whose new uniform round has V(m) <= var_now / 4 (None: nothing to halve).
+
+    V(m) = (N_u/m - 1) G (Horvitz-Thompson over the new round alone, G = sum_{unreviewed}
+    E(y - lam e)^2 at the current e), plus, for the adjusted interval, its pseudo-count term at
+    p = m / N_u: (z^2/2) (1 - p)/p^2 [(1 - lam e_bar)^2 + (lam e_bar)^2].
+    """
+    if n_u == 0 or var_now <= 0:
         return None
-    # sequential HT: a new round of m uniform reviews alone stands for the N_u unreviewed items
-    m = n_u / (1.0 + var_now / (4.0 * g))
-    return min(n_u, max(1, math.ceil(m)))
+    a = (1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2
+
+    def v(m: int) -> float:
+        p = m / n_u
+        out = (1.0 / p - 1.0) * g
+        if adjusted and p < 1.0:
+            out += z * z / 2.0 * (1.0 - p) / p**2 * a
+        return out
+
+    target = var_now / 4.0
+    if v(n_u) > target:
+        return n_u
+    lo, hi = 0, n_u  # v decreases in m: v(hi) <= target < v(lo) (v(0) = inf)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if v(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 def uniform_reviews_to_halve_width(estimate: ResidualErrorEstimate) -> int | None:
@@ -838,9 +864,10 @@ def uniform_reviews_to_halve_width(estimate: ResidualErrorEstimate) -> int | Non
 
     A new round of m reviews drawn uniformly from the N_u unreviewed items replaces the current
     Horvitz-Thompson sample (sequential weights, docs/statistics.md section 4); its variance is
-    (N_u/m - 1) G with G = sum_{unreviewed} E(y_i - lam e_i)^2 at the current estimate.  The
-    interval's half-width scales with the standard error, so halving it needs a quarter of the
-    variance: m = N_u / (1 + V/(4G)).  None when the interval is already degenerate.
+    (N_u/m - 1) G with G = sum_{unreviewed} E(y_i - lam e_i)^2 at the current e, plus the adjusted
+    interval's pseudo-count term at p = m/N_u.  The half-width scales with the standard error, so
+    halving it needs a quarter of the variance: the smallest such m (N_u if even reviewing
+    everything would not).  None when there is nothing to halve.
     """
     return estimate.uniform_reviews_to_halve
 

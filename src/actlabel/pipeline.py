@@ -1,10 +1,41 @@
-"""`actlabel run`: annotate + critique + select in one go, each stage resumable on its own."""
+"""`actlabel run`: annotate + critique + select in one go, one review round per call.
+
+Each call does what is due and stops where humans are needed:
+1. annotate the items not labelled yet (resumable);
+2. once reviews exist, relabel with what they taught (`annotate --refine`, cross-fitted);
+3. criticize (the critic retrains on all reviews so far);
+4. select the next round, unless the last one is not reviewed yet.
+
+The budget is spent in `rounds` rounds after a uniform pilot when it is `auto` (the pilot's
+reviews recommend the total, capped by --max-budget), or in `rounds` equal rounds of a fixed
+total. Each later round is threshold (or the chosen rule) plus a uniform share, so every item
+keeps review_prob > 0; the rounds' inclusion probabilities compose (sequential Horvitz-Thompson,
+select.py). The plan is kept in the project, so `actlabel run DIR` again after reviewing continues.
+"""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from actlabel.store import Store
+
+PLAN_META = "run_plan"
+#: review rounds after the pilot, when not given (docs/statistics.md: a small last round costs
+#: variance, so rounds are equal in size)
+DEFAULT_ROUNDS = 2
+
+
+def default_strategy(model: str | None, reviewed: int) -> str | None:
+    """Embedded models, once reviews exist: the stacked learned critic (no model call; it falls
+    back to the zero-review consistency critic below its minimum). Otherwise critique's own
+    default (consistency for embedded models, the paper's CoT critic for endpoints)."""
+    embedded = model is None or model.startswith(("local/", "features/", "composite/"))
+    return "learned" if embedded and reviewed > 0 else None
+
+
+def _reviewed(store: Store) -> int:
+    return int(store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
 
 
 def run_pipeline(
@@ -17,25 +48,73 @@ def run_pipeline(
     max_total_tokens: int | None = None,
     limit: int | None = None,
     critic_model: str | None = None,
-    strategy: str = "cot",
+    strategy: str | None = None,
     cot: bool = False,
     budget: str = "auto",
+    rounds: int | None = None,
+    max_budget: str | None = None,
     rule: str = "threshold",
     uniform: float = 0.05,
     seed: int = 0,
     progress: bool = True,
 ) -> str:
-    """Run stages 1-3 and return their one-line summaries. A budget or token cap stops it cleanly."""
+    """Run what is due (see the module docstring) and return the stages' one-line summaries."""
+    from actlabel import select as rules
     from actlabel.annotate import annotate
     from actlabel.critique import critique
-    from actlabel.selection import select_for_review
+    from actlabel.errors import UserError
+    from actlabel.refine import MIN_REVIEWS, refine_labels
+    from actlabel.selection import current_state, recommended_budget, select_for_review
 
     shared: dict[str, Any] = {
         "base_url": base_url, "concurrency": concurrency, "max_cost": max_cost,
         "max_total_tokens": max_total_tokens, "limit": limit, "progress": progress,
     }  # fmt: skip
     lines = [str(annotate(store, model=model, cot=cot, **shared))]
-    result = critique(store, model=critic_model, strategy=strategy, **shared)
-    lines.append(str(result))
-    lines.append(str(select_for_review(store, budget=budget, rule=rule, uniform=uniform, seed=seed)))
+    reviewed = _reviewed(store)
+    if reviewed >= MIN_REVIEWS and (model is None or model.startswith("local/")):
+        lines.append(str(refine_labels(store, progress=progress)))
+    strategy = strategy or default_strategy(model, reviewed)
+    lines.append(str(critique(store, model=critic_model, strategy=strategy, **shared)))
+
+    state = current_state(store)
+    pending = int((state.selected & ~state.reviewed).sum())
+    if pending:
+        lines.append(
+            f"{pending} selected items wait for review: `actlabel review {store.root}`, then run again"
+        )
+        return "\n".join(lines)
+    plan = json.loads(store.get_meta(PLAN_META) or "null")
+    if plan is None:
+        plan = {"budget": budget, "rounds": rounds or DEFAULT_ROUNDS, "max_budget": max_budget, "total": None}
+        store.set_meta(PLAN_META, json.dumps(plan))
+    n = store.count_items()
+    auto = str(plan["budget"]).strip().lower() == "auto"
+    if auto and store.get_meta("pilot") is None:
+        lines.append(str(select_for_review(store, budget="auto", seed=seed)))
+        lines.append(f"review the pilot (`actlabel review {store.root}`), then run again")
+        return "\n".join(lines)
+    if plan["total"] is None:
+        try:
+            total = recommended_budget(store) if auto else rules.budget_from_spec(str(plan["budget"]), n)
+            if plan.get("max_budget"):
+                total = min(total, rules.budget_from_spec(str(plan["max_budget"]), n))
+        except ValueError as exc:
+            raise UserError(f"--budget: {exc}") from None
+        plan["total"] = int(total)
+        store.set_meta(PLAN_META, json.dumps(plan))
+    left = plan["total"] - _reviewed(store)
+    done_rounds = int(store.conn.execute("SELECT count(DISTINCT round) FROM selections").fetchone()[0])
+    main_rounds_done = done_rounds - (1 if auto else 0)
+    rounds_left = max(1, plan["rounds"] - main_rounds_done)
+    if left <= 0:
+        lines.append(f"budget spent: {_reviewed(store)} of {plan['total']} planned reviews done")
+        return "\n".join(lines)
+    size = -(-left // rounds_left)
+    lines.append(
+        str(select_for_review(store, budget=str(size), rule=rule, uniform=uniform, seed=seed + done_rounds))
+    )
+    lines.append(
+        f"round {main_rounds_done + 1} of {plan['rounds']}: review it (`actlabel review {store.root}`), then run again"
+    )
     return "\n".join(lines)

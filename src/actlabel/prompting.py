@@ -140,9 +140,7 @@ def annotation_messages(
     each user turn is just the input (one copy of the label list instead of one per example)."""
     body = "annotate_cot" if cot else "annotate_direct"
     names = label_names(task.labels)
-    answer_format = (
-        "" if cot else f"Answer with the label only, exactly as written in the list: {names}."
-    )
+    answer_format = "" if cot else f"Answer with the label only, exactly as written in the list: {names}."
     messages = [system_message(task, "annotate_system", answer_format=answer_format)]
     text_column = (task.text_columns or ["text"])[0]
     for ex in task.examples:

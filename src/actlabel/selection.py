@@ -134,6 +134,11 @@ def select_for_review(
         raise UserError(f"{store.root}: no items yet: import some first")
     if rule not in rules.RULES:
         raise UserError(f"unknown rule {rule!r} (use {', '.join(rules.RULES)})")
+    if all(m is None for m in state.machine_label):
+        raise UserError(
+            f"{store.root}: no item has a machine label, so there is nothing to select for review; "
+            "run `actlabel annotate` first (`actlabel status` shows why annotations failed)"
+        )
     reviewed = state.reviewed
     pending = state.selected & ~reviewed
     if pending.any():

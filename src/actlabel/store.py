@@ -429,9 +429,12 @@ class Store:
         Returns how many rows were new.
         """
         before = self.conn.total_changes
+        # run_id goes into the SQL as an integer literal, so the rows bind as they come: a generator
+        # that adds it to each row was a tenth of the import time.
         self.conn.executemany(
-            "INSERT OR IGNORE INTO items (item_id, data, image_path, gold_label, run_id) VALUES (?, ?, ?, ?, ?)",
-            ((item_id, data, image, gold, run_id) for item_id, data, image, gold in rows),
+            "INSERT OR IGNORE INTO items (item_id, data, image_path, gold_label, run_id)"
+            f" VALUES (?, ?, ?, ?, {int(run_id)})",
+            rows,
         )
         return self.conn.total_changes - before
 

@@ -266,7 +266,13 @@ def cached_image_features(
     out = np.full((len(paths), 1280), np.nan, dtype=np.float32)
     if readable:
         sub = [paths[i] for i in readable]
+        computed: dict[str, str] = {}
         out[readable] = cache.get_many(
-            keys, lambda idx: image_features([sub[i] for i in idx], failures=failures)
+            keys, lambda idx: image_features([sub[i] for i in idx], failures=computed)
         )
+        # The cache computes each distinct content once: copies of a bad image share its reason.
+        reason_by_key = {key: computed[p] for p, key in zip(sub, keys, strict=True) if p in computed}
+        for i, key in zip(readable, keys, strict=True):
+            if key in reason_by_key:
+                failures[paths[i]] = reason_by_key[key]
     return out

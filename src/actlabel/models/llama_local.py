@@ -387,7 +387,7 @@ class LlamaBackend:
         self._n_ctx = self._llama.n_ctx()
         self._vocab = self._llama._model.vocab
         try:
-            self._n_ctx_train = int(self._llama.n_ctx_train())
+            self._n_ctx_train = int(self._llama._model.n_ctx_train())
         except (AttributeError, TypeError, ValueError):
             self._n_ctx_train = self._n_ctx
 

@@ -3,8 +3,9 @@
 llama.cpp is native code: an illegal instruction (a library built for another CPU), a segfault or
 the kernel's OOM killer ends the whole process at once, with no Python exception to catch, and
 the records the engine had not yet flushed would be lost. The model therefore lives in a child
-process (multiprocessing "spawn": a fresh interpreter that never shares the parent's threads); this
-process sends it one call at a time over a pipe and never loads the native library itself. When
+process (a fresh interpreter started with `python -c`, so it never shares the parent's threads and,
+unlike multiprocessing's "spawn", never re-runs the user's script); this process sends it one call
+at a time over a socket pair and never loads the native library itself. When
 the child dies, the pending call raises `NativeRuntimeCrash`, which names the signal and its likely
 cause; the engine stops the run, writes everything finished, and the stage records the run as
 interrupted with that message. A re-run continues where it stopped.
@@ -16,11 +17,14 @@ against hundreds of milliseconds of model time.
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +61,13 @@ def crash_message(spec: str, exitcode: int | None) -> str:
     else:
         how = f"exited unexpectedly (status {exitcode})"
     return f"{spec}: the embedded model's native runtime {how}. Everything labelled so far is stored; re-run to continue"
+
+
+def _child(fd: int) -> None:
+    """Entry point of the child process: the first message says which model to load."""
+    conn = Connection(fd)
+    model_path, opts = conn.recv()
+    _serve(conn, model_path, opts)
 
 
 def _serve(conn: Any, model_path: str, opts: dict[str, Any]) -> None:
@@ -104,19 +115,23 @@ class IsolatedLlamaBackend:
         if not self.model_path.is_file():
             raise ModelError(f"model file not found: {self.model_path}")
         self.spec = spec or f"local/{self.model_path.name}#{self.model_path.stat().st_size}"
-        ctx = multiprocessing.get_context("spawn")
-        self._conn, child = ctx.Pipe()
+        parent, child = socket.socketpair()
+        env = dict(os.environ)
         # Set before the child starts its OpenMP runtime (see LlamaBackend); a user's setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        self._proc = ctx.Process(
-            target=_serve, args=(child, str(self.model_path), {"spec": self.spec, **opts}), daemon=True
-        )
-        self._proc.start()
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from actlabel.models.llama_worker import _child; _child(int(sys.argv[1]))",
+             str(child.fileno())],
+            pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
         child.close()
+        self._conn = Connection(parent.detach())
+        self._conn.send((str(self.model_path), {"spec": self.spec, **opts}))
         self._lock = threading.Lock()
         self._closed = False
         if not self._conn.poll(LOAD_TIMEOUT_S):
             self._proc.kill()
+            self._proc.wait()
             raise ModelError(f"{self.spec}: the model did not load within {LOAD_TIMEOUT_S} s")
         info = self._receive()
         self.n_threads = info["n_threads"]
@@ -130,13 +145,18 @@ class IsolatedLlamaBackend:
         try:
             status, value = self._conn.recv()
         except (EOFError, OSError):
-            self._proc.join(timeout=10)
-            raise NativeRuntimeCrash(crash_message(self.spec, self._proc.exitcode)) from None
+            raise NativeRuntimeCrash(crash_message(self.spec, self._exit_status())) from None
         if status == "ok":
             return value
         if status == "model_error":
             raise ModelError(value)
         raise RuntimeError(f"{self.spec}: the model process failed: {value}")
+
+    def _exit_status(self) -> int | None:
+        try:
+            return self._proc.wait(timeout=10)  # negative: killed by that signal
+        except subprocess.TimeoutExpired:
+            return None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -145,8 +165,7 @@ class IsolatedLlamaBackend:
             try:
                 self._conn.send((method, args, kwargs))
             except (BrokenPipeError, OSError):
-                self._proc.join(timeout=10)
-                raise NativeRuntimeCrash(crash_message(self.spec, self._proc.exitcode)) from None
+                raise NativeRuntimeCrash(crash_message(self.spec, self._exit_status())) from None
             return self._receive()
 
     def chat_sync(self, request: ChatRequest) -> ChatResponse:
@@ -181,16 +200,17 @@ class IsolatedLlamaBackend:
             if self._closed:
                 return
             self._closed = True
-            if self._proc.is_alive():
+            if self._proc.poll() is None:
                 try:
                     self._conn.send(("close", (), {}))
                     if self._conn.poll(30):
                         self._conn.recv()
                 except (BrokenPipeError, EOFError, OSError):
                     pass
-            self._proc.join(timeout=10)
-            if self._proc.is_alive():
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
                 self._proc.kill()
-                self._proc.join(timeout=5)
+                self._proc.wait(timeout=5)
             self._conn.close()
         self._executor.shutdown(wait=False)
