@@ -13,7 +13,7 @@ Each pool is annotated once through the real stage (`actlabel.annotate.annotate`
 model in its child process), so the figures are what a user gets; the variants below are then
 computed from what the stage stored, with no more model calls:
 - LLM raw: the argmax of the model's own label distribution (what main did, bar the prompt);
-- calibrated: contextual calibration only (a=1, b=0);
+- calibrated: the LLM divided by its mean distribution over the pool (a=1, b=0);
 - label model (zero reviews): what `annotate` stores by default (weights chosen on the examples);
 - probe only: the MiniLM logistic regression on the examples alone;
 - refine 10% / 20%: `annotate --refine` after a uniform 10% / 20% of the items were reviewed with
@@ -120,7 +120,7 @@ def evaluate(project: Project, seeds: int) -> dict[str, object]:
     ).fetchall()
     params = json.loads(
         store.conn.execute(
-            "SELECT params FROM runs WHERE stage = 'annotate' AND params LIKE '%label_model%' ORDER BY run_id DESC"
+            "SELECT params FROM runs WHERE stage = 'annotate' AND params LIKE '%pass_of%' ORDER BY run_id DESC"
         ).fetchone()[0]
     )["label_model"]
     ids = [r[0] for r in rows]
@@ -247,7 +247,7 @@ def render(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
         "",
         "Accuracy on the pool against gold (refine: on the items not reviewed, mean over seeds of the "
         "uniform review draw). Speed: labels/s of the whole annotate run (model load and the label "
-        "model's content-free and leave-one-out calls included) vs the in-run limit.",
+        "model's leave-one-out calls on the examples included) vs the in-run limit.",
         "",
         "| dataset | model | items | LLM raw | calibrated | label model | probe only | refine 10% | refine 20% | "
         "labels/s | limit labels/s | tokens/item (evaluated) |",

@@ -45,8 +45,7 @@ def test_annotate_through_endpoint_labels_every_item_with_confidence(project: Pr
         assert conf == pytest.approx(0.5 if tweet in WRONG else 0.8, abs=1e-6)
     assert calls == len(TWEETS)
     assert body["logprobs"] is True and body["top_logprobs"] == 20
-    # the answer rule is stated once, before the examples and the item (the shared prompt prefix)
-    assert "Answer with the label only" in body["messages"][0]["content"]
+    assert "Answer with the label only" in body["messages"][-1]["content"]
     assert result.done == len(TWEETS) and result.failed == 0 and result.calls == len(TWEETS)
     assert result.accuracy == pytest.approx(1 - len(WRONG) / len(TWEETS))
     line = str(result)

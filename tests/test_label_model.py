@@ -8,7 +8,7 @@ import pytest
 from actlabel import label_model as lm
 
 
-def test_content_free_calibration_removes_a_label_prior() -> None:
+def test_dividing_by_the_pool_prior_removes_a_label_prior() -> None:
     # an LLM that favours label 0 by a factor of 10 whatever the input
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 3, 300)
@@ -16,7 +16,7 @@ def test_content_free_calibration_removes_a_label_prior() -> None:
     signal[np.arange(300), truth] = 0.8
     bias = np.array([10.0, 1.0, 1.0])
     llm = lm.log_normalize(np.log(signal * bias))
-    prior = lm.content_free_prior(np.array([bias / bias.sum()] * 3))
+    prior = lm.pool_prior(np.exp(llm))
     raw_acc = (llm.argmax(1) == truth).mean()
     cal = lm.Pooling(1.0, 0.0, np.log(prior)).combine(llm, None)
     assert raw_acc < 0.75

@@ -264,32 +264,22 @@ def label_model_wanted(setting: str, spec: str) -> bool:
 
 @dataclass
 class ZeroReviewModel:
-    """What the label model learned before any review: the content-free prior, the pooling
-    weights, and the probe's scores for the items of this run."""
+    """What the label model knows before any review: each few-shot example's LLM distribution
+    with that example left out of the prompt, and the feature probe's scores for this run's items.
+    The label prior and the pooling weights are chosen once the pool is labelled (`finish`)."""
 
-    pooling: Any
-    log_prior: list[float] | None
-    example_llm_logp: list[list[float]] | None
+    example_llm_logp: np.ndarray | None
+    example_labels: np.ndarray
+    example_logq: np.ndarray | None  # the probe's leave-one-out scores of the examples
     probe_logq: dict[int, np.ndarray]
     features: str | None
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "a": self.pooling.a,
-            "b": self.pooling.b,
-            "log_prior": self.log_prior,
-            "example_llm_logp": self.example_llm_logp,
-            "features": self.features,
-            "how": self.pooling.describe(),
-        }
 
 
 async def prepare_label_model(
     store: Store, annotator: LLMAnnotator, todo: Sequence[int], *, progress: bool
 ) -> ZeroReviewModel | None:
-    """Score content-free inputs and each few-shot example (left out of its own prompt), fit the
-    feature probe on the examples, and choose the pooling weights (label_model.py). None when the
-    backend gives no label probabilities."""
+    """Score each few-shot example with itself left out of the prompt and fit the feature probe on
+    the examples (label_model.py). None when the backend gives no label probabilities."""
     import dataclasses
 
     from actlabel import label_model as lm
@@ -298,75 +288,90 @@ async def prepare_label_model(
     names = list(task.label_names)
     if not annotator.logprobs or annotator.cot:
         return None
-
-    async def probs_of(t: Any, item: Item) -> np.ndarray | None:
-        out = await annotator.label(item, task=t)
-        if isinstance(out, ParseFailure) or out.probs is None:
-            return None
-        return np.array([out.probs[n] for n in names])
-
-    cf = [await probs_of(task, _example_item(task, text, k)) for k, text in enumerate(lm.CONTENT_FREE_INPUTS)]
-    cf = [p for p in cf if p is not None]
-    if not cf:
-        return None
-    log_prior = np.log(lm.content_free_prior(np.array(cf)))
     examples = [(k, ex) for k, ex in enumerate(task.examples) if ex.text.strip() and ex.label in names]
     ex_logp, ex_labels, ex_texts = [], [], []
     for k, ex in examples[: lm.MAX_LOO_EXAMPLES]:
         others = dataclasses.replace(task, examples=[e for j, e in enumerate(task.examples) if j != k])
-        p = await probs_of(others, _example_item(task, ex.text, 100 + k))
-        if p is not None:
-            ex_logp.append(lm.safe_log(p))
+        out = await annotator.label(_example_item(task, ex.text, k), task=others)
+        if not isinstance(out, ParseFailure) and out.probs is not None:
+            ex_logp.append(lm.safe_log([out.probs[n] for n in names]))
             ex_labels.append(names.index(ex.label))
             ex_texts.append(ex.text)
-    probe_logq: dict[int, np.ndarray] = {}
-    features_name = None
-    pooling = lm.Pooling(1.0, 0.0, log_prior, "content-free calibration; no feature probe")
     ex_y = np.array(ex_labels, dtype=int)
-    if len(set(ex_labels)) >= 2:
-        try:
-            from actlabel.models.features import TEXT_MODEL, cached_text_features
-        except ImportError:  # the ml extra is not installed: the LLM alone
-            cached_text_features = None
-        if cached_text_features is not None:
-            features_name = TEXT_MODEL
-            ex_x = cached_text_features(ex_texts, store.root)
-            items = list(store.iter_items(todo))
-            texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
-            x = cached_text_features(texts, store.root)
-            probe = lm.Probe(len(names)).fit(ex_x, ex_y)
-            q = lm.safe_log(probe.predict_proba(x))
-            probe_logq = {it.rowid: q[i] for i, it in enumerate(items)}
-            loo_q = lm.loo_probe_logq(ex_x, ex_y, len(names))
-            pooling = lm.choose_pooling(
-                ex_y, np.array(ex_logp), loo_q, log_prior, source="few-shot examples (left out in turn)"
-            )
-    return ZeroReviewModel(
-        pooling,
-        log_prior.tolist(),
-        [v.tolist() for v in ex_logp] if ex_logp else None,
-        probe_logq,
-        features_name,
-    )
+    model = ZeroReviewModel(np.array(ex_logp) if ex_logp else None, ex_y, None, {}, None)
+    if len(set(ex_labels)) < 2:
+        return model
+    try:
+        from actlabel.models.features import TEXT_MODEL, cached_text_features
+    except ImportError:  # the ml extra is not installed: the LLM alone
+        return model
+    ex_x = cached_text_features(ex_texts, store.root)
+    items = list(store.iter_items(todo))
+    texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
+    q = lm.safe_log(lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(cached_text_features(texts, store.root)))
+    model.probe_logq = {it.rowid: q[i] for i, it in enumerate(items)}
+    model.example_logq = lm.loo_probe_logq(ex_x, ex_y, len(names))
+    model.features = TEXT_MODEL
+    return model
 
 
-def _apply_label_model(
-    answer: LabelAnswer, model: ZeroReviewModel, rowid: int, names: list[str]
-) -> LabelAnswer:
-    if answer.probs is None:
-        return answer
-    llm = np.log(np.clip([answer.probs[n] for n in names], 1e-12, 1.0))[None, :]
-    q = model.probe_logq.get(rowid)
-    pooled = model.pooling.combine(llm, None if q is None else q[None, :])[0]
-    best = int(pooled.argmax())
-    return LabelAnswer(
-        names[best],
-        float(pooled[best]),
-        dict(zip(names, pooled.tolist(), strict=True)),
-        answer.reasoning,
-        answer.raw,
-        llm_probs=answer.probs,
+def finish_label_model(
+    store: Store, zero: ZeroReviewModel, run_id: int, settings: str, model_name: str
+) -> dict[str, Any] | None:
+    """After the LLM pass: divide out the model's label prior (its mean distribution over the
+    pool), choose the pooling weights on the examples, and write the pooled labels of this run's
+    items as new annotation records (the latest wins) in a run of their own."""
+    from actlabel import label_model as lm
+
+    names = list(store.task.label_names)
+    rows = store.conn.execute(
+        "SELECT item_rowid, probs FROM annotations WHERE run_id = ? AND status = 'ok' AND probs IS NOT NULL",
+        (run_id,),
+    ).fetchall()
+    if not rows:
+        return None
+    raw = {r: json.loads(p) for r, p in rows}
+    llm = lm.safe_log(np.array([[raw[r][n] for n in names] for r in raw]))
+    log_prior = np.log(lm.pool_prior(np.exp(llm)))
+    if zero.example_llm_logp is not None and zero.example_logq is not None:
+        pooling = lm.choose_pooling(
+            zero.example_labels, zero.example_llm_logp, zero.example_logq, log_prior,
+            source="few-shot examples (left out in turn)",
+        )  # fmt: skip
+    else:
+        pooling = lm.Pooling(1.0, 0.0, log_prior, "no examples to choose weights: the LLM alone")
+    params = {
+        "a": pooling.a,
+        "b": pooling.b,
+        "log_prior": log_prior.tolist(),
+        "example_llm_logp": None if zero.example_llm_logp is None else zero.example_llm_logp.tolist(),
+        "features": zero.features,
+        "how": pooling.describe(),
+    }
+    pass_id = store.start_run(
+        "annotate", {"model": model_name, "settings": settings, "label_model": params, "pass_of": run_id}
     )
+    rowids = list(raw)
+    q = np.array([zero.probe_logq[r] for r in rowids]) if all(r in zero.probe_logq for r in rowids) else None
+    pooled = pooling.combine(llm, q)
+    records = []
+    for r, p in zip(rowids, pooled, strict=True):
+        best = int(p.argmax())
+        records.append(
+            {
+                "item_rowid": r,
+                "run_id": pass_id,
+                "model": model_name,
+                "label": names[best],
+                "confidence": float(p[best]),
+                "raw": json.dumps({"label_model": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}),
+                "probs": _probs_json(raw[r]),
+                "status": "ok",
+            }
+        )
+    store.add_annotations(records)
+    store.finish_run(pass_id, "done", pooling.describe())
+    return params
 
 
 # ---- the annotators ------------------------------------------------------------------------------
@@ -517,7 +522,7 @@ def resolve_annotator(store: Store, model: str | None) -> str:
 
 
 #: bump when the label model's method changes, so `annotate` relabels instead of skipping
-LABEL_MODEL_VERSION = 2
+LABEL_MODEL_VERSION = 3
 
 
 def _settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
@@ -649,7 +654,8 @@ async def annotate_async(
             _annotate_llm,
             store,
             stack,
-            label_model=label_model_wanted(label_model, stack.spec) and not batch,
+            # composite: the text LLM's distribution is pooled with the image expert's per item
+            label_model=label_model_wanted(label_model, stack.spec) and not batch and not composite,
             composite=composite,
             cot=cot,
             concurrency=concurrency or default_concurrency(stack.spec),
@@ -720,14 +726,7 @@ async def _annotate_llm(
     zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
     run_id = store.start_run(
         "annotate",
-        {
-            "model": model_name,
-            "cot": cot,
-            "templates": templates,
-            "settings": settings,
-            "limit": limit,
-            "label_model": None if zero is None else zero.params(),
-        },
+        {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit},
     )
     names = list(task.label_names)
 
@@ -737,7 +736,7 @@ async def _annotate_llm(
         outcome = await annotator.label(item)
         if isinstance(outcome, ParseFailure):
             return _failed_record(item, run_id, model_name, outcome)
-        answer = outcome if zero is None else _apply_label_model(outcome, zero, item.rowid, names)
+        answer = outcome
         if composite and item.rowid in image_probs:
             answer = _pool(answer, image_probs[item.rowid], names)
         return _ok_record(item, run_id, model_name, answer)
@@ -775,6 +774,8 @@ async def _annotate_llm(
     if engine.stopped_by_cap:
         status, message = "stopped", engine.cap_reason
     store.finish_run(run_id, status, message, **stack.usage.run_fields())
+    if zero is not None:
+        finish_label_model(store, zero, run_id, settings, model_name)
     snap = stack.usage.snapshot()
     result.done, result.failed = ok_rows, failed_rows
     result.left = len(todo) - ok_rows - failed_rows + left_after_limit

@@ -8,9 +8,12 @@ Two experts score every item over the K labels:
   human reviews.
 
 Small models carry a strong prior towards some labels (Qwen2.5-0.5B answered "negative" for 277
-of 300 tweets). Contextual calibration (Zhao et al. 2021, "Calibrate before use") divides the
-LLM's distribution by the one it gives for content-free inputs ("N/A", an empty item, "[MASK]"):
-log p_cal = log p_llm - log c. The pooled score is a weighted product of experts,
+of 300 tweets with one prompt, "positive" for half of them with another). The prior is divided out
+with the model's mean label distribution over the whole pool, c = mean_i p_llm(. | x_i): the
+label a model gives everything gets no credit for that. (Contextual calibration, Zhao et al. 2021,
+which divides by the distribution for content-free inputs such as "N/A", was measured too and
+lowered accuracy on 300 tweets from 0.437 to 0.320: a content-free input does not carry the bias
+the model shows on real items.) The pooled score is a weighted product of experts,
 
     score_k(x) = a * (log p_llm(k|x) - log c_k) + b * log q(k|x),   p = softmax(score),
 
@@ -36,8 +39,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-#: content-free inputs for contextual calibration (Zhao et al. 2021 use "N/A", "" and "[MASK]")
-CONTENT_FREE_INPUTS = ("N/A", "", "[MASK]")
 #: grids for the pooling: the probe's share w and a temperature t (a = t(1-w) on the calibrated
 #: LLM, b = t w on the feature probe)
 W_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -48,7 +49,7 @@ TIE_MARGIN = 0.02
 #: needs a large C to move the boundary at all (as the few-shot image classifier)
 PROBE_C = 10.0
 #: few-shot examples scored with themselves left out (one prompt each; more add little)
-MAX_LOO_EXAMPLES = 40
+MAX_LOO_EXAMPLES = 12
 #: folds for cross-fitted refinement
 REFINE_FOLDS = 5
 _EPS = 1e-6
@@ -64,8 +65,8 @@ def safe_log(p: np.ndarray) -> np.ndarray:
     return np.log(np.clip(np.asarray(p, dtype=float), _EPS, 1.0))
 
 
-def content_free_prior(probs: np.ndarray) -> np.ndarray:
-    """The mean label distribution over the content-free inputs, renormalised (c in the docstring)."""
+def pool_prior(probs: np.ndarray) -> np.ndarray:
+    """The model's mean label distribution over the pool, renormalised (c in the docstring)."""
     c = np.clip(np.asarray(probs, dtype=float), _EPS, None).mean(axis=0)
     return c / c.sum()
 
@@ -147,7 +148,7 @@ class Pooling:
 
     a: float = 1.0
     b: float = 0.0
-    log_prior: np.ndarray | None = None  # log c, the content-free prior (None: no calibration)
+    log_prior: np.ndarray | None = None  # log c, the pool prior (None: no calibration)
     fit_info: str = "default weights"
     table: dict[tuple[float, float], float] = field(default_factory=dict)
 
@@ -165,7 +166,7 @@ class Pooling:
         return np.exp(log_normalize(sum(parts)))
 
     def describe(self) -> str:
-        cal = "content-free calibration" if self.log_prior is not None else "no calibration"
+        cal = "divided by its pool prior" if self.log_prior is not None else "no calibration"
         return f"a={self.a:g} (LLM, {cal}), b={self.b:g} (feature probe); {self.fit_info}"
 
 
