@@ -422,10 +422,9 @@ def annotate(directory: str, **opts: Any) -> None:
 @_with_scale_options
 @click.option(
     "--strategy",
-    default="cot",
-    show_default=True,
-    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, learned, ensemble "
-    "(ensemble:cot,logit picks its members).",
+    default=None,
+    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble "
+    "(ensemble:cot,logit picks its members) [default: consistency for embedded models, else cot].",
 )
 @click.option(
     "--reasoning-tokens",

@@ -235,6 +235,11 @@ def plan(
 
 
 def _critic_line(strategy: str, members: list[str] | None, critic: str, annotator_llm: str | None) -> str:
+    if strategy == "consistency":
+        return (
+            "critic: consistency (label model + neighbours on MiniLM / EfficientNet features + the "
+            "annotator's confidence; no reviews): no model calls"
+        )
     if strategy == "learned":
         return "critic: learned (an error model trained on reviewed items; MiniLM / EfficientNet features): no model calls"
     if strategy == "ensemble":
