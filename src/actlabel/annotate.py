@@ -308,7 +308,9 @@ async def prepare_label_model(
     ex_x = cached_text_features(ex_texts, store.root)
     items = list(store.iter_items(todo))
     texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
-    q = lm.safe_log(lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(cached_text_features(texts, store.root)))
+    q = lm.safe_log(
+        lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(cached_text_features(texts, store.root))
+    )
     model.probe_logq = {it.rowid: q[i] for i, it in enumerate(items)}
     model.example_logq = lm.loo_probe_logq(ex_x, ex_y, len(names))
     model.features = TEXT_MODEL
@@ -364,7 +366,9 @@ def finish_label_model(
                 "model": model_name,
                 "label": names[best],
                 "confidence": float(p[best]),
-                "raw": json.dumps({"label_model": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}),
+                "raw": json.dumps(
+                    {"label_model": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}
+                ),
                 "probs": _probs_json(raw[r]),
                 "status": "ok",
             }
