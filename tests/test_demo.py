@@ -64,5 +64,6 @@ def test_every_documented_dataset_runs_end_to_end(tmp_path: Path, dataset: str) 
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "Downstream test accuracy" in r.stdout and "random review, same budget" in r.stdout
-    assert "of the machine-to-human gap" in r.stdout or "no gap to close" in r.stdout
+    out = " ".join(r.stdout.split())  # the summary table wraps its cells at the terminal's width
+    assert "Downstream test accuracy" in out and "random review, same" in out
+    assert "of the machine-to-human gap" in out or "no gap to close" in out

@@ -380,7 +380,7 @@ def _random_review_row(
             clf.fit(train_x, machine, np.where(reviewed, gold, -1), reviewed, pi).score(test_x, test_y)
         )
     return {
-        "training data": f"random review, same budget (mean of {RANDOM_REVIEW_SEEDS} draws)",
+        "training data": f"random review, same budget, labels not refined (mean of {RANDOM_REVIEW_SEEDS} draws)",
         "test accuracy": round(float(np.mean(accs)), 4),
         "human reviews": budget,
         "budget (share of items)": round(budget / n, 4),
@@ -436,7 +436,9 @@ def run_demo(
         store.acquire_writer("demo")
         _say(progress, "annotating every item with the embedded model")
         _say(progress, str(annotate(store, model=model, progress=progress)))
-        if llm_critic and spec.kind != "image":
+        # Before the pilot only: once reviews refine the labels, the learned critic takes over (an
+        # LLM critic re-run on the refined labels would pay for new calls on every re-run).
+        if llm_critic and spec.kind != "image" and _rounds(project) == 0:
             _say(progress, f"criticizing with the embedded LLM ({llm_critic})")
             _say(progress, str(critique(store, model=model, strategy=llm_critic, progress=progress)))
         if _rounds(project) == 0:
