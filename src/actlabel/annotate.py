@@ -356,23 +356,10 @@ def finish_label_model(
     rowids = list(raw)
     q = np.array([zero.probe_logq[r] for r in rowids]) if all(r in zero.probe_logq for r in rowids) else None
     pooled = pooling.combine(llm, q)
-    records = []
-    for r, p in zip(rowids, pooled, strict=True):
-        best = int(p.argmax())
-        records.append(
-            {
-                "item_rowid": r,
-                "run_id": pass_id,
-                "model": model_name,
-                "label": names[best],
-                "confidence": float(p[best]),
-                "raw": json.dumps(
-                    {"label_model": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}
-                ),
-                "probs": _probs_json(raw[r]),
-                "status": "ok",
-            }
-        )
+    records = [
+        distribution_record(r, pass_id, model_name, names, p, "label_model", _probs_json(raw[r]))
+        for r, p in zip(rowids, pooled, strict=True)
+    ]
     store.add_annotations(records)
     store.finish_run(pass_id, "done", pooling.describe())
     return params
@@ -442,6 +429,25 @@ class LLMAnnotator:
             text,
             text + "\nAnswer:" + done.value.raw,
         )
+
+
+def distribution_record(
+    rowid: int, run_id: int, model: str, names: list[str], p: np.ndarray, kind: str, probs: str | None
+) -> dict[str, Any]:
+    """An ok annotation whose label is the argmax of a recomputed distribution `p` (the label
+    model's pass, refinement), kept in `raw` under `kind`; `probs` is the annotator's own
+    distribution, carried over unchanged."""
+    best = int(p.argmax())
+    return {
+        "item_rowid": rowid,
+        "run_id": run_id,
+        "model": model,
+        "label": names[best],
+        "confidence": float(p[best]),
+        "raw": json.dumps({kind: {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}),
+        "probs": probs,
+        "status": "ok",
+    }
 
 
 def _probs_json(probs: dict[str, float] | None) -> str | None:

@@ -21,6 +21,7 @@ import numpy as np
 
 from actlabel import label_model as lm
 from actlabel import prompting
+from actlabel.annotate import distribution_record
 from actlabel.errors import UserError
 from actlabel.store import Store
 
@@ -171,25 +172,11 @@ def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
         },
     )
     model_name = f"{base_model}+refined({len(reviewed_rows)} reviews)"
-    records, changed = [], 0
-    for i, r in enumerate(rowids):
-        p = result.probs[i]
-        best = int(p.argmax())
-        changed += names[best] != current[r][0]
-        records.append(
-            {
-                "item_rowid": r,
-                "run_id": run_id,
-                "model": model_name,
-                "label": names[best],
-                "confidence": float(p[best]),
-                "raw": json.dumps(
-                    {"refined": {n: round(float(v), 6) for n, v in zip(names, p, strict=True)}}
-                ),
-                "probs": current[r][1],
-                "status": "ok",
-            }
-        )
+    records = [
+        distribution_record(r, run_id, model_name, names, result.probs[i], "refined", current[r][1])
+        for i, r in enumerate(rowids)
+    ]
+    changed = sum(rec["label"] != current[rec["item_rowid"]][0] for rec in records)
     before = _gold_accuracy(items, [current[r][0] for r in rowids])
     store.add_annotations(records)
     store.finish_run(run_id, "done", None)
