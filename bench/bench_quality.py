@@ -471,13 +471,24 @@ def run_random(name: str, pool: Path, seed: int, budget: int) -> dict:
     }
 
 
-def run_act(name: str, pool: Path, seed: int, budget: int, rule: str) -> dict:
+def run_act(
+    name: str,
+    pool: Path,
+    seed: int,
+    budget: int,
+    rule: str,
+    rounds_after_pilot: int | None = None,
+    uniform: float | None = None,
+) -> dict:
     """The demo's pipeline at a fixed total budget: pilot, review, refine, stacked critic, then
-    ROUNDS rounds of `rule` + 5% uniform, each reviewed and learned from."""
+    ROUNDS rounds of `rule` + UNIFORM_SHARE uniform, each reviewed and learned from (the
+    `design` grid varies both)."""
     from actlabel.review.simulate import simulate_review
     from actlabel.selection import select_for_review
 
-    run = _copy(pool, f"{name}-{rule}-{budget}-{seed}")
+    n_rounds = ROUNDS if rounds_after_pilot is None else rounds_after_pilot
+    share = UNIFORM_SHARE if uniform is None else uniform
+    run = _copy(pool, f"{name}-{rule}-{budget}-{seed}-{n_rounds}-{share}")
     t0 = time.perf_counter()
     with Project(run) as project:
         store = project.store
@@ -491,10 +502,10 @@ def run_act(name: str, pool: Path, seed: int, budget: int, rule: str) -> dict:
         simulate_review(store, source="gold", error_rate=0.0, seed=seed)
         _learn(store)
         rounds = 1
-        while rounds <= ROUNDS and _reviewed(store) < target:
-            left = ROUNDS + 1 - rounds
+        while rounds <= n_rounds and _reviewed(store) < target:
+            left = n_rounds + 1 - rounds
             size = max(1, -(-(target - _reviewed(store)) // left))
-            select_for_review(store, budget=str(size), rule=rule, uniform=UNIFORM_SHARE, seed=seed + rounds)
+            select_for_review(store, budget=str(size), rule=rule, uniform=share, seed=seed + rounds)
             simulate_review(store, source="gold", error_rate=0.0, seed=seed)
             _learn(store)
             rounds += 1
@@ -561,6 +572,72 @@ def run_grid(
                             **res,
                         }
                     )
+
+
+def run_design(
+    names: list[str], seeds: list[int], budget: int, rule: str, rounds: list[int], uniforms: list[float]
+) -> None:
+    """The review design after the pilot: K rounds (the critic retrained after each) x the uniform
+    share of each round, at one budget; the demo's and `actlabel run`'s defaults come from it."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    done = _done()
+    for name in names:
+        pool_baselines(name, pool_path(name), seeds, done)
+    for seed in seeds:
+        for name in names:
+            pool = pool_path(name)
+            for k in rounds:
+                for u in uniforms:
+                    key = f"{name}|design|{rule}|{budget}|{k}|{u}|{seed}"
+                    if key in done:
+                        continue
+                    res = run_act(name, pool, seed, budget, rule, rounds_after_pilot=k, uniform=u)
+                    _record({
+                        "key": key, "kind": "design", "dataset": name, "rule": rule, "budget": budget,
+                        "rounds": k, "uniform": u, "seed": seed, **res,
+                    })  # fmt: skip
+
+
+def render_design(rows: list[dict], command: str, started: str) -> str | None:
+    """Mean +- standard error of each design cell, with the share of the gap closed."""
+    design = [r for r in rows if r.get("kind") == "design"]
+    if not design:
+        return None
+    full: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if r.get("kind") == "full":
+            for src in ("human", "machine"):
+                for m in MODELS:
+                    full.setdefault(r["dataset"], {}).setdefault(f"{src}-{m}", []).append(r[src][m])
+    lines = [
+        f"Command: `{command}`. {machine_line()}. Started {started}.",
+        "",
+        "After the pilot, the rest of the budget is spent in K rounds of the rule plus a uniform share u "
+        "of each round; the critic and the labels learn from the reviews after every round. "
+        "Downstream accuracy (linear / MLP, mean +- s.e. over seeds) and the share of the "
+        "machine-to-human gap closed (linear).",
+        "",
+        "| dataset | budget | rule | K | u | seeds | final label acc. | critic AUROC (unreviewed) | "
+        "downstream linear | downstream MLP | gap closed (linear) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cells: dict[tuple, list[dict]] = {}
+    for r in design:
+        cells.setdefault((r["dataset"], r["budget"], r["rule"], r["rounds"], r["uniform"]), []).append(r)
+    for (name, budget, rule, k, u), rs in sorted(cells.items()):
+        lin = _mse([r["downstream"]["linear"] for r in rs])
+        mlp = _mse([r["downstream"]["mlp"] for r in rs])
+        fin = _mse([r["final_acc"] for r in rs])
+        auc = _mse([r["critic"]["auroc"] for r in rs])
+        hum = np.mean(full.get(name, {}).get("human-linear", [np.nan]))
+        mac = np.mean(full.get(name, {}).get("machine-linear", [np.nan]))
+        share = _share(float(hum), float(mac), lin[0])
+        closed = "-" if share is None else f"{share:.0%}"
+        lines.append(
+            f"| {name} | {budget}% | {rule} | {k} | {u:g} | {len(rs)} | {_fmt(fin)} | {_fmt(auc)} | "
+            f"{_fmt(lin)} | {_fmt(mlp)} | {closed} |"
+        )
+    return "\n".join(lines)
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -859,10 +936,11 @@ def report(command: str) -> None:
         raise SystemExit(f"no results in {RESULTS} yet")
     doc_dir = Path(__file__).resolve().parent.parent / "docs"
     plot(summary, doc_dir / "img")
-    write_section(
-        "Quality: ACT vs full human labels (bench_quality)",
-        render(summary, command, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())),
-    )
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    write_section("Quality: ACT vs full human labels (bench_quality)", render(summary, command, started))
+    design = render_design(load_results(), "python bench/bench_quality.py design", started)
+    if design:
+        write_section("Review design: rounds and uniform share (bench_quality design)", design)
 
 
 def main() -> None:
@@ -881,6 +959,13 @@ def main() -> None:
     r.add_argument("--budgets", default="5,10,20,30")
     r.add_argument("--rules", default="threshold,exponential")
     r.add_argument("--normalized-at", type=int, default=20)
+    d = sub.add_parser("design", help="K rounds x uniform share at one budget")
+    d.add_argument("--datasets", default="fashion,tweets60")
+    d.add_argument("--seeds", default="0,1,2")
+    d.add_argument("--budget", type=int, default=20)
+    d.add_argument("--rule", default="threshold")
+    d.add_argument("--rounds", default="1,2,3")
+    d.add_argument("--uniform", default="0.05,0.1,0.2")
     w = sub.add_parser("report", help="write the docs section and plots from the results so far")
     w.add_argument("--command", default="python bench/bench_quality.py run", help="the run command to cite")
     args = ap.parse_args()
@@ -891,6 +976,15 @@ def main() -> None:
             print(name, prepare(name, args.size), flush=True)
     elif args.cmd == "truncate":
         print(truncate(args.dataset, args.size, args.first), flush=True)
+    elif args.cmd == "design":
+        run_design(
+            args.datasets.split(","),
+            [int(x) for x in args.seeds.split(",")],
+            args.budget,
+            args.rule,
+            [int(x) for x in args.rounds.split(",")],
+            [float(x) for x in args.uniform.split(",")],
+        )
     elif args.cmd == "run":
         run_grid(
             args.datasets.split(","),

@@ -82,3 +82,32 @@ def test_cot_annotation_then_devil_through_llama(small_project: Project, smollm2
     assert all(reasons)
     out = critique(store, backend=smollm2, strategy="devil", progress=False, max_tokens=24, limit=2)
     assert out.done + out.failed == 2
+
+
+def test_cli_local_model_options_reach_the_critic(tmp_path) -> None:
+    """--n-ctx and --threads on `critique` go to the embedded critic: a context too small for the
+    critic's prompt fails every item with the reason, one that fits succeeds."""
+    pytest.importorskip("llama_cpp")
+    import subprocess
+    import sys
+
+    from .conftest import TWEETS, write_csv
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "actlabel.cli", *args], capture_output=True, text=True, timeout=300
+        )
+
+    proj = str(tmp_path / "proj")
+    data = write_csv(tmp_path / "t.csv", [{"text": t, "gold": g} for t, g in TWEETS[:3]])
+    assert cli("init", proj, "--labels", "positive,negative,neutral").returncode == 0
+    assert cli("import", proj, str(data), "--text", "text", "--gold", "gold").returncode == 0
+    r = cli("annotate", proj, "--model", MODEL, "--label-model", "off", "--threads", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    r = cli("critique", proj, "--strategy", "logit", "--model", MODEL, "--n-ctx", "256", "--no-progress")
+    assert r.returncode == 1 and "context" in r.stderr, (r.stdout, r.stderr)
+    r = cli("critique", proj, "--strategy", "logit", "--model", MODEL, "--n-ctx", "2048", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "3 ok" in r.stdout or "done 3" in r.stdout or "3 criticized" in r.stdout, r.stdout
+    r = cli("critique", proj, "--strategy", "consistency", "--threads", "2")
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "--threads" in r.stderr, r.stderr

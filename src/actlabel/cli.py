@@ -434,12 +434,16 @@ def annotate(directory: str, **opts: Any) -> None:
     show_default=True,
     help="The most tokens of reasoning per item (cot, devil, cot-logit, cot-ppl).",
 )
+@_with_local_model_options
 def critique(directory: str, **opts: Any) -> None:
     """Stage 2: a critic estimates each machine label's probability of being wrong."""
+    backend_options = _local_backend_options(opts)
     fn = _stage("critique", "critique")
     with _open(directory) as project:
         project.store.acquire_writer("critique")
-        result = fn(project.store, progress=not opts.pop("no_progress"), **opts)
+        result = fn(
+            project.store, progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
+        )
         click.echo(str(result))
         _report_failures(project, "critiques", result)
 

@@ -365,12 +365,14 @@ def critique(
     wait: bool = False,
     engine: str = "async",
     workers: int | None = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     """Criticize the current machine labels with `strategy` (None: default_strategy). See the
     module docstring.
 
     backend: a ready Backend instead of loading a model (tests, benchmarks).
     max_tokens: the budget of a critic's reasoning (cot, devil, cot-logit, cot-ppl analyses).
+    backend_options go to the backend's constructor (n_ctx=, n_threads= for local models).
     """
     return run_async(
         critique_async(
@@ -391,6 +393,7 @@ def critique(
             wait=wait,
             engine=engine,
             workers=workers,
+            backend_options=backend_options,
         )
     )
 
@@ -414,6 +417,7 @@ async def critique_async(
     wait: bool = False,
     engine: str = "async",
     workers: int | None = None,
+    backend_options: dict[str, Any] | None = None,
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     if strategy is None:
         strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
@@ -423,8 +427,8 @@ async def critique_async(
     if not current_annotations(store):
         raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
     if name in OFFLINE_STRATEGIES:
-        if model or backend is not None:
-            raise UserError(f"the {name} critic uses no chat model; drop --model")
+        if model or backend is not None or backend_options:
+            raise UserError(f"the {name} critic uses no chat model; drop --model, --n-ctx and --threads")
         return _critique_offline(store, name, members, limit=limit, seed=seed)
     cls = LLM_STRATEGIES[name]
     cap = make_cap(max_cost, max_total_tokens)
@@ -440,6 +444,8 @@ async def critique_async(
                 f"{len(targets)} machine labels have none: annotate with --cot first (actlabel annotate DIR --cot)"
             )
     check_scale_options(spec, batch=batch, wait=wait, engine=engine, workers=workers)
+    if backend_options and not spec.startswith("local/"):
+        raise UserError(f"--n-ctx and --threads apply to local/ models only; the critic model is {spec}")
     # The hash of the strategy's own templates: editing one strategy's prompt does not invalidate
     # the others' cached answers (cot-logit and cot-ppl declare the same templates, so their
     # identical analysis request is shared).
@@ -451,6 +457,7 @@ async def critique_async(
         templates=cls.templates,
         engine=engine,
         workers=workers,
+        backend_options=backend_options,
     )
     try:
         run = functools.partial(

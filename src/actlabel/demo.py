@@ -320,22 +320,32 @@ def _downstream(
         ]
     )
     keep = machine >= 0
+    # "Machine labels alone" are the annotator's, before any review refined them: the refined
+    # labels already carry what the reviews taught, so they belong to ACT, not to its baseline.
+    from actlabel.refine import unrefined_labels
+
+    alone = unrefined_labels(project.store)
+    unrefined = np.array(
+        [names.index(alone[int(r)]) if int(r) in alone else machine[k] for k, r in enumerate(state.rowids)]
+    )
     pi = np.where(reviewed, np.nan_to_num(state.review_prob, nan=1.0), 1.0)
     _say(progress, "training downstream classifiers on frozen features (full human, full machine, ACT)")
     rows = compare_training_sets(
         train_x[keep], test_x, test_y, gold=gold[keep], machine=machine[keep], human=human[keep],
         reviewed=reviewed[keep], review_prob=pi[keep], n_classes=len(names), seed=seed,
+        machine_alone=unrefined[keep],
     )  # fmt: skip
     table = [r.as_dict() for r in rows]
     table.append(
         _random_review_row(
+            project,
+            np.asarray(state.rowids)[keep],
             train_x[keep],
             test_x,
             test_y,
             gold[keep],
-            machine[keep],
+            unrefined[keep],
             int(reviewed[keep].sum()),
-            len(names),
             seed,
         )
     )
@@ -355,32 +365,42 @@ RANDOM_REVIEW_SEEDS = 3
 
 
 def _random_review_row(
+    project: Project,
+    rowids: np.ndarray,
     train_x: np.ndarray,
     test_x: np.ndarray,
     test_y: np.ndarray,
     gold: np.ndarray,
-    machine: np.ndarray,
+    unrefined: np.ndarray,
     budget: int,
-    n_classes: int,
     seed: int,
 ) -> dict[str, Any]:
-    """The baseline ACT must beat: the same number of reviews spent uniformly at random, trained
-    with the same ACT loss (review_prob = budget / N for every item)."""
+    """The baseline ACT must beat: the same number of reviews spent uniformly at random, the
+    machine labels refined with those reviews exactly as ACT's are (cross-fitted, nothing stored),
+    trained with the same ACT loss (review_prob = budget / N for every item)."""
     from actlabel.downstream import LinearACTClassifier
+    from actlabel.refine import MIN_REVIEWS, refined_distributions
 
+    names = project.task.label_names
     n = len(gold)
     accs = []
     for s in range(RANDOM_REVIEW_SEEDS):
         rng = np.random.default_rng(seed + 1000 + s)
         reviewed = np.zeros(n, dtype=bool)
         reviewed[rng.choice(n, size=min(budget, n), replace=False)] = True
+        machine = unrefined
+        if reviewed.sum() >= MIN_REVIEWS:
+            draw = {int(r): names[int(g)] for r, g, d in zip(rowids, gold, reviewed, strict=True) if d}
+            ref = refined_distributions(project.store, draw)
+            label_of = dict(zip(ref.rowids, ref.probs.argmax(axis=1), strict=True))
+            machine = np.array([label_of.get(int(r), m) for r, m in zip(rowids, unrefined, strict=True)])
         pi = np.full(n, max(budget, 1) / n)
-        clf = LinearACTClassifier(n_classes, seed=seed)
+        clf = LinearACTClassifier(len(names), seed=seed)
         accs.append(
             clf.fit(train_x, machine, np.where(reviewed, gold, -1), reviewed, pi).score(test_x, test_y)
         )
     return {
-        "training data": f"random review, same budget, labels not refined (mean of {RANDOM_REVIEW_SEEDS} draws)",
+        "training data": f"random review, same budget, labels refined the same way (mean of {RANDOM_REVIEW_SEEDS} draws)",
         "test accuracy": round(float(np.mean(accs)), 4),
         "human reviews": budget,
         "budget (share of items)": round(budget / n, 4),

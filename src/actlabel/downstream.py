@@ -246,22 +246,28 @@ def compare_training_sets(
     max_weight: float | None = None,
     seed: int = 0,
     loss: LossKind = "clip",
+    machine_alone: np.ndarray | None = None,
 ) -> list[DownstreamRow]:
     """Test accuracy with full human (gold) labels, full machine labels, and the ACT data.
 
-    Label arrays are class indices; `human` is only read where `reviewed`.
+    Label arrays are class indices; `human` is only read where `reviewed`. `machine_alone`: the
+    machine labels as made with no review (default `machine`), for the full-machine row, where
+    `machine` was refined with the reviews.
     """
     n = len(gold)
     all_rev, none_rev = np.ones(n, dtype=bool), np.zeros(n, dtype=bool)
     ones = np.ones(n)
+    alone = machine if machine_alone is None else machine_alone
 
-    def acc(h: np.ndarray, d: np.ndarray, pi: np.ndarray) -> float:
+    def acc(m: np.ndarray, h: np.ndarray, d: np.ndarray, pi: np.ndarray) -> float:
         clf = LinearACTClassifier(n_classes, l2=l2, max_weight=max_weight, seed=seed, loss=loss)
-        return clf.fit(train_x, machine, h, d, pi).score(test_x, test_y)
+        return clf.fit(train_x, m, h, d, pi).score(test_x, test_y)
 
     k = int(np.asarray(reviewed).sum())
     return [
-        DownstreamRow("full human labels", acc(gold, all_rev, ones), n, 1.0),
-        DownstreamRow("full machine labels", acc(gold, none_rev, ones), 0, 0.0),
-        DownstreamRow("ACT (machine + reviews, ACT loss)", acc(human, reviewed, review_prob), k, k / n),
+        DownstreamRow("full human labels", acc(machine, gold, all_rev, ones), n, 1.0),
+        DownstreamRow("full machine labels", acc(alone, gold, none_rev, ones), 0, 0.0),
+        DownstreamRow(
+            "ACT (machine + reviews, ACT loss)", acc(machine, human, reviewed, review_prob), k, k / n
+        ),
     ]

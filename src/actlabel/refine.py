@@ -112,14 +112,81 @@ def _base_params(store: Store) -> dict[str, Any]:
     return {}
 
 
+@dataclass
+class Refinement:
+    """Refined label distributions of the items with a machine label (rowids in store order)."""
+
+    rowids: list[int]
+    items: list[Any]
+    probs: np.ndarray
+    current: dict[int, tuple[str, str | None, str, int]]
+    reviewed_rows: list[int]
+    how: str
+    label_model: dict[str, Any]
+    base: dict[str, Any]
+
+
 def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
     started = time.monotonic()
+    names = list(store.task.label_names)
+    reviews = {r: lab for r, lab in _latest_reviews(store).items() if lab in names}
+    ref = refined_distributions(store, reviews)
+    models = {ref.current[r][2] for r in ref.rowids}
+    base_model = models.pop() if len(models) == 1 else "mixed annotators"
+    base_model = base_model.split("+refined(")[0]
+    run_id = store.start_run(
+        "annotate",
+        {
+            "model": f"{base_model}+refined",
+            "refine": True,
+            "settings": ref.base.get("settings"),
+            "label_model": ref.label_model or None,
+            "reviews": len(ref.reviewed_rows),
+            "how": ref.how,
+        },
+    )
+    model_name = f"{base_model}+refined({len(ref.reviewed_rows)} reviews)"
+    records = [
+        distribution_record(r, run_id, model_name, names, ref.probs[i], "refined", ref.current[r][1])
+        for i, r in enumerate(ref.rowids)
+    ]
+    changed = sum(rec["label"] != ref.current[rec["item_rowid"]][0] for rec in records)
+    before = _gold_accuracy(ref.items, [ref.current[r][0] for r in ref.rowids])
+    store.add_annotations(records)
+    store.finish_run(run_id, "done", None)
+    after = _gold_accuracy(ref.items, [rec["label"] for rec in records])
+    return RefineSummary(
+        refined=len(records),
+        changed=changed,
+        reviews=len(ref.reviewed_rows),
+        how=ref.how,
+        accuracy_before=before[0],
+        accuracy_after=after[0],
+        gold_items=after[1],
+        elapsed=time.monotonic() - started,
+    )
+
+
+def unrefined_labels(store: Store) -> dict[int, str]:
+    """rowid -> the latest ok machine label that no review informed (the annotate run's own,
+    label-model pass included): the "machine labels alone" baseline."""
+    rows = store.conn.execute(
+        "SELECT a.item_rowid, a.label FROM annotations a JOIN (SELECT item_rowid, max(id) AS id "
+        "FROM annotations WHERE status = 'ok' AND model NOT LIKE '%+refined(%' GROUP BY item_rowid) l "
+        "ON l.id = a.id"
+    ).fetchall()
+    return dict(rows)
+
+
+def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
+    """What refine_labels would write given `reviews` (rowid -> human label), without writing it:
+    the demo's and the benchmarks' random-review baseline refines with its own draw this way."""
     task = store.task
     names = list(task.label_names)
     current = _latest_ok_annotations(store)
     if not current:
         raise UserError("no machine labels to refine: run `actlabel annotate` first")
-    reviews = {r: lab for r, lab in _latest_reviews(store).items() if lab in names}
+    reviews = {r: lab for r, lab in reviews.items() if lab in names and r in current}
     if len(reviews) < MIN_REVIEWS:
         raise UserError(
             f"--refine learns from reviews and there are {len(reviews)}; it needs at least {MIN_REVIEWS}: "
@@ -152,44 +219,20 @@ def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
         example_llm_logp=example_llm_logp,
         folds=lm.fold_of([it.item_id for it in items]),
     )
-    models = {current[r][2] for r in rowids}
-    base_model = models.pop() if len(models) == 1 else "mixed annotators"
-    base_model = base_model.split("+refined(")[0]
     weights = sorted({(p.a, p.b) for p in result.poolings})
     how = (
         f"cross-fitted over {len(result.poolings)} folds on {feature_names}; pooling weights (a, b) per fold "
         + ", ".join(f"({a:g}, {b:g})" for a, b in weights)
     )
-    run_id = store.start_run(
-        "annotate",
-        {
-            "model": f"{base_model}+refined",
-            "refine": True,
-            "settings": base.get("settings"),
-            "label_model": label_model or None,
-            "reviews": len(reviewed_rows),
-            "how": how,
-        },
-    )
-    model_name = f"{base_model}+refined({len(reviewed_rows)} reviews)"
-    records = [
-        distribution_record(r, run_id, model_name, names, result.probs[i], "refined", current[r][1])
-        for i, r in enumerate(rowids)
-    ]
-    changed = sum(rec["label"] != current[rec["item_rowid"]][0] for rec in records)
-    before = _gold_accuracy(items, [current[r][0] for r in rowids])
-    store.add_annotations(records)
-    store.finish_run(run_id, "done", None)
-    after = _gold_accuracy(items, [rec["label"] for rec in records])
-    return RefineSummary(
-        refined=len(records),
-        changed=changed,
-        reviews=len(reviewed_rows),
+    return Refinement(
+        rowids=rowids,
+        items=items,
+        probs=np.asarray(result.probs),
+        current=current,
+        reviewed_rows=reviewed_rows,
         how=how,
-        accuracy_before=before[0],
-        accuracy_after=after[0],
-        gold_items=after[1],
-        elapsed=time.monotonic() - started,
+        label_model=label_model,
+        base=base,
     )
 
 
