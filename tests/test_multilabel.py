@@ -57,12 +57,12 @@ def make_multilabel_project(root: Path, n: int = 8, *, budget: int = 4) -> Path:
     table = root.parent / f"{root.name}-items.csv"
     with table.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["text", "gold"])
+        w.writerow(["id", "text", "gold"])
         for i in range(n):
-            w.writerow([f"item {i}", GOLD[i % len(GOLD)] or "[]"])
+            w.writerow([f"it{i:04d}", f"item {i}", GOLD[i % len(GOLD)] or "[]"])
     examples = [Example("earn", "profits rose"), Example("crude|ship", "oil tanker"), Example("", "weather")]
     with Project.init(root, LABELS, examples=examples, multi_label=True) as project:
-        project.import_file(table, text_columns=["text"], gold_column="gold")
+        project.import_file(table, text_columns=["text"], gold_column="gold", id_column="id")
         backend = ScriptedBackend(_oracle, choice_logprobs=_confidence)
         annotate(project.store, backend=backend, progress=False)
         critique(project.store, progress=False)
@@ -288,3 +288,30 @@ def test_single_label_critics_refuse_multi_label_tasks(tmp_path: Path) -> None:
         pytest.raises(UserError, match="multi-label tasks use --strategy per-label"),
     ):
         critique(store, strategy="consistency", progress=False)
+
+
+def test_label_studio_and_argilla_files_carry_sets_both_ways(tmp_path: Path) -> None:
+    from actlabel.review.adapters import export_for_tool, import_from_tool
+
+    root = make_multilabel_project(tmp_path / "p", 8, budget=4)
+    with Store.open(root) as store:
+        assert export_for_tool(store, tmp_path / "tasks.json", "labelstudio") == 4
+        assert export_for_tool(store, tmp_path / "records.json", "argilla") == 4
+        assert 'choice="multiple"' in (tmp_path / "tasks.labelstudio.xml").read_text()
+        tasks = json.loads((tmp_path / "tasks.json").read_text())
+        assert all(isinstance(t["predictions"][0]["result"][0]["value"]["choices"], list) for t in tasks)
+        records = json.loads((tmp_path / "records.json").read_text())
+        assert isinstance(records[0]["suggestions"][0]["value"], list)
+        for n, t in enumerate(tasks):
+            t["annotations"] = [{"id": n, "result": [{"from_name": "label", "type": "choices",
+                                                      "value": {"choices": ["grain", "earn"] if n else []}}]}]  # fmt: skip
+        (tmp_path / "done.json").write_text(json.dumps(tasks))
+        result = import_from_tool(store, tmp_path / "done.json", "labelstudio")
+        assert result.reviews == 4
+        got = sorted(r[0] for r in store.conn.execute("SELECT label FROM reviews"))
+        assert got == sorted(["[]"] + ['["earn","grain"]'] * 3)
+        tasks[1]["annotations"][0]["result"][0]["value"]["choices"] = ["grain", "bogus"]
+        (tmp_path / "bad.json").write_text(json.dumps(tasks))
+        with pytest.raises(UserError, match="'bogus' is not one of the task's labels"):
+            import_from_tool(store, tmp_path / "bad.json", "labelstudio")
+        assert store.count("reviews") == 4

@@ -230,12 +230,12 @@ def test_kill_the_server_after_saves_loses_nothing(tmp_path: Path, page_factory:
 def test_multi_label_item_by_keyboard_ticks_and_saves_sets(tmp_path: Path, page_factory: Any) -> None:
     """Issue 15: a multi-label item shows checkboxes ticked with the machine set; number keys toggle
     them, Enter saves the ticked set (none ticked: the empty set), `a` accepts the machine set."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from actlabel import multilabel
 
     from .test_multilabel import LABELS as ML_LABELS
     from .test_multilabel import make_multilabel_project
-
-    from concurrent.futures import ThreadPoolExecutor
 
     # built in a thread of its own: Playwright's sync API keeps an event loop running in this one
     with ThreadPoolExecutor(1) as pool:
