@@ -329,3 +329,21 @@ def test_report_shows_set_metrics_and_per_label_auroc(tmp_path: Path) -> None:
     row = re.search(r"<tr><td>ship</td><td class=num>(\d+)</td><td class=num>([^<]+)</td></tr>", page)
     assert row is not None and int(row.group(1)) > 0 and float(row.group(2)) == 1.0
     assert re.search(r"<tr><td>earn</td><td class=num>0</td><td class=num>n/a", page)
+
+
+def test_terminal_review_takes_sets(tmp_path: Path) -> None:
+    import io
+
+    from actlabel.review.terminal import run_terminal_review
+
+    root = make_multilabel_project(tmp_path / "p", 8, budget=3)
+    out = io.StringIO()
+    with Store.open(root) as store:
+        saved = run_terminal_review(
+            store, reviewer="Ada", stdin=io.StringIO("1,zebra\n1,gr\n-\na\nq\n"), stdout=out
+        )
+        got = [r[0] for r in store.conn.execute("SELECT label FROM reviews ORDER BY id")]
+        machine = store.latest("annotations", ("label",))
+        last = store.conn.execute("SELECT item_rowid FROM reviews ORDER BY id DESC LIMIT 1").fetchone()[0]
+    assert saved == 3 and "No label matches 'zebra'" in out.getvalue()
+    assert got == ['["earn","grain"]', "[]", machine[last][0]]

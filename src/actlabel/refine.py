@@ -115,6 +115,10 @@ def _base_params(store: Store) -> dict[str, Any]:
 def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
     started = time.monotonic()
     task = store.task
+    if task.multi_label:
+        raise UserError(
+            "--refine relabels single-label tasks; a multi-label task's labels come from `annotate`"
+        )
     names = list(task.label_names)
     current = _latest_ok_annotations(store)
     if not current:
