@@ -347,3 +347,37 @@ def test_terminal_review_takes_sets(tmp_path: Path) -> None:
         last = store.conn.execute("SELECT item_rowid FROM reviews ORDER BY id DESC LIMIT 1").fetchone()[0]
     assert saved == 3 and "No label matches 'zebra'" in out.getvalue()
     assert got == ['["earn","grain"]', "[]", machine[last][0]]
+
+
+def test_rate_matching_recovers_sets_from_a_compressed_llm(tmp_path: Path) -> None:
+    """A model whose P(yes) is 0.40 where a label applies and 0.30 where not says no to everything;
+    rate matching (label model on) shifts each label so the pool's yes-rate is the examples' rate."""
+    truth = {f"word {i}": {"a"} if i % 4 == 0 else ({"b"} if i % 4 == 1 else set()) for i in range(20)}
+
+    def answer(request) -> str:  # noqa: ANN001
+        return "no"
+
+    def probs(request, text: str) -> dict[str, float]:  # noqa: ANN001
+        item, label = _question(request)
+        p = 0.40 if label in truth[item.split(": ", 1)[1]] else 0.30
+        return {"yes": p, "no": 1 - p}
+
+    table = tmp_path / "items.csv"
+    table.write_text(
+        "text,gold\n" + "".join(f"{w},{'|'.join(sorted(s)) or '[]'}\n" for w, s in truth.items())
+    )
+    examples = [Example("a", "x1"), Example("b", "x2"), Example("", "x3"), Example("", "x4"), Example("", "x5"),
+                Example("a", "x6"), Example("b", "x7")]  # fmt: skip
+    with Project.init(tmp_path / "p", ["a", "b"], examples=examples, multi_label=True) as project:
+        project.import_file(table, text_columns=["text"], gold_column="gold")
+        backend = ScriptedBackend(answer, choice_logprobs=probs)
+        off = annotate(project.store, backend=backend, progress=False, label_model="off")
+        assert off.accuracy == pytest.approx(0.5)  # every set empty: right on the 10 empty gold sets
+        on = annotate(project.store, backend=backend, progress=False, label_model="on")
+        assert on.accuracy == 1.0 and on.calls == 0 and on.cache_hits == 40  # answers from the cache
+        raw = json.loads(
+            project.store.conn.execute("SELECT raw FROM annotations ORDER BY id DESC").fetchone()[0]
+        )
+        assert raw["p_yes"]["a"] in (0.3, 0.4) and set(raw["thresholds"]) == {"a", "b"}
+        again = annotate(project.store, backend=backend, progress=False, label_model="on")
+        assert again.skipped == 20 and again.calls == 0

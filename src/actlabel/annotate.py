@@ -647,7 +647,7 @@ async def annotate_async(
         return await _annotate_sets(
             store, model=model, base_url=base_url, backend=backend, concurrency=concurrency, cap=cap,
             limit=limit, cot=cot, progress=progress, max_parse_retries=max_parse_retries, batch=batch,
-            engine=engine, backend_options=backend_options,
+            engine=engine, backend_options=backend_options, label_model=label_model,
         )  # fmt: skip
     spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
     composite = spec.startswith(COMPOSITE_PREFIX)
@@ -695,6 +695,7 @@ async def _annotate_sets(
     store: Store, *, model: str | None, base_url: str | None, backend: Backend | None,
     concurrency: int | None, cap: RunCap | None, limit: int | None, cot: bool, progress: bool,
     max_parse_retries: int, batch: bool, engine: str, backend_options: dict[str, Any] | None,
+    label_model: str = "auto",
 ) -> AnnotateResult:  # fmt: skip
     """A multi-label task: every label scored (multilabel_annotate.py)."""
     from actlabel import multilabel_annotate as mla
@@ -723,6 +724,7 @@ async def _annotate_sets(
         return await mla.annotate_sets_llm(
             store, stack, concurrency=concurrency or default_concurrency(stack.spec), cap=cap, limit=limit,
             progress=progress, max_parse_retries=max_parse_retries, result=result,
+            rate_matching=label_model_wanted(label_model, stack.spec),
         )  # fmt: skip
     finally:
         if backend is None:

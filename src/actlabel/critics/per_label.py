@@ -1,6 +1,6 @@
 """The per-label critic of multi-label tasks: an error probability per label and per item.
 
-Label l of an item was decided by p_l >= 0.5, where p_l is the annotator's probability that l
+Label l of an item was decided by p_l > 0.5, where p_l is the annotator's probability that l
 applies (multilabel_annotate.py). Read as calibrated, the decision is wrong with probability
 e_l = min(p_l, 1 - p_l); the item's error probability, the chance that any label is wrong, is
 1 - prod_l (1 - e_l) with the labels taken as independent (multilabel.item_error_prob). That
