@@ -443,7 +443,8 @@ def annotate(directory: str, **opts: Any) -> None:
     "--strategy",
     default=None,
     help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble "
-    "(ensemble:cot,logit picks its members) [default: consistency for embedded models, else cot].",
+    "(ensemble:cot,logit picks its members); per-label for multi-label tasks "
+    "[default: per-label for multi-label tasks, consistency for embedded models, else cot].",
 )
 @click.option(
     "--reasoning-tokens",

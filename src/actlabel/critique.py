@@ -80,8 +80,9 @@ LLM_STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (NaiveCritic, CoTCritic, MCCritic, DevilCritic, LogitCritic, CoTLogitCritic, CoTPPLCritic)
 }
 #: critics that call no chat model (rescored in full on every run)
-OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble", "per-label")
-#: the critic of multi-label tasks (critics/per_label.py); the others judge one label per item
+OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble")
+#: the critic of multi-label tasks (critics/per_label.py; no model calls). Kept apart from
+#: STRATEGIES, which all judge one label per item and can be ensemble members.
 MULTI_LABEL_STRATEGY = "per-label"
 STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, *OFFLINE_STRATEGIES)
 #: the default for annotators that are not embedded models (see default_strategy)
@@ -422,13 +423,21 @@ async def critique_async(
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     if strategy is None:
         strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
+    if strategy == MULTI_LABEL_STRATEGY and not store.task.multi_label:
+        raise UserError(f"the {strategy} critic is for multi-label tasks (actlabel init --multi-label)")
+    if strategy == MULTI_LABEL_STRATEGY:
+        if model or backend is not None:
+            raise UserError(f"the {strategy} critic uses no chat model; drop --model")
+        if limit is not None and limit < 1:
+            raise UserError("--limit must be at least 1")
+        if not current_annotations(store):
+            raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
+        return _critique_offline(store, strategy, None, limit=limit, seed=seed)
     name, members = parse_strategy(strategy)
-    if store.task.multi_label and name != MULTI_LABEL_STRATEGY:
+    if store.task.multi_label:
         raise UserError(
             f"the {name} critic judges one label per item; multi-label tasks use --strategy {MULTI_LABEL_STRATEGY}"
         )
-    if name == MULTI_LABEL_STRATEGY and not store.task.multi_label:
-        raise UserError(f"the {name} critic is for multi-label tasks (actlabel init --multi-label)")
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if not current_annotations(store):
