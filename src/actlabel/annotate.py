@@ -177,6 +177,8 @@ class AnnotateResult:
     stopped: str | None = None
     run_id: int | None = None
     errors: list[str] = field(default_factory=list)
+    #: accuracy is then exact-set match
+    multi_label: bool = False
 
     def __str__(self) -> str:
         parts = [
@@ -189,7 +191,8 @@ class AnnotateResult:
             f"{self.elapsed:.1f} s",
         ]
         if self.accuracy is not None:
-            parts.append(f"accuracy vs gold {self.accuracy:.3f} ({self.gold_items} items)")
+            what = "exact-set match" if self.multi_label else "accuracy"
+            parts.append(f"{what} vs gold {self.accuracy:.3f} ({self.gold_items} items)")
         if self.stopped:
             parts.append(f"stopped: {self.stopped}; re-run to continue")
         return " | ".join(parts)
@@ -707,7 +710,7 @@ async def _annotate_sets(
     spec = backend.spec if backend is not None and model is None else (model or DEFAULT_MODEL).strip()
     _has_text, has_images = _task_modalities(store)
     if spec == mla.FEATURE_ANNOTATOR_SPEC:
-        result = AnnotateResult(model=spec, mode="few-shot features")
+        result = AnnotateResult(model=spec, mode="few-shot features", multi_label=True)
         return mla.annotate_sets_features(store, limit=limit, progress=progress, result=result)
     if spec.startswith(("features/", COMPOSITE_PREFIX)):
         raise UserError(
@@ -720,7 +723,7 @@ async def _annotate_sets(
     try:
         if has_images and not stack.raw.supports_images:
             raise UserError(f"{stack.spec} cannot see images: use an openai/ vision model")
-        result = AnnotateResult(model=stack.spec, mode="yes/no per label")
+        result = AnnotateResult(model=stack.spec, mode="yes/no per label", multi_label=True)
         return await mla.annotate_sets_llm(
             store, stack, concurrency=concurrency or default_concurrency(stack.spec), cap=cap, limit=limit,
             progress=progress, max_parse_retries=max_parse_retries, result=result,
