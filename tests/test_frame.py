@@ -231,3 +231,32 @@ def test_a_failing_critic_is_named_and_the_paid_work_kept(tmp_path: Path) -> Non
     with pytest.raises(UserError):
         actlabel.label(tweets_frame(), **kw)
     assert annotate_backend.calls == calls  # the annotations were kept: only the critic is asked again
+
+
+def test_multi_label_frame_returns_list_columns(tmp_path: Path) -> None:
+    """Issue 15: multi_label=True takes gold sets (lists or `a|b`) and returns the label columns
+    as lists; a gold cell with an unknown label is one line naming the row, nothing written."""
+    pd = pytest.importorskip("pandas")
+    df = pd.DataFrame(
+        {"text": ["oil tanker", "wheat crop", "a quiet day"], "gold": [["crude", "ship"], "grain", []]}
+    )
+
+    def yes_no(request: object) -> str:
+        last = request.messages[-1].plain_text
+        item, label = last.split("\n")[0], last.split('"')[1]
+        wanted = {"oil tanker": {"crude", "ship"}, "wheat crop": {"grain"}}.get(item.split(": ", 1)[1], set())
+        return "yes" if label in wanted else "no"
+
+    backend = ScriptedBackend(yes_no, choice_logprobs=True)
+    out = actlabel.label(
+        df, labels=["crude", "ship", "grain"], gold="gold", multi_label=True, model=backend, budget=1,
+        directory=tmp_path / "p", progress=False,
+    )  # fmt: skip
+    assert out["machine_label"].tolist() == [["crude", "ship"], ["grain"], []]
+    assert out["gold_label"].tolist() == [["crude", "ship"], ["grain"], []]
+    assert out["error_prob"].notna().all() and int(out["selected"].sum()) == 1
+    bad = df.assign(gold=[["crude"], "grain|zebra", []])
+    with pytest.raises(UserError, match=r"^row 2: gold label set in column 'gold': label 'zebra'"):
+        actlabel.label(bad, labels=["crude", "ship", "grain"], gold="gold", multi_label=True, model=backend,
+                       directory=tmp_path / "q", progress=False)  # fmt: skip
+    assert not (tmp_path / "q").exists()

@@ -464,3 +464,37 @@ def test_a_real_label_studio_server(proj: Path, tmp_path: Path, label_studio: ht
     ]
     assert {r[1] for r in rows} == {"labelstudio-user-1"}
     assert rows[0][5] == pytest.approx(ls_time(first["updated_at"]))
+
+
+def test_multi_label_predictions_configs_and_webhooks(tmp_path: Path) -> None:
+    """Issue 15: a multi-label project predicts its machine set as the choices, writes a
+    `choice="multiple"` config, records a submitted set, and refuses a label outside the set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .test_multilabel import make_multilabel_project
+
+    with ThreadPoolExecutor(1) as pool:  # the stages run their own event loop
+        root = pool.submit(make_multilabel_project, tmp_path / "p", 8, budget=4).result()
+    with Store.open(root) as store:
+        config = live.live_config(store.task.labels, multi_label=True)
+        machine = {
+            iid: json.loads(label)
+            for iid, label in store.conn.execute(
+                "SELECT i.item_id, a.label FROM annotations a JOIN items i ON i.rowid = a.item_rowid"
+            )
+        }
+    assert 'choice="multiple"' in config
+    token = {"token": SECRET}
+    ok, bad = webhook_for(1, "earn"), webhook_for(2, "earn")
+    ok["annotation"]["result"][0]["value"]["choices"] = ["ship", "earn"]
+    bad["annotation"]["result"][0]["value"]["choices"] = ["earn", "bogus"]
+    with serving(root) as client:
+        response = client.post("/predict", json=payload("predict_request") | {"label_config": config})
+        assert response.status_code == 200, response.text
+        for i, pred in enumerate(response.json()["results"]):
+            assert pred["result"][0]["value"] == {"choices": machine[f"it{i:04d}"]}
+        assert_refused(client.post("/webhook", params=token, json=bad), 422, "'bogus'")
+        assert review_rows(root) == []
+        stored = client.post("/webhook", params=token, json=ok)
+        assert stored.status_code == 200 and stored.json()["stored"] == 1, stored.text
+    assert [(r[0], r[2]) for r in review_rows(root)] == [("it0001", '["earn","ship"]')]

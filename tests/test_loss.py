@@ -272,3 +272,23 @@ def test_empirical_variance_matches_formula_under_poisson_sampling() -> None:
         assert values.mean() == pytest.approx(lh.mean(), abs=4 * values.std() / math.sqrt(reps))
         # the sample variance of 20000 normal-ish draws is within ~3% (relative sd sqrt(2/n) = 1%)
         assert values.var(ddof=1) == pytest.approx(act_variance(lh, lm, pi, lam=lam), rel=0.04)
+
+
+def test_multilabel_linear_model_learns_from_human_sets_with_the_bce_act_loss() -> None:
+    """Issue 15: with machine sets wrong on one label in three and every item reviewed (pi = 1),
+    the BCE ACT loss trains on the human sets and recovers them; full machine labels do worse."""
+    pytest.importorskip("torch")
+    from actlabel.downstream import LinearACTMultiLabel
+
+    rng = np.random.default_rng(0)
+    n, dim, k = 600, 20, 3
+    x = rng.normal(0, 1, (n, dim))
+    truth = (x[:, :k] > 0).astype(int)
+    machine = np.where(rng.random((n, k)) < 0.33, 1 - truth, truth)
+    machine[:, 0] = 1 - truth[:, 0]  # label 0 always wrong: only the human sets can teach it
+    test_x = rng.normal(0, 1, (400, dim))
+    test_y = (test_x[:, :k] > 0).astype(int)
+    human = LinearACTMultiLabel(k).fit(x, machine, truth, np.ones(n, bool), np.ones(n))
+    machine_only = LinearACTMultiLabel(k).fit(x, machine, truth, np.zeros(n, bool), np.ones(n))
+    assert (human.predict(test_x) == test_y).mean() > 0.9
+    assert (machine_only.predict(test_x)[:, 0] == test_y[:, 0]).mean() < 0.2

@@ -225,3 +225,46 @@ def test_kill_the_server_after_saves_loses_nothing(tmp_path: Path, page_factory:
     assert len(recs) == 3 and {r["reviewer"] for r in recs} == {"kai"}
     with Store.open(root) as store:
         assert len(store.latest("reviews", ["label"])) == 3
+
+
+def test_multi_label_item_by_keyboard_ticks_and_saves_sets(tmp_path: Path, page_factory: Any) -> None:
+    """Issue 15: a multi-label item shows checkboxes ticked with the machine set; number keys toggle
+    them, Enter saves the ticked set (none ticked: the empty set), `a` accepts the machine set."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from actlabel import multilabel
+
+    from .test_multilabel import LABELS as ML_LABELS
+    from .test_multilabel import make_multilabel_project
+
+    # built in a thread of its own: Playwright's sync API keeps an event loop running in this one
+    with ThreadPoolExecutor(1) as pool:
+        root = pool.submit(make_multilabel_project, tmp_path / "p", 8, budget=3).result()
+    with running(create_app(root)) as base:
+        page = page_factory()
+        sign_in(page, base, "Ada")
+        expected = {}
+        for step in range(3):
+            current = item_id(page)
+            machine = set(multilabel.decode(page.get_attribute("#item", "data-machine")))
+            ticked = {
+                ML_LABELS[i] for i in range(len(ML_LABELS)) if page.is_checked(f'input[data-key="{i + 1}"]')
+            }
+            assert ticked == machine  # the machine set is pre-ticked
+            if step == 0:  # toggle labels 1 and 3, then save
+                page.keyboard.press("1")
+                page.keyboard.press("3")
+                expected[current] = machine ^ {ML_LABELS[0], ML_LABELS[2]}
+                press_and_wait(page, "Enter")
+            elif step == 1:  # untick everything: the empty set
+                for i, name in enumerate(ML_LABELS):
+                    if name in machine:
+                        page.keyboard.press(str(i + 1))
+                expected[current] = set()
+                press_and_wait(page, "Enter")
+            else:
+                expected[current] = machine
+                press_and_wait(page, "a")
+        assert page.js_errors == []
+    got = {r["item_id"]: set(multilabel.decode(r["label"])) for r in reviews(root)}
+    assert got == expected

@@ -320,3 +320,38 @@ def test_default_downstream_loss_does_not_collapse() -> None:
     for key in ("linear clip", "linear tuned", "mlp clip"):
         assert mean[key] >= mean[key.split()[0] + " machine"] - 0.01, mean
     assert mean["linear exact"] < mean["linear machine"] - 0.02, mean  # the collapse the default avoids
+
+
+def test_bce_act_loss_unbiased_and_clipped_bias_as_documented(torch) -> None:
+    """Multi-label (issue 15): E[act_bce_loss] = the BCE loss on full human label sets; the clipped
+    form's bias is (lam/(N L)) sum over wrong (item, label) pairs of (1 - pi_i) l_il(m_il)."""
+    from actlabel.loss import act_bce_loss
+
+    rng = np.random.default_rng(3)
+    n, k = 200, 5
+    logits = torch.as_tensor(rng.normal(0, 2.0, (n, k)))
+    human = (rng.random((n, k)) < 0.3).astype(float)
+    flips = rng.random((n, k)) < 0.15
+    machine = np.where(flips, 1 - human, human)
+    wrong_items = flips.any(axis=1)
+    e = np.clip(np.where(wrong_items, rng.beta(4, 2, n), rng.beta(1, 4, n)), 0, 1)
+    pi, _ = inclusion_probabilities(e, 40, rule="exponential", uniform=0.1)
+    m_t, h_t = torch.as_tensor(machine), torch.as_tensor(human)
+    pi_t = torch.as_tensor(pi)
+    full_h = float(act_bce_loss(logits, h_t, h_t, torch.zeros(n, dtype=torch.bool), torch.ones(n)))
+    reps = 3000
+    for lam in (1.0, 0.6):
+        exact, clipped = [], []
+        for s in range(reps):
+            d = torch.as_tensor(sample_pivotal(pi, s, max_size=40))
+            exact.append(float(act_bce_loss(logits, m_t, h_t, d, pi_t, lam=lam)))
+            clipped.append(float(act_bce_loss(logits, m_t, h_t, d, pi_t, lam=lam, clip=True)))
+        exact_a, clipped_a = np.array(exact), np.array(clipped)
+        assert abs(exact_a.mean() - full_h) <= 4 * exact_a.std() / math.sqrt(reps)
+        lm = torch.nn.functional.binary_cross_entropy_with_logits(logits, m_t, reduction="none").numpy()
+        bias = lam * float(((1 - pi)[:, None] * lm * flips).sum()) / (n * k)
+        assert bias > 0
+        assert abs(clipped_a.mean() - full_h - bias) <= 4 * clipped_a.std() / math.sqrt(reps) + 1e-9
+    # every item reviewed with pi = 1: the loss is plain BCE on the human sets
+    all_d = torch.ones(n, dtype=torch.bool)
+    assert float(act_bce_loss(logits, m_t, h_t, all_d, torch.ones(n))) == pytest.approx(full_h)

@@ -177,6 +177,8 @@ class AnnotateResult:
     stopped: str | None = None
     run_id: int | None = None
     errors: list[str] = field(default_factory=list)
+    #: accuracy is then exact-set match
+    multi_label: bool = False
 
     def __str__(self) -> str:
         parts = [
@@ -189,7 +191,8 @@ class AnnotateResult:
             f"{self.elapsed:.1f} s",
         ]
         if self.accuracy is not None:
-            parts.append(f"accuracy vs gold {self.accuracy:.3f} ({self.gold_items} items)")
+            what = "exact-set match" if self.multi_label else "accuracy"
+            parts.append(f"{what} vs gold {self.accuracy:.3f} ({self.gold_items} items)")
         if self.stopped:
             parts.append(f"stopped: {self.stopped}; re-run to continue")
         return " | ".join(parts)
@@ -643,6 +646,12 @@ async def annotate_async(
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     cap = make_cap(max_cost, max_total_tokens)
+    if store.task.multi_label:
+        return await _annotate_sets(
+            store, model=model, base_url=base_url, backend=backend, concurrency=concurrency, cap=cap,
+            limit=limit, cot=cot, progress=progress, max_parse_retries=max_parse_retries, batch=batch,
+            engine=engine, backend_options=backend_options, label_model=label_model,
+        )  # fmt: skip
     spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
     composite = spec.startswith(COMPOSITE_PREFIX)
     llm_spec = spec.split("+", 1)[1] if composite else spec
@@ -682,6 +691,46 @@ async def annotate_async(
         return await run()
     finally:
         if backend is None:  # a backend passed in belongs to the caller, who may use it again
+            await stack.aclose()
+
+
+async def _annotate_sets(
+    store: Store, *, model: str | None, base_url: str | None, backend: Backend | None,
+    concurrency: int | None, cap: RunCap | None, limit: int | None, cot: bool, progress: bool,
+    max_parse_retries: int, batch: bool, engine: str, backend_options: dict[str, Any] | None,
+    label_model: str = "auto",
+) -> AnnotateResult:  # fmt: skip
+    """A multi-label task: every label scored (multilabel_annotate.py)."""
+    from actlabel import multilabel_annotate as mla
+
+    if cot or batch or engine != "async":
+        raise UserError(
+            "multi-label annotation asks yes/no per label: --cot, --batch and --engine do not apply"
+        )
+    spec = backend.spec if backend is not None and model is None else (model or DEFAULT_MODEL).strip()
+    _has_text, has_images = _task_modalities(store)
+    if spec == mla.FEATURE_ANNOTATOR_SPEC:
+        result = AnnotateResult(model=spec, mode="few-shot features", multi_label=True)
+        return mla.annotate_sets_features(store, limit=limit, progress=progress, result=result)
+    if spec.startswith(("features/", COMPOSITE_PREFIX)):
+        raise UserError(
+            f"{spec} does not label multi-label tasks: use {mla.FEATURE_ANNOTATOR_SPEC} or an LLM"
+        )
+    stack = open_model(
+        store, spec, base_url=base_url, backend=backend, templates=prompting.MULTILABEL_TEMPLATES,
+        backend_options=backend_options,
+    )  # fmt: skip
+    try:
+        if has_images and not stack.raw.supports_images:
+            raise UserError(f"{stack.spec} cannot see images: use an openai/ vision model")
+        result = AnnotateResult(model=stack.spec, mode="yes/no per label", multi_label=True)
+        return await mla.annotate_sets_llm(
+            store, stack, concurrency=concurrency or default_concurrency(stack.spec), cap=cap, limit=limit,
+            progress=progress, max_parse_retries=max_parse_retries, result=result,
+            rate_matching=label_model_wanted(label_model, stack.spec),
+        )  # fmt: skip
+    finally:
+        if backend is None:
             await stack.aclose()
 
 

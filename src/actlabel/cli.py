@@ -118,6 +118,11 @@ def main() -> None:
     type=click.Path(dir_okay=False),
     help="Few-shot examples: CSV/JSONL with `label` and `text` (and/or `image`) columns.",
 )
+@click.option(
+    "--multi-label",
+    is_flag=True,
+    help="Each item takes a set of labels (possibly empty) instead of exactly one.",
+)
 def init(
     directory: str,
     labels: str | None,
@@ -125,6 +130,7 @@ def init(
     instructions: str,
     instructions_file: str | None,
     examples_file: str | None,
+    multi_label: bool,
 ) -> None:
     """Create a project in DIRECTORY with a label set and instructions."""
     from actlabel.project import Project
@@ -139,9 +145,12 @@ def init(
         except (OSError, UnicodeDecodeError) as exc:
             raise UserError(f"{instructions_file}: cannot read instructions ({exc})") from None
     examples = read_examples_file(Path(examples_file)) if examples_file else []
-    Project.init(directory, label_list, instructions=instructions, examples=examples).close()
+    Project.init(
+        directory, label_list, instructions=instructions, examples=examples, multi_label=multi_label
+    ).close()
     click.echo(
-        f"created {directory} with {len(label_list)} labels: {', '.join(lab.name for lab in label_list)}"
+        f"created {directory} with {len(label_list)} labels{' (multi-label)' if multi_label else ''}: "
+        f"{', '.join(lab.name for lab in label_list)}"
     )
     click.echo(f"next: actlabel import {directory} FILE --text COLUMN")
 
@@ -243,6 +252,16 @@ def status(directory: str, as_json: bool) -> None:
         click.echo("  machine labels: " + ", ".join(f"{k} {v}" for k, v in st.machine_label_counts.items()))
     if st.final_label_counts:
         click.echo("  final labels:   " + ", ".join(f"{k} {v}" for k, v in st.final_label_counts.items()))
+    q = st.multi_label_quality
+    if q is not None:
+        click.echo(
+            f"  machine sets vs gold ({q['items']} items): exact-set match {q['exact_match']:.3f}, "
+            f"Hamming loss {q['hamming']:.3f}, micro-F1 {q['micro_f1']:.3f}, macro-F1 {q['macro_f1']:.3f}"
+        )
+        click.echo(
+            "  F1 per label:   "
+            + ", ".join(f"{k} {'n/a' if v != v else f'{v:.2f}'}" for k, v in q["f1"].items())
+        )
     u = st.usage
     click.echo(
         f"  model usage: {int(u['calls'])} calls, {int(u['cache_hits'])} cache hits, "
@@ -424,7 +443,8 @@ def annotate(directory: str, **opts: Any) -> None:
     "--strategy",
     default=None,
     help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble "
-    "(ensemble:cot,logit picks its members) [default: consistency for embedded models, else cot].",
+    "(ensemble:cot,logit picks its members); per-label for multi-label tasks "
+    "[default: per-label for multi-label tasks, consistency for embedded models, else cot].",
 )
 @click.option(
     "--reasoning-tokens",

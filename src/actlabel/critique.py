@@ -81,6 +81,9 @@ LLM_STRATEGIES: dict[str, type[Strategy]] = {
 }
 #: critics that call no chat model (rescored in full on every run)
 OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble")
+#: the critic of multi-label tasks (critics/per_label.py; no model calls). Kept apart from
+#: STRATEGIES, which all judge one label per item and can be ensemble members.
+MULTI_LABEL_STRATEGY = "per-label"
 STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, *OFFLINE_STRATEGIES)
 #: the default for annotators that are not embedded models (see default_strategy)
 DEFAULT_STRATEGY = "cot"
@@ -155,7 +158,10 @@ def parse_strategy(strategy: str) -> tuple[str, list[str] | None]:
 
 
 def default_strategy(store: Store) -> str:
-    """`consistency` when the current machine labels come from an embedded model, else `cot`."""
+    """`consistency` when the current machine labels come from an embedded model, else `cot`;
+    `per-label` for multi-label tasks."""
+    if store.task.multi_label:
+        return MULTI_LABEL_STRATEGY
     counts = annotator_models(store)
     if not counts:
         return DEFAULT_STRATEGY
@@ -421,7 +427,21 @@ async def critique_async(
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     if strategy is None:
         strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
+    if strategy == MULTI_LABEL_STRATEGY and not store.task.multi_label:
+        raise UserError(f"the {strategy} critic is for multi-label tasks (actlabel init --multi-label)")
+    if strategy == MULTI_LABEL_STRATEGY:
+        if model or backend is not None:
+            raise UserError(f"the {strategy} critic uses no chat model; drop --model")
+        if limit is not None and limit < 1:
+            raise UserError("--limit must be at least 1")
+        if not current_annotations(store):
+            raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
+        return _critique_offline(store, strategy, None, limit=limit, seed=seed)
     name, members = parse_strategy(strategy)
+    if store.task.multi_label:
+        raise UserError(
+            f"the {name} critic judges one label per item; multi-label tasks use --strategy {MULTI_LABEL_STRATEGY}"
+        )
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
     if not current_annotations(store):
@@ -651,6 +671,10 @@ def _critique_offline(
             from actlabel.critics.consistency import consistency_critique
 
             records, info = consistency_critique(store, targets, run_id=run_id, seed=seed)
+        elif name == "per-label":
+            from actlabel.critics.per_label import per_label_critique
+
+            records, info = per_label_critique(store, targets, run_id=run_id)
         elif name == "learned":
             from actlabel.critics.learned import learned_critique
 

@@ -129,7 +129,10 @@ def import_path(
         seen = _SeenIds()
         with store.transaction():
             for first_row, batch in batches:
-                records = _rows_to_records(path, first_row, batch, roles, labels, seen, root)
+                records = _rows_to_records(
+                    path, first_row, batch, roles, labels, seen, root,
+                    multi_label_names=task.label_names if task.multi_label else None,
+                )  # fmt: skip
                 if check_existing:
                     _check_conflicts(store, path, records)
                 new += store.insert_items(records, run_id)
@@ -325,6 +328,8 @@ def _rows_to_records(
     labels: set[str],
     seen: _SeenIds,
     image_root: Path,
+    *,
+    multi_label_names: Sequence[str] | None = None,
 ) -> list[tuple[str, str, str | None, str | None]]:
     """Validate a batch of rows and turn them into (item_id, data_json, image_path, gold) records.
 
@@ -387,7 +392,14 @@ def _rows_to_records(
             ids = _dedupe_ids(ids, seen)
 
     golds: list[str | None] = [None] * n
-    if roles.gold:
+    if roles.gold and multi_label_names is not None:
+        from actlabel import multilabel
+
+        golds = [
+            multilabel.parse(g, multi_label_names, f"{path}: row {first_row + i}: gold label set")
+            for i, g in enumerate(batch[roles.gold])
+        ]
+    elif roles.gold:
         golds = [
             (g.strip() or None) if type(g) is str else (None if _is_blank(g) else str(g).strip())
             for g in batch[roles.gold]
@@ -824,8 +836,19 @@ def export_columns(store: Store) -> list[str]:
     return ["item_id", *store.input_columns(), *EXPORT_COLUMNS_AFTER_INPUT]
 
 
-def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, list]]:
-    """The export table in column batches (DESIGN.md's columns, empty where a stage has not run)."""
+#: the columns that hold a label (a set in a multi-label project)
+LABEL_COLUMNS = ("machine_label", "proposed_label", "human_label", "final_label", "gold_label")
+
+
+def iter_export_batches(store: Store, batch: int = 20000, *, sets: str = "list") -> Iterator[dict[str, list]]:
+    """The export table in column batches (DESIGN.md's columns, empty where a stage has not run).
+
+    In a multi-label project the label columns carry sets: `sets="list"` gives Python lists (a
+    list column in Parquet and JSONL), `sets="csv"` the `a|b` text CSV holds (`[]`: the empty
+    set), `sets="stored"` the stored JSON text."""
+    multi = store.task.multi_label
+    if sets not in ("list", "csv", "stored"):
+        raise ValueError(f"sets must be list, csv or stored, not {sets!r}")
     inputs = store.input_columns()
     names = export_columns(store)
     loads, dumps = orjson.loads, json.dumps
@@ -872,17 +895,25 @@ def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, 
             for m, h in zip(machine, human, strict=True)
         ]
         out["gold_label"] = gold
+        if multi and sets != "stored":
+            from actlabel import multilabel
+
+            convert = multilabel.decode if sets == "list" else multilabel.to_csv
+            for c in LABEL_COLUMNS:
+                out[c] = [None if v is None else convert(v) for v in out[c]]
         yield {c: out[c] for c in names}
 
 
-def _arrow_schema(columns: list[str]) -> pa.Schema:
-    types = {
+def _arrow_schema(columns: list[str], *, label_sets: bool = False) -> pa.Schema:
+    types: dict[str, pa.DataType] = {
         "machine_confidence": pa.float64(),
         "error_prob": pa.float64(),
         "review_prob": pa.float64(),
         "selected": pa.int8(),
         "reviewed": pa.int8(),
     }
+    if label_sets:
+        types |= {c: pa.list_(pa.string()) for c in LABEL_COLUMNS}
     return pa.schema([(c, types.get(c, pa.string())) for c in columns])
 
 
@@ -905,14 +936,16 @@ def export(store: Store, out: str | Path, *, force: bool = False) -> int:
         raise UserError(f"{out}: unknown export type {suffix!r} (use .csv, .jsonl or .parquet)")
     check_export_target(out, force=force)
     columns = export_columns(store)
-    schema = _arrow_schema(columns)
+    multi = store.task.multi_label
+    schema = _arrow_schema(columns, label_sets=multi and suffix == ".parquet")
+    sets = "csv" if suffix == ".csv" else "list"
     tmp = out.with_name(out.name + ".partial")
     n = 0
     try:
         if suffix == ".jsonl":
             with tmp.open("w", encoding="utf-8") as fh:
                 odumps = orjson.dumps
-                for batch in iter_export_batches(store):
+                for batch in iter_export_batches(store, sets=sets):
                     keys = list(batch)
                     lines = [
                         odumps(dict(zip(keys, values, strict=True))).decode()
@@ -924,7 +957,7 @@ def export(store: Store, out: str | Path, *, force: bool = False) -> int:
         else:
             writer: Any = None
             try:
-                for batch in iter_export_batches(store):
+                for batch in iter_export_batches(store, sets=sets):
                     table = pa.table(batch, schema=schema)
                     if writer is None:
                         writer = (

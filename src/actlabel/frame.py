@@ -72,7 +72,8 @@ def label(
     model: Any = None,
     base_url: str | None = None,
     critic_model: Any = None,
-    strategy: str = "cot",
+    strategy: str | None = None,
+    multi_label: bool = False,
     budget: str | int | float = "10%",
     rule: str = "threshold",
     uniform: float = 0.05,
@@ -90,6 +91,9 @@ def label(
         called `text` is used, or the only column there is.
     model / critic_model: a model spec (`openai/NAME` with `base_url`, `local/NAME`) or a ready
         backend object; None: the embedded default for the annotator, the annotator's model for the critic.
+    strategy: the critic (None: `cot`, or `per-label` for a multi-label task).
+    multi_label: each row takes a set of labels; the label columns come back as lists (gold: lists,
+        `a|b` strings or JSON lists).
     budget: how many items to pick for human review: a count (500), a share (0.2 or "20%"), or "auto".
     directory: keep the project here (created if needed; an existing one must have the same labels
         and instructions, and its selection is kept rather than redrawn); None: a temporary folder.
@@ -98,14 +102,15 @@ def label(
     task_labels = _labels(labels)
     roles = _roles(frame, text, image, id, gold)
     names = [lab.name for lab in task_labels]
-    _validate(frame, roles, names)
+    _validate(frame, roles, names, multi_label=multi_label)
     budget_spec = _budget(budget, len(frame), fresh=directory is None or not Path(directory).exists())
 
     opts = {
         "model": model,
         "base_url": base_url,
         "critic_model": critic_model,
-        "strategy": strategy,
+        "strategy": strategy or ("per-label" if multi_label else "cot"),
+        "multi_label": multi_label,
         "budget": budget_spec,
         "rule": rule,
         "uniform": uniform,
@@ -212,11 +217,11 @@ def _blank(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _validate(frame: Any, roles: _Roles, names: list[str]) -> None:
+def _validate(frame: Any, roles: _Roles, names: list[str], *, multi_label: bool = False) -> None:
     """Everything import would refuse, named by DataFrame row, before anything is written."""
     from actlabel.task import Task
 
-    Task(labels=[Label(n) for n in names])  # a bad label set fails here, with its own message
+    Task(labels=[Label(n) for n in names], multi_label=multi_label)  # a bad label set fails here
     if len(frame) == 0:
         raise UserError("the DataFrame is empty: nothing to label")
     for column in roles.text:
@@ -237,7 +242,12 @@ def _validate(frame: Any, roles: _Roles, names: list[str]) -> None:
             if str(value) in seen:
                 raise UserError(f"{_where(frame, i)}: duplicate id {str(value)!r} in column {roles.id!r}")
             seen.add(str(value))
-    if roles.gold:
+    if roles.gold and multi_label:
+        from actlabel import multilabel
+
+        for i, value in enumerate(frame[roles.gold].tolist()):
+            multilabel.parse(value, names, f"{_where(frame, i)}: gold label set in column {roles.gold!r}")
+    elif roles.gold:
         allowed = set(names)
         for i, value in enumerate(frame[roles.gold].tolist()):
             if _blank(value):
@@ -273,15 +283,29 @@ def _budget(budget: Any, rows: int, *, fresh: bool) -> str:
 # ---- the project ------------------------------------------------------------------------------
 
 
-def _open_project(root: Path, task_labels: list[Label], instructions: str, examples: Sequence[Example]):
+def _open_project(
+    root: Path,
+    task_labels: list[Label],
+    instructions: str,
+    examples: Sequence[Example],
+    *,
+    multi_label: bool = False,
+):
     from actlabel.project import Project
     from actlabel.store import DB_NAME
 
     if not (root / DB_NAME).exists():
-        return Project.init(root, task_labels, instructions=instructions, examples=list(examples))
+        return Project.init(
+            root, task_labels, instructions=instructions, examples=list(examples), multi_label=multi_label
+        )
     project = Project(root)
     task = project.task
     try:
+        if task.multi_label != multi_label:
+            kind = "a multi-label" if task.multi_label else "a single-label"
+            raise UserError(
+                f"{root} is {kind} project: pass multi_label={task.multi_label} or use another directory"
+            )
         if task.label_names != [lab.name for lab in task_labels]:
             raise UserError(
                 f"{root} is a project with the labels {', '.join(task.label_names)}, not "
@@ -351,7 +375,9 @@ def _suffix(raw: bytes) -> str:
     return ".img"  # import's own check then names the row that holds no image
 
 
-def _input_table(root: Path, frame: Any, roles: _Roles) -> dict[str, list]:
+def _input_table(
+    root: Path, frame: Any, roles: _Roles, names: Sequence[str] | None = None
+) -> dict[str, list]:
     """The role columns as import reads them: text as str, images as paths, ids and gold as str or None."""
     table: dict[str, list] = {}
     for column in roles.text:
@@ -360,7 +386,13 @@ def _input_table(root: Path, frame: Any, roles: _Roles) -> dict[str, list]:
         table[roles.image] = [_image_file(root, v) for v in frame[roles.image].tolist()]
     if roles.id:
         table[roles.id] = [str(v) for v in frame[roles.id].tolist()]
-    if roles.gold:
+    if roles.gold and names is not None:  # multi-label: the stored JSON list, which import reads
+        from actlabel import multilabel
+
+        table[roles.gold] = [
+            multilabel.parse(v, names, f"row {i}") for i, v in enumerate(frame[roles.gold].tolist())
+        ]
+    elif roles.gold:
         table[roles.gold] = [None if _blank(v) else str(v).strip() for v in frame[roles.gold].tolist()]
     return table
 
@@ -381,12 +413,12 @@ def _run(
     from actlabel.critique import critique
     from actlabel.selection import select_for_review
 
-    project = _open_project(root, task_labels, instructions, examples)
+    project = _open_project(root, task_labels, instructions, examples, multi_label=opts["multi_label"])
     try:
         store = project.store
         _check_roles(root, store.task, roles)
         store.acquire_writer("label (DataFrame)")
-        table = _input_table(root, frame, roles)
+        table = _input_table(root, frame, roles, store.task.label_names if store.task.multi_label else None)
         path = root / INPUT_FILE
         pq.write_table(pa.table({k: pa.array(v, pa.string()) for k, v in table.items()}), path)
         where = {"image_root": _image_root(table[roles.image])} if roles.image else {}
@@ -406,7 +438,9 @@ def _run(
             "progress": opts["progress"],
         }
         model, critic = opts["model"], opts["critic_model"]
-        if critic is None and _model_kwargs(model).get("backend") is not None:
+        if opts["multi_label"]:
+            critic = None  # the per-label critic reads the annotator's probabilities: no model
+        elif critic is None and _model_kwargs(model).get("backend") is not None:
             critic = model  # self-criticism, as with a spec: its name alone would not load it again
         annotated = annotate(store, base_url=opts["base_url"], **_model_kwargs(model), **shared)
         criticized = critique(

@@ -199,6 +199,88 @@ def act_loss(
     return per_item.sum() / b if b > 0 else per_item.sum()
 
 
+def act_bce_loss(
+    logits: torch.Tensor,
+    machine_labels: torch.Tensor,
+    human_labels: torch.Tensor,
+    reviewed: torch.Tensor,
+    review_prob: torch.Tensor,
+    *,
+    lam: float = 1.0,
+    max_weight: float | None = None,
+    reduction: Reduction = "mean",
+    clip: bool = False,
+) -> torch.Tensor:
+    """ACT loss for multi-label tasks: binary cross-entropy per label, the same per-item weights.
+
+    With l_il(y) = BCE(logit_il, y) and w_i = d_i / pi_i (optionally capped at ``max_weight``):
+
+        per item i:  (1/L) sum_l [ lam * l_il(m_il) + (l_il(h_il) - lam * l_il(m_il)) * w_i ]
+
+    E[d_i] = pi_i makes its expectation (1/L) sum_l l_il(h_il), the loss on full human label sets,
+    exactly as for the cross-entropy form (:func:`act_loss`). ``clip`` floors at 0, per label, the
+    machine-label weight lam * (1 - w_i) where the human and machine decisions differ (h_il != m_il),
+    so every weight is >= 0 and the loss is bounded below; labels the human confirmed keep
+    lam * (1 - w_i) + w_i = their exact weight. Its bias is
+    (lam / (N L)) sum_{(i,l): h_il != m_il} (1 - pi_i) l_il(m_il) >= 0, the single-label bias
+    summed over each item's wrong labels.
+
+    Shapes: ``logits``, ``machine_labels``, ``human_labels`` (b, L) with 0/1 labels (anything where
+    not reviewed); ``reviewed``, ``review_prob`` (b,). Reductions as :func:`act_loss`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lam = _check_lam(lam)
+    max_weight = _check_max_weight(max_weight)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (batch, labels), got {tuple(logits.shape)}")
+    b, k = logits.shape
+    for name, t, shape in (
+        ("machine_labels", machine_labels, (b, k)),
+        ("human_labels", human_labels, (b, k)),
+        ("reviewed", reviewed, (b,)),
+        ("review_prob", review_prob, (b,)),
+    ):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    logits = logits.to(work)
+    d = reviewed.to(device=logits.device, dtype=torch.bool)
+    m = machine_labels.to(device=logits.device, dtype=work)
+    pi = review_prob.to(device=logits.device, dtype=work)
+    if bool(((m != 0) & (m != 1)).any()):
+        raise ValueError("machine_labels must be 0/1")
+    h = torch.where(d[:, None], human_labels.to(device=logits.device, dtype=work), m)
+    if bool(((h != 0) & (h != 1)).any()):
+        raise ValueError("human_labels of reviewed items must be 0/1")
+    bad_pi = ~torch.isfinite(pi) | (pi < 0) | (pi > 1) | (d & (pi <= 0))
+    if bool(bad_pi.any()):
+        i = int(torch.nonzero(bad_pi)[0])
+        raise ValueError(f"review_prob {float(pi[i])!r} at index {i} must be in [0, 1] and > 0 when reviewed")
+    pi_safe = torch.where(d, pi, torch.ones_like(pi))
+    w = torch.where(d, 1.0 / pi_safe, torch.zeros_like(pi))
+    if max_weight is not None:
+        w = w.clamp(max=max_weight)
+    w = w[:, None]
+    loss_m = F.binary_cross_entropy_with_logits(logits, m, reduction="none")
+    loss_h = F.binary_cross_entropy_with_logits(logits, h, reduction="none")
+    if clip:
+        differs = d[:, None] & (h != m)
+        wm = torch.where(differs, (lam * (1.0 - w)).clamp(min=0.0), lam * (1.0 - w) + w)
+        wh = torch.where(differs, w, torch.zeros_like(w))
+        per_item = (wm * loss_m + wh * loss_h).mean(dim=1)
+    else:
+        per_item = (lam * loss_m + (loss_h - lam * loss_m) * w).mean(dim=1)
+    if reduction == "none":
+        return per_item
+    if reduction == "sum":
+        return per_item.sum()
+    return per_item.sum() / b if b > 0 else per_item.sum()
+
+
 # ----------------------------------------------------------------------------------------------
 # NumPy
 

@@ -881,3 +881,60 @@ def downstream_gap(acc_act: float, acc_human: float) -> float:
         if not (isinstance(v, int | float) and 0.0 <= float(v) <= 1.0) or isinstance(v, bool):
             raise ValueError(f"{name} must be an accuracy in [0, 1], got {v!r}")
     return float(acc_human) - float(acc_act)
+
+
+# ----------------------------------------------------------------------------------------------
+# multi-label agreement (multilabel.py stores the sets; these take 0/1 matrices)
+
+
+@dataclass(frozen=True)
+class SetAgreement:
+    """Agreement of predicted label sets with reference sets over n items and L labels.
+
+    exact_match: share of items whose whole set is right; hamming: share of (item, label)
+    decisions that are wrong; f1[l]: F1 of label l (NaN where label l is in neither set anywhere);
+    micro_f1 / macro_f1 over labels (macro skips NaN)."""
+
+    n: int
+    exact_match: float
+    hamming: float
+    f1: list[float]
+    micro_f1: float
+    macro_f1: float
+
+
+def set_agreement(predicted: np.ndarray, reference: np.ndarray) -> SetAgreement:
+    """Exact-set match, Hamming loss and per-label F1 = 2 TP / (2 TP + FP + FN)."""
+    p = np.asarray(predicted, dtype=bool)
+    r = np.asarray(reference, dtype=bool)
+    if p.shape != r.shape or p.ndim != 2:
+        raise ValueError(f"predicted and reference must be (n, L) of one shape, got {p.shape} and {r.shape}")
+    n = p.shape[0]
+    if n == 0:
+        nan = float("nan")
+        return SetAgreement(0, nan, nan, [nan] * p.shape[1], nan, nan)
+    tp = (p & r).sum(axis=0)
+    wrong = (p ^ r).sum(axis=0)
+    denom = 2 * tp + wrong
+    f1 = np.where(denom > 0, 2 * tp / np.maximum(denom, 1), np.nan)
+    micro_denom = 2 * tp.sum() + wrong.sum()
+    return SetAgreement(
+        n=n,
+        exact_match=float((p == r).all(axis=1).mean()),
+        hamming=float((p ^ r).mean()),
+        f1=[float(v) for v in f1],
+        micro_f1=float(2 * tp.sum() / micro_denom) if micro_denom else float("nan"),
+        macro_f1=float(np.nanmean(f1)) if np.isfinite(f1).any() else float("nan"),
+    )
+
+
+def per_label_auroc(label_error_probs: np.ndarray, label_wrong: np.ndarray) -> list[float | None]:
+    """AUROC of each label's error probability against whether that label's decision was wrong
+    (None where a label's decisions are all right or all wrong: AUROC is undefined)."""
+    e = np.asarray(label_error_probs, dtype=float)
+    y = np.asarray(label_wrong, dtype=bool)
+    out: list[float | None] = []
+    for j in range(e.shape[1]):
+        yj = y[:, j]
+        out.append(float(error_detection_auroc(e[:, j], yj)) if 0 < yj.sum() < yj.size else None)
+    return out

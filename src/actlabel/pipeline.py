@@ -72,9 +72,10 @@ def run_pipeline(
     }  # fmt: skip
     lines = [str(annotate(store, model=model, cot=cot, **shared))]
     reviewed = _reviewed(store)
-    if reviewed >= MIN_REVIEWS and (model is None or model.startswith("local/")):
+    multi = store.task.multi_label  # refine and the learned critic are single-label; its critic is per-label
+    if not multi and reviewed >= MIN_REVIEWS and (model is None or model.startswith("local/")):
         lines.append(str(refine_labels(store, progress=progress)))
-    strategy = strategy or default_strategy(model, reviewed)
+    strategy = strategy or (None if multi else default_strategy(model, reviewed))
     lines.append(str(critique(store, model=critic_model, strategy=strategy, **shared)))
 
     state = current_state(store)

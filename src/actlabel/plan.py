@@ -135,6 +135,8 @@ def plan(
     if n == 0:
         raise UserError(f"{store.root}: no items yet; import some with `actlabel import`")
     task = store.task
+    if task.multi_label:
+        return _plan_sets(store, model=model, n=n)
     strategy_name, members = parse_strategy(strategy)
     annotator = resolve_annotator(store, model)
     composite = annotator.startswith(COMPOSITE_PREFIX)
@@ -231,6 +233,45 @@ def plan(
         f"${total_cost:,.4f}" + (" + unknown prices" if unknown else "")
     )
     lines.append("no model was called; items already done are skipped when the stages run (resume)")
+    return "\n".join(lines)
+
+
+def _plan_sets(store: Store, *, model: str | None, n: int) -> str:
+    """A multi-label task: one yes/no call per label and item (or none for the feature
+    annotator); the per-label critic makes no calls."""
+    from actlabel.multilabel_annotate import FEATURE_ANNOTATOR_SPEC
+
+    task = store.task
+    spec = (model or DEFAULT_MODEL).strip()
+    names = task.label_names
+    lines = [
+        f"plan for {store.root}: {n} items, {len(names)} labels, multi-label ({prompting.label_names(task.labels)})",
+        "",
+    ]
+    if spec == FEATURE_ANNOTATOR_SPEC:
+        lines.append(
+            f"annotator: {spec}, one-vs-rest on the {len(task.examples)} few-shot examples: no model calls"
+        )
+    else:
+        sample, scale = _sample(store)
+        first = sample[0]
+        tc = TokenCounter(spec)
+        try:
+            render = lambda it, label: prompting.label_question_messages(task, it, label, root=store.root)  # noqa: E731
+            lines += [f"annotator: {spec}, a yes/no question per label ({len(names)} calls per item)",
+                      f"--- annotator prompt for item {first.item_id}, label {names[0]!r} ---",
+                      show(render(first, names[0])), "---"]  # fmt: skip
+            tokens_in = int(sum(tc.prompt(render(it, lab)) for it in sample for lab in names) * scale)
+            calls = n * len(names)
+            prices = PriceTable.load(store.root)
+            lines.append(
+                f"  annotate  {spec}  {calls:,} calls  {tokens_in:,} input tokens  {calls:,} output tokens  "
+                f"{_fmt_cost(_cost(prices, spec, tokens_in, calls), spec)} (input counted with {tc.method}; "
+                "local models keep the shared prefix of an item's questions in the KV cache)"
+            )
+        finally:
+            tc.close()
+    lines.append("critic: per-label, from the annotator's per-label probabilities: no model calls")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actlabel import data
+from actlabel import data, metrics, multilabel
 from actlabel.errors import UserError
 from actlabel.store import Store
 from actlabel.task import Example, Label, Task
@@ -38,6 +38,8 @@ class ProjectStatus:
     usage: dict[str, float]
     residual: Any = None
     next_steps: list[str] = field(default_factory=list)
+    #: multi-label projects: machine sets against gold (exact-set match, Hamming, F1 per label)
+    multi_label_quality: dict[str, Any] | None = None
 
 
 def _os_reason(exc: BaseException) -> str:
@@ -62,11 +64,13 @@ class Project:
         *,
         instructions: str = "",
         examples: list[Example] | None = None,
+        multi_label: bool = False,
     ) -> Project:
         task = Task(
             labels=[lab if isinstance(lab, Label) else Label(lab) for lab in labels],
             instructions=instructions,
             examples=list(examples or []),
+            multi_label=multi_label,
         )
         try:
             Store.create(root, task).close()
@@ -116,6 +120,8 @@ class Project:
         machine = Counter()
         final = Counter()
         ann_ok = ann_failed = crit_ok = crit_failed = sel = rev = sel_not_rev = gold = 0
+        multi = store.task.multi_label
+        gold_pairs: list[tuple[str, str]] = []  # (machine set, gold set) where both exist
         for rows in store.iter_current():
             for r in rows:
                 (
@@ -137,7 +143,12 @@ class Project:
                 ) = r
                 if a_status == "ok":
                     ann_ok += 1
-                    machine[m_label] += 1
+                    if multi:
+                        machine.update(multilabel.decode(m_label) or ["(empty set)"])
+                        if gold_label is not None:
+                            gold_pairs.append((m_label, gold_label))
+                    else:
+                        machine[m_label] += 1
                 elif a_status == "failed":
                     ann_failed += 1
                 if e_prob is not None:
@@ -149,7 +160,9 @@ class Project:
                 if human is not None:
                     rev += 1
                 label = human if human is not None else m_label
-                if label is not None:
+                if label is not None and multi:
+                    final.update(multilabel.decode(label) or ["(empty set)"])
+                elif label is not None:
                     final[label] += 1
                 if gold_label is not None:
                     gold += 1
@@ -195,4 +208,22 @@ class Project:
             usage=usage,
             residual=residual,
             next_steps=steps,
+            multi_label_quality=_set_quality(store.task.label_names, gold_pairs) if multi else None,
         )
+
+
+def _set_quality(names: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
+    if not pairs:
+        return None
+    agreement = metrics.set_agreement(
+        multilabel.indicators([m for m, _ in pairs], names),
+        multilabel.indicators([g for _, g in pairs], names),
+    )
+    return {
+        "items": agreement.n,
+        "exact_match": agreement.exact_match,
+        "hamming": agreement.hamming,
+        "micro_f1": agreement.micro_f1,
+        "macro_f1": agreement.macro_f1,
+        "f1": dict(zip(names, agreement.f1, strict=True)),
+    }

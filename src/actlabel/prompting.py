@@ -162,6 +162,39 @@ def annotation_messages(
     return tuple(messages)
 
 
+# ---- multi-label annotator prompts ---------------------------------------------------------------
+
+MULTILABEL_TEMPLATES = ("annotate_multilabel_system", "annotate_multilabel_set", "annotate_multilabel_label")
+
+
+def label_question_messages(
+    task: Task, item: Item, label: str, *, root: Path | None = None, with_images: bool = True
+) -> tuple[Message, ...]:
+    """A multi-label task asks one yes/no question per label: system turn, the few-shot examples
+    as prior turns answering with their label sets, then the item and the question about `label`.
+
+    The question comes last, so the prompts of one item's labels share everything before it:
+    llama.cpp keeps that prefix in its KV cache and evaluates only the short question per label."""
+    names = label_names(task.labels)
+    messages = [system_message(task, "annotate_multilabel_system")]
+    text_column = (task.text_columns or ["text"])[0]
+    for ex in task.examples:
+        image = resolve_image(ex.image, root) if (ex.image and with_images) else None
+        fields = [(text_column, ex.text)] if ex.text.strip() else []
+        if not fields and image is None:
+            continue
+        body = render(
+            "annotate_multilabel_set", input=render_input(fields, image is not None), label_names=names
+        )
+        messages.append(Message("user", _content(body, image)))
+        messages.append(Message.text("assistant", ", ".join(ex.label_set()) or "none"))
+    text, image = item_content(task, item, with_image=with_images)
+    messages.append(
+        Message("user", _content(render("annotate_multilabel_label", input=text, label=label), image))
+    )
+    return tuple(messages)
+
+
 # ---- critic prompts ----------------------------------------------------------------------------
 
 CRITIC_TEMPLATES = (

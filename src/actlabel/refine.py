@@ -182,6 +182,10 @@ def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
     """What refine_labels would write given `reviews` (rowid -> human label), without writing it:
     the demo's and the benchmarks' random-review baseline refines with its own draw this way."""
     task = store.task
+    if task.multi_label:
+        raise UserError(
+            "--refine relabels single-label tasks; a multi-label task's labels come from `annotate`"
+        )
     names = list(task.label_names)
     current = _latest_ok_annotations(store)
     if not current:

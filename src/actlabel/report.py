@@ -1117,15 +1117,104 @@ _SECTIONS: list[tuple[str, str]] = [
 ]
 
 
+def _label_sets(store: Store) -> dict[str, Any]:
+    """A multi-label project per label: 0/1 matrices of machine, final and gold sets (items with
+    an ok annotation), and each label's error probability from the per-label critic."""
+    from actlabel import multilabel
+    from actlabel.critics.per_label import current_label_error_probs
+
+    names = store.task.label_names
+    rows = [r for batch in store.iter_current() for r in batch if r[6] == "ok"]
+    machine = multilabel.indicators([r[4] for r in rows], names)
+    final = multilabel.indicators([r[12] if r[12] is not None else r[4] for r in rows], names)
+    has_gold = np.array([r[3] is not None for r in rows], dtype=bool)
+    gold = multilabel.indicators([r[3] for r in rows], names)
+    label_e = current_label_error_probs(store)
+    has_e = np.array([r[0] in label_e for r in rows], dtype=bool)
+    e = np.array([label_e.get(r[0], np.full(len(names), np.nan)) for r in rows]).reshape(
+        len(rows), len(names)
+    )
+    return {"names": names, "machine": machine, "final": final, "gold": gold, "has_gold": has_gold,
+            "label_error": e, "has_error": has_e}  # fmt: skip
+
+
+def _multi_distribution(sets: dict[str, Any]) -> str:
+    names, machine, final = sets["names"], sets["machine"], sets["final"]
+    if machine.shape[0] == 0:
+        return "<p>No labels yet: run <code>actlabel annotate</code>.</p>"
+    series = [("machine", machine.sum(axis=0), MACHINE_COLOUR), ("final", final.sum(axis=0), FINAL_COLOUR)]
+    if sets["has_gold"].any():
+        series.append(("gold", sets["gold"][sets["has_gold"]].sum(axis=0), GOLD_COLOUR))
+    rows = [[n, *(_int(c[j]) for _, c, _ in series)] for j, n in enumerate(names)]
+    empty = [
+        ("machine", int((machine.sum(axis=1) == 0).sum())),
+        ("final", int((final.sum(axis=1) == 0).sum())),
+    ]
+    return (
+        _label_bars(names, series)
+        + '<p class="caption">Multi-label task: items per label (an item counts once for each of its labels).</p>'
+        + _table(["label", *(x[0] for x in series)], rows, numeric=range(1, len(series) + 1))
+        + "<p>Items with the empty set: "
+        + ", ".join(f"{k} {v}" for k, v in empty)
+        + ".</p>"
+    )
+
+
+def _multi_accuracy(sets: dict[str, Any]) -> str:
+    mask = sets["has_gold"]
+    if not mask.any():
+        return _needs_gold("Exact-set match, Hamming loss and F1 per label compare the sets with gold.")
+    names = sets["names"]
+    gold = sets["gold"][mask]
+    m, f = (
+        metrics.set_agreement(sets["machine"][mask], gold),
+        metrics.set_agreement(sets["final"][mask], gold),
+    )
+    head = _kv(
+        [
+            ("items with gold", _int(m.n)),
+            ("machine: exact-set match", _pct(m.exact_match)),
+            ("machine: Hamming loss", _num(m.hamming)),
+            ("machine: micro / macro F1", f"{_num(m.micro_f1)} / {_num(m.macro_f1)}"),
+            ("final: exact-set match", _pct(f.exact_match)),
+            ("final: micro / macro F1", f"{_num(f.micro_f1)} / {_num(f.macro_f1)}"),
+        ]
+    )
+    rows = [
+        [n, _int(gold[:, j].sum()), "n/a" if m.f1[j] != m.f1[j] else _num(m.f1[j]),
+         "n/a" if f.f1[j] != f.f1[j] else _num(f.f1[j])]
+        for j, n in enumerate(names)
+    ]  # fmt: skip
+    return head + _table(["label", "gold items", "machine F1", "final F1"], rows, numeric=(1, 2, 3))
+
+
+def _per_label_auroc(sets: dict[str, Any]) -> str:
+    mask = sets["has_gold"] & sets["has_error"]
+    if not mask.any():
+        return _needs_gold("Per-label AUROC needs the per-label critic's scores and gold sets.")
+    wrong = sets["machine"][mask] != sets["gold"][mask]
+    aurocs = metrics.per_label_auroc(sets["label_error"][mask], wrong)
+    rows = [
+        [n, _int(wrong[:, j].sum()), "n/a (no errors or all wrong)" if a is None else _num(a)]
+        for j, (n, a) in enumerate(zip(sets["names"], aurocs, strict=True))
+    ]
+    return (
+        "<h3>Per label</h3><p>AUROC of each label's error probability against whether the machine's "
+        "decision on that label was wrong (items with gold).</p>"
+        + _table(["label", "wrong decisions", "AUROC"], rows, numeric=(1, 2))
+    )
+
+
 def render_report(store: Store) -> str:
     """The report as one HTML string (see :func:`write_report`)."""
     data = _load(store)
     truth = _truth(data)
+    sets = _label_sets(store) if store.task.multi_label else None
     builders: dict[str, Callable[[], str]] = {
         "overview": lambda: _overview(store, data),
-        "labels": lambda: _distribution(data),
-        "accuracy": lambda: _accuracy(data),
-        "critic": lambda: _critic(store, data, truth),
+        "labels": lambda: _distribution(data) if sets is None else _multi_distribution(sets),
+        "accuracy": lambda: _accuracy(data) if sets is None else _multi_accuracy(sets),
+        "critic": lambda: _critic(store, data, truth) + ("" if sets is None else _per_label_auroc(sets)),
         "budget": lambda: _budget(data),
         "residual": lambda: _residual(store, data),
         "reviewers": lambda: _reviewers(store, data),

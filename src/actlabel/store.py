@@ -558,8 +558,7 @@ class Store:
     def add_review(
         self, item_rowid: int, label: str, *, reviewer: str, source: str, duration_ms: int | None = None
     ) -> int:
-        if label not in self.task.label_names:
-            raise UserError(f"item {item_rowid}: review label {label!r} is not one of the task's labels")
+        label = self.review_label(item_rowid, label)
         with self.transaction():
             cur = self.conn.execute(
                 "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -568,14 +567,10 @@ class Store:
         return int(cur.lastrowid)
 
     def add_reviews(self, records: Iterable[dict[str, Any]]) -> None:
-        labels = set(self.task.label_names)
         now = time.time()
         rows = []
         for r in records:
-            if r["label"] not in labels:
-                raise UserError(
-                    f"item {r['item_rowid']}: review label {r['label']!r} is not one of the task's labels"
-                )
+            r = r | {"label": self.review_label(r["item_rowid"], r["label"])}
             rows.append({"duration_ms": None, "created_at": now, "selected_when_reviewed": None} | r)
         with self.transaction():
             self.conn.executemany(
@@ -584,6 +579,21 @@ class Store:
                 " :created_at, :selected_when_reviewed)",
                 rows,
             )
+
+    def review_label(self, item_rowid: int, label: Any) -> str:
+        """The stored form of a review's label, or UserError when it is not the task's: one of
+        the labels, or for a multi-label task a set of them (multilabel.parse), empty allowed."""
+        task = self.task
+        if task.multi_label:
+            from actlabel import multilabel
+
+            stored = multilabel.parse(label, task.label_names, f"item {item_rowid}: review")
+            if stored is None:
+                raise UserError(f"item {item_rowid}: review has no label set (submit [] for the empty set)")
+            return stored
+        if label not in task.label_names:
+            raise UserError(f"item {item_rowid}: review label {label!r} is not one of the task's labels")
+        return label
 
     def latest(self, table: str, columns: Sequence[str], where: str = "") -> dict[int, tuple]:
         """item_rowid -> the chosen columns of its latest record in `table` (SQLite's bare-column max())."""

@@ -24,9 +24,13 @@ class Label:
 class Example:
     """A few-shot example shown to the annotator; `image` is a path, absolute or relative to the project."""
 
-    label: str
+    label: str  # in a multi-label task: the set as `a|b` (empty for the empty set)
     text: str = ""
     image: str = ""
+
+    def label_set(self) -> list[str]:
+        """The example's labels in a multi-label task (`a|b`; an empty string is the empty set)."""
+        return [p.strip() for p in self.label.split("|")] if self.label.strip() else []
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Task:
     id_column: str | None = None
     gold_column: str | None = None
     examples: list[Example] = field(default_factory=list)
+    #: each item takes a set of labels (multilabel.py: how sets are stored and written)
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -60,6 +66,10 @@ class Task:
                 raise UserError(f"label {i} {name!r} has leading or trailing spaces")
             if "\n" in name:
                 raise UserError(f"label {i} {name!r} contains a line break")
+            if self.multi_label and ("|" in name or name.startswith("[")):
+                raise UserError(
+                    f"label {i} {name!r}: in a multi-label task a label cannot contain '|' or start with '['"
+                )
             key = name.casefold()
             if key in seen:
                 raise UserError(f"duplicate label {name!r} (labels must be unique, ignoring case)")
@@ -68,13 +78,22 @@ class Task:
             if "\n" in label.description:
                 raise UserError(f"the description of label {label.name!r} must be one line")
         for i, ex in enumerate(self.examples, 1):
-            if ex.label not in seen.values():
+            if self.multi_label:
+                unknown = [p for p in ex.label_set() if p not in seen.values()]
+                if unknown:
+                    raise UserError(
+                        f"few-shot example {i}: label {unknown[0]!r} is not one of the task's labels"
+                    )
+            elif ex.label not in seen.values():
                 raise UserError(f"few-shot example {i}: label {ex.label!r} is not one of the task's labels")
             if not ex.text.strip() and not ex.image:
                 raise UserError(f"few-shot example {i}: it has neither text nor image")
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        data = asdict(self)
+        if not self.multi_label:
+            del data["multi_label"]  # single-label projects store exactly what they stored before
+        return json.dumps(data, ensure_ascii=False, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Task:
@@ -150,12 +169,20 @@ def read_examples_file(
         image = row.get("image")
         examples.append(
             Example(
-                label=str(row[label_column]).strip(),
+                label=_example_label(row[label_column]),
                 text=_field_text(row.get(text_column)),
                 image=_example_image(path, where, image) if image not in (None, "") else "",
             )
         )
     return examples
+
+
+def _example_label(value: Any) -> str:
+    """A JSONL list of labels (a multi-label example) becomes `a|b`, as a CSV cell writes it."""
+    if isinstance(value, list):
+        return "|".join(str(v).strip() for v in value)
+    text = str(value).strip()
+    return "" if text == "[]" else text
 
 
 def _field_text(value: Any) -> str:

@@ -49,6 +49,7 @@ reviewer, label and source) is not stored again, while a changed answer is appen
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -79,13 +80,22 @@ def export_for_tool(store: Store, out: str | Path, fmt: str) -> int:
     if out.is_dir():
         raise UserError(f"{out} is a folder; give a file name such as tasks.json")
     items = load_items(store, pending_rowids(store))
+    if store.task.multi_label:  # the tools take a set as a list of choices
+        from actlabel import multilabel
+
+        items = [
+            dataclasses.replace(it, machine_label=multilabel.decode(it.machine_label),
+                                proposed_label=multilabel.decode(it.proposed_label))
+            for it in items
+        ]  # fmt: skip
     if fmt == "labelstudio":
         has_text = any(it.fields for it in items) or not any(it.image_path for it in items)
         has_image = any(it.image_path for it in items)
         tasks = [_labelstudio_task(it, "text" if has_text else "image") for it in items]
         _write_atomic(out, json.dumps(tasks, ensure_ascii=False, indent=1))
         _write_atomic(
-            labelstudio_config_path(out), labelstudio_config(store.task.labels, has_text, has_image)
+            labelstudio_config_path(out),
+            labelstudio_config(store.task.labels, has_text, has_image, multi_label=store.task.multi_label),
         )
     else:
         records = [_argilla_record(it) for it in items]
@@ -102,8 +112,11 @@ def labelstudio_config_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}.labelstudio.xml")
 
 
-def labelstudio_config(labels: list[Any], has_text: bool = True, has_image: bool = False) -> str:
-    """The labelling interface: the item, the critic's note, one single-choice question `label`."""
+def labelstudio_config(
+    labels: list[Any], has_text: bool = True, has_image: bool = False, *, multi_label: bool = False
+) -> str:
+    """The labelling interface: the item, the critic's note, one question `label` (single choice,
+    or `choice="multiple"` for a multi-label task)."""
     view = ET.Element("View")
     if has_text:
         ET.SubElement(view, "Text", name="text", value="$text")
@@ -116,7 +129,7 @@ def labelstudio_config(labels: list[Any], has_text: bool = True, has_image: bool
         "Choices",
         name=QUESTION,
         toName="text" if has_text else "image",
-        choice="single",
+        choice="multiple" if multi_label else "single",
         showInLine="true",
     )
     for label in labels:
@@ -128,10 +141,16 @@ def labelstudio_config(labels: list[Any], has_text: bool = True, has_image: bool
     return ET.tostring(view, encoding="unicode") + "\n"
 
 
+def _shown(label: Any) -> str:
+    if isinstance(label, list):  # a multi-label set
+        return ", ".join(label) or "(no labels)"
+    return label or "(none)"
+
+
 def _critic_note(it: ReviewItem) -> str:
-    parts = [f"machine label: {it.machine_label or '(none)'}"]
+    parts = [f"machine label: {_shown(it.machine_label)}"]
     if it.proposed_label is not None:
-        parts.append(f"critic proposes: {it.proposed_label}")
+        parts.append(f"critic proposes: {_shown(it.proposed_label)}")
     if it.error_prob is not None:
         parts.append(f"error probability {it.error_prob:.2f}")
     note = "; ".join(parts)
@@ -164,7 +183,11 @@ def _labelstudio_task(it: ReviewItem, to_name: str) -> dict[str, Any]:
                     "from_name": QUESTION,
                     "to_name": to_name,
                     "type": "choices",
-                    "value": {"choices": [it.machine_label]},
+                    "value": {
+                        "choices": it.machine_label
+                        if isinstance(it.machine_label, list)
+                        else [it.machine_label]
+                    },
                 }
             ],
         }
@@ -261,7 +284,7 @@ def import_from_tool(store: Store, file: str | Path, fmt: str) -> ImportReviewsR
     if fmt not in FORMATS:
         raise UserError(f"unknown review tool format {fmt!r} (use one of {', '.join(FORMATS)})")
     path = Path(file)
-    labels = set(store.task.label_names)
+    labels = task_labels(store)
     if fmt == "labelstudio":
         answers, skipped, unanswered = _labelstudio_answers(path, _read_json(path, jsonl_ok=False), labels)
     else:
@@ -335,7 +358,33 @@ def _time_key(entry: dict[str, Any], position: int) -> tuple[str, str, int]:
     )
 
 
+class LabelSets(frozenset):
+    """The label set of a multi-label task, in the task's order: answers are sets of these
+    (Label Studio `choice="multiple"`, Argilla multi-label questions) stored in canonical form."""
+
+    names: tuple[str, ...]
+
+    def __new__(cls, names: Any) -> LabelSets:
+        self = super().__new__(cls, names)
+        self.names = tuple(names)
+        return self
+
+
+def task_labels(store: Store) -> set[str]:
+    """What answers are checked against: the labels, or LabelSets for a multi-label task."""
+    task = store.task
+    return LabelSets(task.label_names) if task.multi_label else set(task.label_names)
+
+
 def _label_from(value: Any, labels: set[str], path: Path, where: str) -> str:
+    if isinstance(labels, LabelSets):
+        from actlabel import multilabel
+
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UserError(f"{path}: {where}: the answer {value!r} is not a list of label names")
+        stored = multilabel.parse(value, labels.names, f"{path}: {where}")
+        assert stored is not None  # a list is never blank
+        return stored
     if isinstance(value, list):
         if len(value) != 1:
             raise UserError(f"{path}: {where}: expected exactly one label, got {len(value)}")

@@ -30,7 +30,7 @@ import threading
 import time
 import webbrowser
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
@@ -43,6 +43,7 @@ from starlette.responses import FileResponse, HTMLResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from actlabel import multilabel
 from actlabel.data import image_is_servable
 from actlabel.errors import ProjectBusy, UserError
 from actlabel.review.queue import LEASE_S, ReviewQueue, UnknownItem
@@ -188,9 +189,13 @@ def _denied() -> Response:
 @dataclass
 class _Form:
     fields: dict[str, str]
+    lists: dict[str, list[str]] = field(default_factory=dict)  # every value of a repeated field
 
     def get(self, key: str, default: str = "") -> str:
         return self.fields.get(key, default)
+
+    def get_all(self, key: str) -> list[str]:
+        return self.lists.get(key, [])
 
 
 class ReviewApp:
@@ -209,6 +214,7 @@ class ReviewApp:
         self.project_name = project_name
         self.labels = queue.store.task.labels
         self.label_names = frozenset(lab.name for lab in self.labels)
+        self.multi_label = queue.store.task.multi_label
         self.asset_version = _asset_version()
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
@@ -217,6 +223,7 @@ class ReviewApp:
             lstrip_blocks=True,
             auto_reload=False,  # templates ship with the package: no stat() of three files per page
         )
+        self.env.filters["shown"] = _shown_label
 
     # ---- helpers ----------------------------------------------------------------------------
     def csrf_for(self, session_id: str) -> str:
@@ -258,10 +265,12 @@ class ReviewApp:
         parsed: dict[str, list[str]] = {}
         if is_form:
             try:
-                parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20)
+                parsed = parse_qs(
+                    body.decode("utf-8"), keep_blank_values=True, max_num_fields=20 + len(self.labels)
+                )
             except (UnicodeDecodeError, ValueError):
                 return self.error(request, 400, "malformed form data")
-        form = _Form({k: v[-1] for k, v in parsed.items()})
+        form = _Form({k: v[-1] for k, v in parsed.items()}, parsed)
         # CSRF before anything else about the request, so a forged request learns nothing.
         session_id = request.cookies.get(SESSION_COOKIE)
         given = form.get("csrf") or request.headers.get("x-csrf-token", "")
@@ -279,6 +288,19 @@ class ReviewApp:
         item, progress = self.queue.next_item(reviewer), self.queue.progress()
         if item is None:
             return self.render(request, "done.html", progress=progress)
+        if self.multi_label:
+            machine_set = multilabel.decode(item.machine_label) if item.machine_label else None
+            return self.render(
+                request,
+                "review_multi.html",
+                item=item,
+                progress=progress,
+                labels=self.labels,
+                checked=set(machine_set or ()),
+                machine_ok=machine_set is not None,
+                proposal_ok=bool(item.proposed_label) and item.proposed_label != item.machine_label,
+                shown_at=int(time.time() * 1000),
+            )
         return self.render(
             request,
             "review.html",
@@ -325,7 +347,13 @@ class ReviewApp:
         label = form.get("label")
         if rowid is None:
             return self.error(request, 400, "no item given")
-        if label not in self.label_names:
+        if self.multi_label:
+            # a set: an accept button's stored set (`label`), else the ticked boxes (none: the empty set)
+            try:
+                label = self.queue.store.review_label(rowid, label if label else form.get_all("labels"))
+            except UserError as exc:
+                return self.error(request, 400, str(exc))
+        elif label not in self.label_names:
             return self.error(request, 400, f"{label!r} is not one of the labels")
         duration = _int(form.get("duration_ms"))
         if duration is None and (shown := _int(form.get("shown_at"))) is not None:
@@ -398,6 +426,15 @@ def _session(request: Request) -> tuple[str, bool]:
         return sid, False
     # Keep the new id on the request so everything rendered for it uses the same one.
     return request.scope.setdefault("actlabel.new_session", secrets.token_urlsafe(32)), True
+
+
+def _shown_label(value: str | None) -> str:
+    """A label for the page: a stored set as `a, b` (`(no labels)` for the empty set)."""
+    if value is None:
+        return "none"
+    if multilabel.is_stored_set(value):
+        return ", ".join(multilabel.decode(value) or []) or "(no labels)"
+    return value
 
 
 def _clean_name(raw: str | None) -> str | None:

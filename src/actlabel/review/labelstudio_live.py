@@ -74,6 +74,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from actlabel import multilabel
 from actlabel.errors import ProjectBusy, UserError
 from actlabel.review import adapters
 from actlabel.review.app import LOOPBACK_NAMES, _host_name, bind_socket, is_loopback
@@ -158,8 +159,11 @@ def parse_label_config(config: str | None, labels: tuple[str, ...], default_to: 
     )
 
 
-def live_config(labels: list[Any], has_text: bool = True, has_image: bool = False) -> str:
-    """The labelling config for live use: the item, the `label` question, the critic's note."""
+def live_config(
+    labels: list[Any], has_text: bool = True, has_image: bool = False, *, multi_label: bool = False
+) -> str:
+    """The labelling config for live use: the item, the `label` question (checkboxes,
+    `choice="multiple"`, for a multi-label task), the critic's note."""
     view = ET.Element("View")
     if has_text:
         ET.SubElement(view, "Text", name="text", value="$text")
@@ -167,7 +171,12 @@ def live_config(labels: list[Any], has_text: bool = True, has_image: bool = Fals
         ET.SubElement(view, "Image", name="image", value="$image")
     target = "text" if has_text else "image"
     choices = ET.SubElement(
-        view, "Choices", name=adapters.QUESTION, toName=target, choice="single", showInLine="true"
+        view,
+        "Choices",
+        name=adapters.QUESTION,
+        toName=target,
+        choice="multiple" if multi_label else "single",
+        showInLine="true",
     )
     for label in labels:
         attrs = {"value": label.name}
@@ -201,16 +210,26 @@ def prediction_score(item: ReviewItem) -> float | None:
     return adapters._confidence(item)
 
 
-def prediction(item: ReviewItem, controls: Controls, version: str) -> dict[str, Any]:
+def prediction(
+    item: ReviewItem, controls: Controls, version: str, *, multi_label: bool = False
+) -> dict[str, Any]:
     score = prediction_score(item)
     regions: list[dict[str, Any]] = []
-    if item.machine_label is not None and (controls.values is None or item.machine_label in controls.values):
+    # a multi-label machine label is a stored set: Label Studio takes its members as the choices
+    chosen = (
+        None
+        if item.machine_label is None
+        else multilabel.decode(item.machine_label)
+        if multi_label
+        else [item.machine_label]
+    )
+    if chosen is not None and (controls.values is None or set(chosen) <= controls.values):
         region: dict[str, Any] = {
             "id": f"actlabel-{item.rowid}",
             "from_name": controls.label,
             "to_name": controls.label_to,
             "type": "choices",
-            "value": {"choices": [item.machine_label]},
+            "value": {"choices": chosen},
         }
         if score is not None:
             region["score"] = score
@@ -325,7 +344,14 @@ class LiveBackend:
         )
         rowids = [self.rowid_for(task, _task_where(task, n)) for n, task in enumerate(tasks, 1)]
         items = {it.rowid: it for it in load_items(self.store, sorted(set(rowids)))}
-        return JSONResponse({"results": [prediction(items[r], controls, MODEL_VERSION) for r in rowids]})
+        return JSONResponse(
+            {
+                "results": [
+                    prediction(items[r], controls, MODEL_VERSION, multi_label=self.store.task.multi_label)
+                    for r in rowids
+                ]
+            }
+        )
 
     async def metrics(self, request: Request) -> Response:
         self.authorize(request, predictions=False)
@@ -364,7 +390,7 @@ class LiveBackend:
     def _answers(
         self, annotations: list[Any], nested: dict[Any, Any]
     ) -> tuple[list[dict[str, Any]], int, int]:
-        labels = set(self.labels)
+        labels = adapters.task_labels(self.store)
         records, skipped, unanswered = [], 0, 0
         for n, ann in enumerate(annotations, 1):
             if not isinstance(ann, dict):
@@ -548,7 +574,7 @@ def write_config(store: Store) -> Path:
     has_image = bool(task.image_column)
     has_text = bool(task.text_columns) or not has_image
     path = store.root / CONFIG_NAME
-    adapters._write_atomic(path, live_config(task.labels, has_text, has_image))
+    adapters._write_atomic(path, live_config(task.labels, has_text, has_image, multi_label=task.multi_label))
     return path
 
 

@@ -336,8 +336,7 @@ class ReviewQueue:
         self, reviewer: str, rowid: int, label: str, *, duration_ms: int | None = None, source: str = "human"
     ) -> int:
         """Append a review (committed before returning) and release the item. Returns the review id."""
-        if label not in self._labels:
-            raise UserError(f"item {rowid}: label {label!r} is not one of the task's labels")
+        label = self.store.review_label(rowid, label)  # a set, in a multi-label task
         with self._lock:
             now = self._clock()
             with self.store.transaction() as conn:

@@ -60,8 +60,9 @@ def simulate_review(
             f"{len(missing)} of {len(items)} selected items have no gold label (e.g. item {missing[0].item_id!r});"
             " import a file with --gold to simulate reviews"
         )
+    multi = store.task.multi_label
     for it in items:
-        if it.gold_label not in labels:
+        if not multi and it.gold_label not in labels:
             raise UserError(
                 f"item {it.item_id!r}: gold label {it.gold_label!r} is not one of the task's labels"
             )
@@ -73,7 +74,13 @@ def simulate_review(
         # Draw for every item, not only when error_rate > 0, so the stream (and which items get a wrong
         # answer) does not depend on anything but the seed and the item order.
         if rng.random() < error_rate:
-            label = rng.choice([lab for lab in labels if lab != it.gold_label])
+            if multi:  # a wrong set: one label flipped
+                from actlabel import multilabel
+
+                flipped = set(multilabel.decode(label) or ()) ^ {rng.choice(labels)}
+                label = multilabel.encode(flipped, labels)
+            else:
+                label = rng.choice([lab for lab in labels if lab != it.gold_label])
             wrong += 1
         agreed_machine += label == it.machine_label
         agreed_proposal += it.proposed_label is not None and label == it.proposed_label

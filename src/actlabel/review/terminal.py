@@ -90,7 +90,8 @@ def run_terminal_review(
                     reopened = queue.undo(reviewer)
                     note = "(re-opened your last saved item)" if reopened else "(nothing to undo)"
                     break
-                label, problem = _resolve(answer, item, labels)
+                resolve = _resolve_set if queue.store.task.multi_label else _resolve
+                label, problem = resolve(answer, item, labels)
                 if label is None:
                     say(problem)
                     continue
@@ -114,9 +115,35 @@ def _default_name() -> str:
         return "reviewer"
 
 
-def _resolve(answer: str, item: ReviewItem, labels: list[str]) -> tuple[str | None, str]:
+def _resolve_set(answer: str, item: ReviewItem, labels: list[str]) -> tuple[str | None, str]:
+    """A multi-label answer: `a` (the machine set), `c` (the critic's), `-` (no label applies), or
+    labels by number or name separated by commas, e.g. `1,3` or `crude,ship`."""
+    from actlabel import multilabel
+
+    key = answer.strip().lower()
+    if key in ("a", "c"):
+        chosen = item.machine_label if key == "a" else item.proposed_label
+        return (
+            (chosen, "") if chosen is not None else (None, "Nothing to accept here; list the labels instead.")
+        )
+    if key == "-":
+        return "[]", ""
+    if not key:
+        return None, "Type label numbers or names separated by commas, - for none (s to skip, q to quit)."
+    picked = []
+    for part in (p.strip() for p in answer.split(",")):
+        label, why = _resolve(part, item, labels, single=True)
+        if label is None:
+            return None, why
+        picked.append(label)
+    return multilabel.encode(picked, labels), ""
+
+
+def _resolve(
+    answer: str, item: ReviewItem, labels: list[str], *, single: bool = False
+) -> tuple[str | None, str]:
     """The label an answer names, or (None, why not)."""
-    key = answer.lower()
+    key = "" if single else answer.lower()  # inside a set, a and c are label names or prefixes
     if key == "a":
         if item.machine_label in labels:
             return item.machine_label, ""
@@ -131,7 +158,12 @@ def _resolve(answer: str, item: ReviewItem, labels: list[str]) -> tuple[str | No
             return labels[n - 1], ""
         return None, f"Pick a number from 1 to {len(labels)}."
     if not answer:
-        return None, "Type a label number or name (or s to skip, q to quit)."
+        return (
+            None,
+            "An empty label in the list."
+            if single
+            else "Type a label number or name (or s to skip, q to quit).",
+        )
     exact = [lab for lab in labels if lab.casefold() == answer.casefold()]
     if exact:
         return exact[0], ""

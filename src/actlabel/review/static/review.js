@@ -7,7 +7,12 @@
   const skipForm = document.getElementById("skip-form");
   const undoForm = document.getElementById("undo-form");
   const filter = document.getElementById("label-filter");
-  const labelButtons = saveForm ? Array.from(saveForm.querySelectorAll("#labels button")) : [];
+  // A multi-label item shows checkboxes: number keys tick them and Enter saves the ticked set.
+  const multi = Boolean(saveForm && saveForm.dataset.multi);
+  const labelButtons = saveForm
+    ? Array.from(saveForm.querySelectorAll(multi ? "#labels input[type=checkbox]" : "#labels button"))
+    : [];
+  const saveSet = document.getElementById("save-set");
   const started = performance.now();
   let submitting = false;
 
@@ -30,11 +35,12 @@
     else if (button) form.requestSubmit(button);
   }
 
-  function visibleLabels() { return labelButtons.filter(function (b) { return !b.hidden; }); }
+  function shown(b) { return multi ? b.closest("label") : b; }
+  function visibleLabels() { return labelButtons.filter(function (b) { return !shown(b).hidden; }); }
 
   function applyFilter() {
     const query = filter.value.trim().toLowerCase();
-    for (const b of labelButtons) b.hidden = query !== "" && !b.value.toLowerCase().includes(query);
+    for (const b of labelButtons) shown(b).hidden = query !== "" && !b.value.toLowerCase().includes(query);
   }
   if (filter) filter.addEventListener("input", applyFilter);
 
@@ -45,16 +51,23 @@
       if (event.key === "Enter") {
         event.preventDefault();
         const first = visibleLabels()[0];
-        if (first) submitWith(saveForm, first);
+        if (first && multi) { first.checked = !first.checked; filter.value = ""; applyFilter(); filter.blur(); }
+        else if (first) submitWith(saveForm, first);
       } else if (event.key === "Escape") {
         filter.value = ""; applyFilter(); filter.blur();
       }
       return;
     }
-    if (target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.isContentEditable)) return;
+    const onCheckbox = multi && target && target.tagName === "INPUT" && target.type === "checkbox";
+    if (!onCheckbox && target && (target.tagName === "INPUT" || target.tagName === "TEXTAREA" || target.isContentEditable)) return;
     const key = event.key;
     let button = null;
-    if (/^[1-9]$/.test(key)) {
+    if (multi && /^[1-9]$/.test(key)) {
+      button = saveForm.querySelector('#labels input[data-key="' + key + '"]');
+      if (button) button.checked = !button.checked;
+    } else if (multi && key === "Enter" && !(target && target.tagName === "BUTTON")) {
+      button = saveSet; submitWith(saveForm, saveSet);
+    } else if (/^[1-9]$/.test(key)) {
       button = saveForm ? saveForm.querySelector('#labels button[data-key="' + key + '"]') : null;
       if (button) submitWith(saveForm, button);
     } else if (key === "a" || key === "c") {
