@@ -218,6 +218,13 @@ def image_features(
     sess = _onnx_image_session() if (runtime or requested_runtime()) == "onnx" else None
     if sess is None:
         return _image_features_torch(paths, batch_size=batch_size, failures=failures)
+    return onnx_image_features(sess, paths, batch_size=batch_size, failures=failures)
+
+
+def onnx_image_features(
+    sess, paths: Sequence[str], *, batch_size: int = 32, failures: dict[str, str] | None = None
+) -> np.ndarray:
+    """image_features() on a given onnxruntime session of the exported EfficientNet-Lite0."""
     out = []
     bad: list[int] = []
     with _lock:
