@@ -239,3 +239,19 @@ def test_missing_onnxruntime_falls_back_to_torch(onnx_cache, monkeypatch, capsys
     assert err == [
         "actlabel: minilm-l6-v2 features: onnxruntime is not installed (pip install 'actlabel[ml]'); using torch (slower)"
     ]
+
+
+def test_unwritable_cache_dir_falls_back_to_torch(onnx_cache, monkeypatch, tmp_path, capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("ACTLABEL_CACHE", str(blocker / "cache"))
+    _reset()
+    try:
+        vecs = features.embed_texts(["hello there"])
+    finally:
+        _reset()
+    np.testing.assert_allclose(vecs, features.embed_texts(["hello there"], runtime="torch"), atol=1e-6)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("actlabel: minilm-l6-v2 features: ONNX export failed (") and "a-file" in line
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        features.embed_texts(["x"], runtime="tensorrt")

@@ -9,14 +9,17 @@ Both ship their weights inside registry packages, so they work offline:
 
 They feed the learned critic, the offline image annotator and the image+text composite.
 
+Vectors are cached per content (sha256 of the text, or of the image bytes) in the project folder
+(`.features/NAME.npy` + `NAME.keys`), so re-runs, the annotator and the critics compute each item
+once, and moving a project keeps its cache.
+
 Two runtimes compute the same vectors (cosine >= 0.9999 per item, checked when the ONNX file is
 exported): `onnx` (ONNX Runtime on a graph exported once per machine from the same weights,
 models/onnx_runtime.py; several times faster on CPU) and `torch` (the reference). The environment
 variable ACTLABEL_FEATURE_RUNTIME=onnx|torch chooses; by default onnx, and torch with a one-line
 warning when onnxruntime is missing or the export fails its self-check.
-Vectors are cached per content (sha256 of the text, or of the image bytes) in the project folder
-(`.features/NAME.npy` + `NAME.keys`), so re-runs, the annotator and the critics compute each item
-once, and moving a project keeps its cache.
+Because both give the same vectors, the cache is keyed by model, not by runtime; a runtime whose
+vectors differ beyond numerical noise (int8, say) would need its own cache name.
 """
 
 from __future__ import annotations
@@ -85,6 +88,14 @@ def image_model():  # -> EfficientNet
     return model
 
 
+def _runtime(runtime: str | None) -> str:
+    if runtime is None:
+        return requested_runtime()
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    return runtime
+
+
 def requested_runtime() -> str:
     """The runtime ACTLABEL_FEATURE_RUNTIME asks for ("onnx" when unset)."""
     value = os.environ.get(RUNTIME_ENV, "").strip().lower() or "onnx"
@@ -122,12 +133,18 @@ def _onnx_or_none(model: str, load: Callable[[], object]) -> object | None:
         return None
     try:
         return load()
+    except UserError:
+        raise
     except onnx_runtime.ExportCheckFailed as exc:
         _fall_back(model, str(exc))
-        return None
     except ImportError as exc:  # the export needs onnx (and torch); a cached file does not
         _fall_back(model, f"the ONNX export needs {exc.name or 'onnx'!r}")
-        return None
+    # The torch path gives the same vectors, so an exporter bug or a read-only cache dir costs
+    # speed, never the run.
+    except Exception as exc:  # noqa: BLE001
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _fall_back(model, f"ONNX export failed ({type(exc).__name__}: {reason})")
+    return None
 
 
 def _load_onnx_text_encoder():
@@ -157,7 +174,7 @@ def embed_texts(
     """(n, 384) float32 L2-normalised sentence embeddings, in the order of `texts`."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
-    if (runtime or requested_runtime()) == "onnx":
+    if _runtime(runtime) == "onnx":
         encoder = _onnx_text_encoder()
         if encoder is not None:
             with _lock:  # one model, many threads would only fight over 2 cores
@@ -215,7 +232,7 @@ def image_features(
     """
     if not paths:
         return np.zeros((0, 1280), dtype=np.float32)
-    sess = _onnx_image_session() if (runtime or requested_runtime()) == "onnx" else None
+    sess = _onnx_image_session() if _runtime(runtime) == "onnx" else None
     if sess is None:
         return _image_features_torch(paths, batch_size=batch_size, failures=failures)
     return onnx_image_features(sess, paths, batch_size=batch_size, failures=failures)
