@@ -224,6 +224,9 @@ def image_levers(paths: list[str], folder: Path) -> list[tuple[str, float, float
     return rows, f"Decoding and resizing {n} PNGs alone: {n / t_decode:.0f} images/s on one thread."
 
 
+NOTE = "With two threads each, other jobs on the cores stall torch's parallel kernels more than ONNX Runtime's (its workers do not spin): the one-thread rows are the per-core ratio, the better estimate for a quiet machine."
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--texts", type=int, default=1000)
@@ -337,6 +340,8 @@ def main() -> None:
         f"{text1['ratio']:.2f}x | {ratios(text1)} | {text1['cos_min']:.7f} | {text1['cos_mean']:.7f} |",
         f"| same PNGs, both paths on 1 thread | {image1['old']:.1f} | {image1['new']:.1f} | "
         f"{image1['ratio']:.2f}x | {ratios(image1)} | {image1['cos_min']:.7f} | {image1['cos_mean']:.7f} |",
+        "",
+        NOTE,
         "",
         "Model load and export (seconds):",
         "",
