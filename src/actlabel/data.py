@@ -30,9 +30,10 @@ from actlabel.store import Store
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".ndjson", ".parquet", ".pq"}
 BATCH_ROWS = 20000
-#: bytes of CSV / JSONL Arrow parses at a time: the Python lists built from one block are the
-#: import's working memory (8 MB of short rows made ~100 MB of objects)
-ARROW_BLOCK_BYTES = 2 << 20
+#: bytes of CSV / JSONL Arrow parses at a time. Its streaming readers parse about 32 blocks ahead
+#: in their own threads (2 MB blocks held the whole of a 60 MB file), so this bounds the import's
+#: memory; `_regroup` joins the small batches back to about BATCH_ROWS rows.
+ARROW_BLOCK_BYTES = 1 << 18
 
 EXPORT_COLUMNS_AFTER_INPUT = (
     "machine_label",
@@ -127,9 +128,12 @@ def import_path(
     def load(batches: Iterator[tuple[int, dict]]) -> tuple[int, int]:
         rows = new = 0
         seen = _SeenIds()
+        prepared = (
+            _batch_to_records(path, first_row, batch, roles, labels, seen, root)
+            for first_row, batch in batches
+        )
         with store.transaction():
-            for first_row, batch in batches:
-                records = _rows_to_records(path, first_row, batch, roles, labels, seen, root)
+            for records in prepared:
                 if check_existing:
                     _check_conflicts(store, path, records)
                 new += store.insert_items(records, run_id)
@@ -317,6 +321,132 @@ def _as_text(value: Any) -> str:
     return str(value)
 
 
+#: every character Python's str.isspace() accepts (tests check the list): the Arrow checks below
+#: must call a cell blank exactly when the row-by-row `str.strip()` would
+PY_WHITESPACE = (
+    "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+    "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+_RE2_SPACE = "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE)
+#: RE2: a cell holding some character that is not whitespace
+_NOT_BLANK = f"[^{_RE2_SPACE}]"
+#: RE2: a cell that starts or ends with whitespace
+_NEEDS_STRIP = f"^[{_RE2_SPACE}]|[{_RE2_SPACE}]$"
+#: RE2: what orjson escapes in a string (quote, backslash, control characters); every other
+#: character it writes as the UTF-8 it is, so such a cell's JSON is the cell between quotes
+_NEEDS_ESCAPE = r'["\\\x00-\x1f]'
+
+
+def _is_arrow_text(values: Any) -> bool:
+    return isinstance(values, pa.Array) and (
+        pa.types.is_string(values.type) or pa.types.is_large_string(values.type)
+    )
+
+
+def _batch_to_records(
+    path: Path,
+    first_row: int,
+    batch: dict[str, Any],
+    roles: ColumnRoles,
+    labels: set[str],
+    seen: _SeenIds,
+    image_root: Path,
+) -> list[tuple[str, str, str | None, str | None]]:
+    """Records for one batch: Arrow compute builds the JSON and checks the cells column-wise when
+    the batch is plain text (the common case, and most of the import's speed); anything else
+    (numbers, nulls, blank cells, images, an exact reader's Python lists) goes through
+    `_rows_to_records`, which also names the offending row."""
+    fast = _arrow_records(path, first_row, batch, roles, labels, seen)
+    if fast is not None:
+        return fast
+    lists = {k: v.to_pylist() if isinstance(v, pa.Array) else v for k, v in batch.items()}
+    return _rows_to_records(path, first_row, lists, roles, labels, seen, image_root)
+
+
+def _arrow_records(
+    path: Path,
+    first_row: int,
+    batch: dict[str, Any],
+    roles: ColumnRoles,
+    labels: set[str],
+    seen: _SeenIds,
+) -> list[tuple[str, str, str | None, str | None]] | None:
+    """The records `_rows_to_records` would build, from Arrow arrays, or None where it must decide."""
+    import pyarrow.compute as pc
+
+    if roles.image or not roles.text:
+        return None
+    texts = [batch[name] for name in roles.text]
+    raw_ids = batch[roles.id] if roles.id else None
+    for v in texts if raw_ids is None else [*texts, raw_ids]:
+        if (
+            not _is_arrow_text(v)
+            or v.null_count
+            or not pc.all(pc.match_substring_regex(v, _NOT_BLANK)).as_py()
+        ):
+            return None
+    gold = batch[roles.gold] if roles.gold else None
+    if gold is not None:
+        if not _is_arrow_text(gold) or pc.any(pc.match_substring_regex(gold, _NEEDS_STRIP)).as_py():
+            return None
+        if set(pc.unique(gold.drop_null()).to_pylist()) - labels - {""}:
+            return None
+    odumps = orjson.dumps
+    # {"a":"<cell>","b":"<cell>"}: what orjson writes for cells that need no escape. Python
+    # concatenation rather than Arrow's binary_join, whose first call maps 40 MB of kernels.
+    columns = [v.to_pylist() for v in texts]
+    keys = [odumps(name).decode() for name in roles.text]
+    if len(columns) == 1:
+        head = "{" + keys[0] + ':"'
+        data_jsons = [head + v + '"}' for v in columns[0]]
+    else:
+        seps = ["{" + keys[0] + ':"', *('",' + k + ':"' for k in keys[1:])]
+        data_jsons = [
+            "".join([x for pair in zip(seps, row, strict=True) for x in pair]) + '"}'
+            for row in zip(*columns, strict=True)
+        ]
+    needs: Any = None
+    for v in texts:
+        m = pc.match_substring_regex(v, _NEEDS_ESCAPE)
+        needs = m if needs is None else pc.or_(needs, m)
+    if pc.any(needs).as_py():
+        for i in np.flatnonzero(needs.to_numpy(zero_copy_only=False)):
+            data_jsons[i] = odumps({n: c[i] for n, c in zip(roles.text, columns, strict=True)}).decode()
+    if raw_ids is None:
+        ids = _content_ids(data_jsons, seen)
+    else:
+        ids = raw_ids.to_pylist()
+        _check_user_ids(path, first_row, ids, roles, seen)
+    golds = [None] * len(data_jsons) if gold is None else [g or None for g in gold.to_pylist()]
+    return list(zip(ids, data_jsons, [None] * len(data_jsons), golds, strict=True))
+
+
+def _check_user_ids(path: Path, first_row: int, ids: list[str], roles: ColumnRoles, seen: _SeenIds) -> None:
+    """Refuse an id used twice in the file, naming the row; then remember this batch's ids."""
+    if len(set(ids)) != len(ids) or not seen.isdisjoint(ids):
+        local: set[str] = set()
+        for i, item_id in enumerate(ids):
+            if item_id in seen or item_id in local:
+                raise UserError(
+                    f"{path}: row {first_row + i}: duplicate id {item_id!r} in column {roles.id!r}"
+                )
+            local.add(item_id)
+    seen.update(ids)
+
+
+def _content_ids(data_jsons: list[str], seen: _SeenIds) -> list[str]:
+    """Content-addressed ids: re-importing the same rows gives the same ids. Identical rows within
+    one file stay distinct items (suffix ~2, ~3...)."""
+    blake = hashlib.blake2b
+    digests = b"".join([blake(d.encode(), digest_size=8).digest() for d in data_jsons])
+    keys = np.frombuffer(digests, dtype=">u8").astype(np.uint64)
+    # one hex() over the batch, cut in 16s by numpy: a .hex() per digest was a tenth of the import
+    ids = np.frombuffer(digests.hex().encode(), dtype="S16").astype("U16").tolist()
+    if not seen.add_hashes(keys, ids):
+        ids = _dedupe_ids(ids, seen)
+    return ids
+
+
 def _rows_to_records(
     path: Path,
     first_row: int,
@@ -368,23 +498,9 @@ def _rows_to_records(
             if _is_blank(raw_id):
                 raise UserError(f"{path}: row {first_row + i}: empty id in column {roles.id!r}")
             ids.append(str(raw_id))
-        if len(set(ids)) != len(ids) or not seen.isdisjoint(ids):
-            local: set[str] = set()
-            for i, item_id in enumerate(ids):
-                if item_id in seen or item_id in local:
-                    raise UserError(
-                        f"{path}: row {first_row + i}: duplicate id {item_id!r} in column {roles.id!r}"
-                    )
-                local.add(item_id)
-        seen.update(ids)
+        _check_user_ids(path, first_row, ids, roles, seen)
     else:
-        # Content-addressed ids: re-importing the same rows gives the same ids. Identical rows
-        # within one file stay distinct items (suffix ~2, ~3...).
-        blake = hashlib.blake2b
-        digests = [blake(d.encode(), digest_size=8).digest() for d in data_jsons]
-        ids = [d.hex() for d in digests]
-        if not seen.add_hashes(np.frombuffer(b"".join(digests), dtype=">u8").astype(np.uint64), ids):
-            ids = _dedupe_ids(ids, seen)
+        ids = _content_ids(data_jsons, seen)
 
     golds: list[str | None] = [None] * n
     if roles.gold:
@@ -403,19 +519,23 @@ def _rows_to_records(
 
 
 class _SeenIds:
-    """The ids one import has used so far. Content-hash ids live in a sorted uint64 array (8 bytes
+    """The ids one import has used so far. Content-hash ids live in sorted uint64 arrays (8 bytes
     an id; a set of strings took ~100, the largest part of a million-row import's memory); user ids
-    and ~k suffixes in a set."""
+    and ~k suffixes in a set. The arrays are chunks of at most CHUNK ids: merging every batch into
+    one array copied it each time and held two copies at the peak (16 MB more at 1M rows)."""
+
+    CHUNK = 1 << 18
 
     def __init__(self) -> None:
-        self.hashes = np.empty(0, dtype=np.uint64)
+        self.chunks: list[np.ndarray] = []
         self.other: set[str] = set()
 
     def _in_hashes(self, keys: np.ndarray) -> np.ndarray:
-        if not self.hashes.size:
-            return np.zeros(keys.shape, dtype=bool)
-        pos = np.minimum(np.searchsorted(self.hashes, keys), self.hashes.size - 1)
-        return self.hashes[pos] == keys
+        found = np.zeros(keys.shape, dtype=bool)
+        for chunk in self.chunks:
+            pos = np.minimum(np.searchsorted(chunk, keys), chunk.size - 1)
+            found |= chunk[pos] == keys
+        return found
 
     def add_hashes(self, keys: np.ndarray, ids: list[str]) -> bool:
         """Add a batch of content-hash ids; False (nothing added) if any repeats one already used."""
@@ -424,7 +544,11 @@ class _SeenIds:
             return False
         if self.other and not self.other.isdisjoint(ids):
             return False
-        self.hashes = np.insert(self.hashes, np.searchsorted(self.hashes, order), order)
+        last = self.chunks[-1] if self.chunks else None
+        if last is not None and last.size + order.size <= self.CHUNK:
+            self.chunks[-1] = np.insert(last, np.searchsorted(last, order), order)
+        else:
+            self.chunks.append(order)
         return True
 
     def __contains__(self, item_id: str) -> bool:
@@ -621,18 +745,15 @@ def _csv_batches(path: Path, encoding: str, delimiter: str) -> tuple[list[str], 
                 # Arrow skips a UTF-8 BOM itself and decodes UTF-8 natively; other encodings go
                 # through a Python transcoder.
                 read_options=pacsv.ReadOptions(
-                    encoding="utf8" if encoding == "utf-8-sig" else encoding, block_size=ARROW_BLOCK_BYTES
+                    encoding="utf8" if encoding == "utf-8-sig" else encoding,
+                    block_size=ARROW_BLOCK_BYTES,
                 ),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
                 convert_options=pacsv.ConvertOptions(
                     column_types={c: pa.string() for c in header}, strings_can_be_null=False
                 ),
             )
-            row = 1
-            for record_batch in reader:
-                data = {name: record_batch.column(name).to_pylist() for name in record_batch.schema.names}
-                yield row, data
-                row += record_batch.num_rows
+            yield from _regroup(reader)
         except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
             raise UserError(_locate_csv_problem(path, encoding, delimiter, len(header), exc)) from None
 
@@ -727,17 +848,13 @@ def _jsonl_arrow_batches(path: Path, roles: ColumnRoles) -> Iterator[tuple[int, 
 
     needed = [c for c in dict.fromkeys([*roles.text, roles.image, roles.id, roles.gold]) if c is not None]
     schema = pa.schema([(c, pa.string()) for c in needed])
-    row = 1
     try:
         reader = pajson.open_json(
             path,
             read_options=pajson.ReadOptions(block_size=ARROW_BLOCK_BYTES),
             parse_options=pajson.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"),
         )
-        for record_batch in reader:
-            data = {name: record_batch.column(name).to_pylist() for name in needed}
-            yield row, data
-            row += record_batch.num_rows
+        yield from _regroup(reader)
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
         raise _ArrowCannot(str(exc)) from None
 
@@ -760,12 +877,33 @@ def _parquet_batches(path: Path) -> tuple[list[str], Iterator[tuple[int, dict]]]
     columns = pf.schema_arrow.names
 
     def batches() -> Iterator[tuple[int, dict]]:
-        row = 1
-        for record_batch in pf.iter_batches(batch_size=BATCH_ROWS):
-            yield row, {name: record_batch.column(name).to_pylist() for name in record_batch.schema.names}
-            row += record_batch.num_rows
+        # one row group at a time: its decoded columns are the reader's memory
+        yield from _regroup(pf.iter_batches(batch_size=BATCH_ROWS, use_threads=False))
 
     return columns, batches()
+
+
+def _regroup(record_batches: Iterable[pa.RecordBatch]) -> Iterator[tuple[int, dict]]:
+    """(first row number, column name -> Arrow array) in batches of about BATCH_ROWS rows: each
+    batch costs a few fixed steps (one executemany, one merge of the seen ids), so batches of a few
+    thousand rows, as small read blocks give, would spend the time there."""
+    row = 1
+    pending: list[pa.RecordBatch] = []
+    size = 0
+
+    def flush() -> tuple[int, dict]:
+        table = pa.Table.from_batches(pending)
+        return row, {name: table.column(name).combine_chunks() for name in table.schema.names}
+
+    for record_batch in record_batches:
+        pending.append(record_batch)
+        size += record_batch.num_rows
+        if size >= BATCH_ROWS:
+            yield flush()
+            row += size
+            pending, size = [], 0
+    if pending:
+        yield flush()
 
 
 def _import_image_folder(store: Store, folder: Path, root: Path) -> ImportResult:
