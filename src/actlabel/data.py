@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,7 @@ def import_path(
         raise UserError(
             f"{path}: unknown file type {suffix!r} (use .csv, .tsv, .jsonl, .parquet or an image folder)"
         )
+    before = _file_state(path)
     if suffix in (".csv", ".tsv"):
         encoding = _sniff_encoding(path, encoding)
         columns, batches = _csv_batches(path, encoding, delimiter="\t" if suffix == ".tsv" else ",")
@@ -133,11 +135,22 @@ def import_path(
             for first_row, batch in batches
         )
         with store.transaction():
-            for records in prepared:
-                if check_existing:
-                    _check_conflicts(store, path, records)
-                new += store.insert_items(records, run_id)
-                rows += len(records)
+            try:
+                for records in prepared:
+                    if check_existing:
+                        _check_conflicts(store, path, records)
+                    new += store.insert_items(records, run_id)
+                    rows += len(records)
+            except (UserError, OSError, pa.ArrowInvalid) as exc:
+                _check_unchanged(path, before)  # a file cut or grown under the reader: say that
+                if isinstance(exc, UserError):
+                    raise
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise UserError(
+                    f"{path}: cannot be read ({reason}); nothing of this import was stored"
+                ) from None
+            # what was read is the file as it was when the import started, or none of it is kept
+            _check_unchanged(path, before)
             if rows == 0:
                 raise UserError(f"{path}: no rows to import")
             store.add_input_columns(roles.text + ([roles.image] if roles.image else []))
@@ -159,15 +172,46 @@ def import_path(
             # text column, a line that is not an object...): its transaction rolled back, start over.
             rows, new = load(batches)
     except UserError as exc:
-        store.finish_run(run_id, "failed", str(exc))
+        _log_run_end(store, run_id, "failed", str(exc))
         raise
     except BaseException as exc:  # Ctrl+C, kill: the transaction rolled back, say so in the run log
-        store.finish_run(run_id, "interrupted", f"{type(exc).__name__}: nothing of this import was stored")
+        _log_run_end(store, run_id, "interrupted", f"{type(exc).__name__}: nothing of this import was stored")
         raise
     store.finish_run(run_id, "done", f"{rows} rows, {new} new")
     return ImportResult(
         str(path), rows, new, rows - new, columns, roles.text, roles.image, roles.id, roles.gold, tuple(notes)
     )
+
+
+def _file_state(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _check_unchanged(path: Path, before: tuple[int, int, int]) -> None:
+    """Refuse a file that was written, cut or replaced while it was being read: the rows read are
+    then neither the old file nor the new one (a row cut in two still parses)."""
+    try:
+        now = _file_state(path)
+    except OSError:
+        now = (-1, 0, 0)
+    if now != before:
+        change = "was removed" if now[0] < 0 else f"went from {before[0]} to {now[0]} bytes"
+        if now[0] == before[0] and now[0] >= 0:
+            change = "was rewritten"
+        raise UserError(
+            f"{path}: the file changed while it was being imported (it {change}); nothing of this import "
+            "was stored; re-run once the file is complete"
+        )
+
+
+def _log_run_end(store: Store, run_id: int, status: str, message: str) -> None:
+    """Record how a failed import ended, if the store can still be written: with the disk full the
+    import's own error is the one to report."""
+    try:
+        store.finish_run(run_id, status, message)
+    except (UserError, sqlite3.Error):
+        pass
 
 
 # ---- where images may live -----------------------------------------------------------------------
@@ -962,8 +1006,15 @@ def export_columns(store: Store) -> list[str]:
     return ["item_id", *store.input_columns(), *EXPORT_COLUMNS_AFTER_INPUT]
 
 
-def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, list]]:
-    """The export table in column batches (DESIGN.md's columns, empty where a stage has not run)."""
+def iter_export_batches(
+    store: Store, batch: int = 20000, *, arrow_inputs: bool = False
+) -> Iterator[dict[str, Any]]:
+    """The export table in column batches (DESIGN.md's columns, empty where a stage has not run).
+
+    arrow_inputs: the input columns as Arrow string arrays, parsed from the stored JSON by Arrow's
+    reader in one call per batch (a json loads per row was the slowest part of an export); the
+    Python lists where some value is not a string.
+    """
     inputs = store.input_columns()
     names = export_columns(store)
     loads, dumps = orjson.loads, json.dumps
@@ -985,11 +1036,15 @@ def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, 
             _reviewer,
             _image,
         ) = (list(c) for c in zip(*rows, strict=True))
-        parsed = [loads(d) for d in data]
-        out: dict[str, list] = {"item_id": item_id}
-        for c in inputs:
-            values = [d.get(c) for d in parsed]
-            out[c] = [v if v is None or type(v) is str else dumps(v) for v in values]
+        out: dict[str, Any] = {"item_id": item_id}
+        parsed_by_arrow = _input_arrays(data, inputs) if arrow_inputs else None
+        if parsed_by_arrow is not None:
+            out.update(parsed_by_arrow)
+        else:
+            parsed = [loads(d) for d in data]
+            for c in inputs:
+                values = [d.get(c) for d in parsed]
+                out[c] = [v if v is None or type(v) is str else dumps(v) for v in values]
         out["machine_label"] = machine
         out["machine_confidence"] = confidence
         out["error_prob"] = error_prob
@@ -1011,6 +1066,30 @@ def iter_export_batches(store: Store, batch: int = 20000) -> Iterator[dict[str, 
         ]
         out["gold_label"] = gold
         yield {c: out[c] for c in names}
+
+
+def _input_arrays(data: list[str], inputs: list[str]) -> dict[str, pa.Array] | None:
+    """The input columns of stored item JSON (one object a row, no raw newlines: JSON escapes
+    them), or None where a value is not a string (the caller parses those rows in Python)."""
+    import pyarrow.json as pajson
+
+    if not inputs or not data:
+        return None
+    raw = "\n".join(data).encode()
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(raw),
+            read_options=pajson.ReadOptions(block_size=len(raw) + 1, use_threads=False),
+            parse_options=pajson.ParseOptions(
+                explicit_schema=pa.schema([(c, pa.string()) for c in inputs]),
+                unexpected_field_behavior="ignore",
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != len(data):
+        return None
+    return {c: table.column(c).combine_chunks() for c in inputs}
 
 
 def _arrow_schema(columns: list[str]) -> pa.Schema:
@@ -1050,7 +1129,8 @@ def export(store: Store, out: str | Path, *, force: bool = False) -> int:
         if suffix == ".jsonl":
             with tmp.open("w", encoding="utf-8") as fh:
                 odumps = orjson.dumps
-                for batch in iter_export_batches(store):
+                for batch in iter_export_batches(store, arrow_inputs=True):
+                    batch = {k: v.to_pylist() if isinstance(v, pa.Array) else v for k, v in batch.items()}
                     keys = list(batch)
                     lines = [
                         odumps(dict(zip(keys, values, strict=True))).decode()
@@ -1062,7 +1142,7 @@ def export(store: Store, out: str | Path, *, force: bool = False) -> int:
         else:
             writer: Any = None
             try:
-                for batch in iter_export_batches(store):
+                for batch in iter_export_batches(store, arrow_inputs=True):
                     table = pa.table(batch, schema=schema)
                     if writer is None:
                         writer = (

@@ -323,15 +323,30 @@ class Store:
         try:
             yield self.conn
         except BaseException as exc:
-            self.conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-                raise self._read_only_error(exc) from None
+            self._rollback()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._write_error(exc) from None
             raise
         else:
             try:
                 self.conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                raise self._read_only_error(exc) from None
+                # a failed COMMIT (disk full) can leave the transaction open: end it, keep nothing
+                self._rollback()
+                raise self._write_error(exc) from None
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _write_error(self, exc: sqlite3.OperationalError) -> Exception:
+        """A one-line UserError for what the user can fix (a read-only project, a full disk)."""
+        if "full" in str(exc):  # SQLITE_FULL: "database or disk is full"
+            return UserError(
+                f"{self.root}: the disk is full ({exc}); the write was rolled back and nothing of it was "
+                "stored; free some space and re-run"
+            )
+        return self._read_only_error(exc)
 
     def _read_only_error(self, exc: sqlite3.OperationalError) -> Exception:
         if "readonly" not in str(exc) and "read-only" not in str(exc):
