@@ -659,16 +659,19 @@ class Store:
                    s.selected, s.review_prob,
                    r.label, r.reviewer, i.image_path
             FROM items i
-            LEFT JOIN (SELECT item_rowid, max(id), label, confidence, status FROM annotations GROUP BY item_rowid) a
-                   ON a.item_rowid = i.rowid
-            LEFT JOIN (SELECT item_rowid, max(id), error_prob, proposed_label, rationale FROM critiques
-                       GROUP BY item_rowid) c ON c.item_rowid = i.rowid
-            LEFT JOIN (SELECT item_rowid, max(id), selected, review_prob FROM selections GROUP BY item_rowid) s
-                   ON s.item_rowid = i.rowid
-            LEFT JOIN (SELECT item_rowid, max(id), label, reviewer FROM reviews GROUP BY item_rowid) r
-                   ON r.item_rowid = i.rowid
+            LEFT JOIN annotations a
+                   ON a.id = (SELECT max(id) FROM annotations WHERE item_rowid = i.rowid)
+            LEFT JOIN critiques c
+                   ON c.id = (SELECT max(id) FROM critiques WHERE item_rowid = i.rowid)
+            LEFT JOIN selections s
+                   ON s.id = (SELECT max(id) FROM selections WHERE item_rowid = i.rowid)
+            LEFT JOIN reviews r
+                   ON r.id = (SELECT max(id) FROM reviews WHERE item_rowid = i.rowid)
             ORDER BY i.rowid
         """
+        # Each item's latest record by an index lookup (item_rowid, id) rather than joining
+        # GROUP BY subqueries: SQLite materialised those in memory (temp_store=MEMORY), so an
+        # export grew with the project (bench/bench_scale.py).
         cur = self.conn.execute(sql)
         while True:
             rows = cur.fetchmany(batch)
