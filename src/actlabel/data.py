@@ -396,10 +396,10 @@ def _batch_to_records(
     seen: _SeenIds,
     image_root: Path,
 ) -> list[tuple[str, str, str | None, str | None]]:
-    """Records for one batch: Arrow compute builds the JSON and checks the cells column-wise when
-    the batch is plain text (the common case, and most of the import's speed); anything else
-    (numbers, nulls, blank cells, images, an exact reader's Python lists) goes through
-    `_rows_to_records`, which also names the offending row."""
+    """Records for one batch: checked column-wise by Arrow compute and built without a JSON
+    encoder call per row when the batch is plain text (the common case, and most of the import's
+    speed); anything else (numbers, nulls, blank cells, images, an exact reader's Python lists)
+    goes through `_rows_to_records`, which also names the offending row."""
     fast = _arrow_records(path, first_row, batch, roles, labels, seen)
     if fast is not None:
         return fast
