@@ -27,13 +27,14 @@ from actlabel.store import Store
 MODEL = "annotator-confidence"
 BATCH = 20000
 
+#: each item's latest annotation by an index lookup, streamed (a GROUP BY subquery would be
+#: materialised whole in memory)
 _CURRENT = """
-    SELECT a.item_rowid, a.id, a.label, a.confidence, a.probs, i.gold_label
-    FROM annotations a
-    JOIN (SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON a.id = l.id
-    JOIN items i ON i.rowid = a.item_rowid
+    SELECT i.rowid, a.id, a.label, a.confidence, a.probs, i.gold_label
+    FROM items i
+    JOIN annotations a ON a.id = (SELECT max(id) FROM annotations WHERE item_rowid = i.rowid)
     WHERE a.status = 'ok'
-    ORDER BY a.item_rowid
+    ORDER BY i.rowid
 """
 
 
