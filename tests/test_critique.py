@@ -54,7 +54,39 @@ def test_every_strategy_is_registered() -> None:
         "consistency",
         "learned",
         "ensemble",
+        "confidence",
     }
+
+
+def test_confidence_critic_is_one_minus_the_annotators_probability(annotated: Project) -> None:
+    """No model call: the error probability is what the annotator's own confidence leaves."""
+    store = annotated.store
+    result = critique(store, strategy="confidence", progress=False)
+    got = critiques(store, "confidence")
+    assert len(got) == len(TWEETS)
+    for tweet, (e, proposed, rationale, raw, status, _err) in got.items():
+        machine = WRONG.get(tweet, GOLD[tweet])
+        # the annotate responder answers with 0.5 on the wrong labels, 0.8 on the right ones
+        assert status == "ok" and e == pytest.approx(0.5 if tweet in WRONG else 0.2, abs=1e-6)
+        assert raw["machine_label"] == machine and raw["annotation_id"] > 0
+        assert proposed == machine and "annotator gave" in rationale and "\n" not in rationale
+    assert result.done == len(TWEETS) and result.calls == 0 and result.model == "annotator-confidence"
+    assert result.auroc == 1.0 and result.gold_errors == len(WRONG) and result.gold_items == len(TWEETS)
+    assert "an expected 3 wrong machine labels (27.5%)" in str(result)  # 3 x 0.5 + 9 x 0.2
+    with pytest.raises(UserError, match="uses no chat model"):
+        critique(store, strategy="confidence", model=MODEL, progress=False)
+
+
+def test_confidence_critic_refuses_labels_without_any_confidence(project: Project) -> None:
+    store = project.store
+    run = store.start_run("annotate", {})
+    store.add_annotations(
+        {"item_rowid": rowid, "run_id": run, "model": "scripted/x", "label": "positive", "status": "ok"}
+        for rowid in store.item_rowids()
+    )
+    with pytest.raises(UserError, match="none of the machine labels has one"):
+        critique(store, strategy="confidence", progress=False)
+    assert store.count("critiques") == 0  # all or nothing
 
 
 @pytest.mark.parametrize("strategy", LLM_STRATEGIES)

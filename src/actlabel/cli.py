@@ -442,7 +442,7 @@ def annotate(directory: str, **opts: Any) -> None:
 @click.option(
     "--strategy",
     default=None,
-    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble "
+    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble, confidence "
     "(ensemble:cot,logit picks its members); per-label for multi-label tasks "
     "[default: per-label for multi-label tasks, consistency for embedded models, else cot].",
 )

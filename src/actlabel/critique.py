@@ -7,8 +7,9 @@ Strategies (`STRATEGIES`, PAPER.md step 2):
   with a label model cross-fitted on the other items' machine labels, its nearest neighbours and the
   annotator's confidence, critics/consistency.py), `learned` (one stacked error model over every
   signal, trained on reviewed items; below its minimum it writes the consistency scores,
-  critics/learned.py) and `ensemble` (several critics combined, critics/ensemble.py;
-  `ensemble:cot,logit` picks members).
+  critics/learned.py), `ensemble` (several critics combined, critics/ensemble.py;
+  `ensemble:cot,logit` picks members) and `confidence` (1 - the annotator's own probability of its
+  label, streamed: the critic that scales to millions of items, critics/confidence.py).
 Default (`strategy=None`): `consistency` when the annotator is an embedded model (local/..., the
 image-feature annotator or the composite: a small local model is a weak critic of itself, and the
 data-driven critic is free), else `cot`.
@@ -80,7 +81,7 @@ LLM_STRATEGIES: dict[str, type[Strategy]] = {
     for cls in (NaiveCritic, CoTCritic, MCCritic, DevilCritic, LogitCritic, CoTLogitCritic, CoTPPLCritic)
 }
 #: critics that call no chat model (rescored in full on every run)
-OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble")
+OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble", "confidence")
 #: the critic of multi-label tasks (critics/per_label.py; no model calls). Kept apart from
 #: STRATEGIES, which all judge one label per item and can be ensemble members.
 MULTI_LABEL_STRATEGY = "per-label"
@@ -444,11 +445,13 @@ async def critique_async(
         )
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
-    if not current_annotations(store):
+    if not _has_machine_labels(store):
         raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
     if name in OFFLINE_STRATEGIES:
         if model or backend is not None or backend_options:
             raise UserError(f"the {name} critic uses no chat model; drop --model, --n-ctx and --threads")
+        if name == "confidence":
+            return _critique_confidence(store, limit=limit)
         return _critique_offline(store, name, members, limit=limit, seed=seed)
     cls = LLM_STRATEGIES[name]
     cap = make_cap(max_cost, max_total_tokens)
@@ -655,6 +658,36 @@ def _finish_deferred(
             _ok_record(t, run_id, model_name, strategy.name, v, templates) for t, v in everything
         )
     return len(everything)
+
+
+def _has_machine_labels(store: Store) -> bool:
+    """Whether some item's latest annotation is ok: stops at the first (loading every current
+    annotation for this took a dict of the whole table at 1M items)."""
+    return (
+        store.conn.execute(
+            "SELECT 1 FROM annotations a WHERE a.status = 'ok' AND "
+            "a.id = (SELECT max(id) FROM annotations WHERE item_rowid = a.item_rowid) LIMIT 1"
+        ).fetchone()
+        is not None
+    )
+
+
+def _critique_confidence(store: Store, *, limit: int | None) -> CritiqueResult:
+    """The annotator-confidence critic, streamed in batches (critics/confidence.py)."""
+    from actlabel.critics.confidence import confidence_critique
+
+    start = time.monotonic()
+    run_id = store.start_run("critique", {"strategy": "confidence", "limit": limit})
+    try:
+        info, auroc, gold_errors, gold_items = confidence_critique(store, run_id=run_id, limit=limit)
+    except BaseException as exc:
+        store.finish_run(run_id, "failed", one_line(f"{type(exc).__name__}: {exc}"))
+        raise
+    store.finish_run(run_id, "done", one_line(info.summary(), 500))
+    result = CritiqueResult("confidence", info.model, done=info.items, run_id=run_id, notes=[info.summary()])
+    result.elapsed = time.monotonic() - start
+    result.auroc, result.gold_errors, result.gold_items = auroc, gold_errors, gold_items
+    return result
 
 
 def _critique_offline(

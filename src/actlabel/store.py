@@ -223,8 +223,11 @@ class Store:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA foreign_keys=ON")
-        # A bigger page cache keeps million-row imports from spilling the item_id index to disk.
-        conn.execute("PRAGMA cache_size=-131072")
+        # A fixed page cache, so memory does not grow with the project: 128 MB made a 1M-row import
+        # 100 MB bigger than a 100k one. Random (hashed) ids touch every page of the item_id index,
+        # and what the cache cannot hold is spilled to the WAL and read back: at 1M rows, 8 MB
+        # cost 40% more CPU than 32 MB, 16 MB about 10% (bench/bench_io.py).
+        conn.execute("PRAGMA cache_size=-16384")
         conn.execute("PRAGMA temp_store=MEMORY")
         return conn
 
@@ -320,15 +323,30 @@ class Store:
         try:
             yield self.conn
         except BaseException as exc:
-            self.conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.OperationalError) and "readonly" in str(exc):
-                raise self._read_only_error(exc) from None
+            self._rollback()
+            if isinstance(exc, sqlite3.OperationalError):
+                raise self._write_error(exc) from None
             raise
         else:
             try:
                 self.conn.execute("COMMIT")
             except sqlite3.OperationalError as exc:
-                raise self._read_only_error(exc) from None
+                # a failed COMMIT (disk full) can leave the transaction open: end it, keep nothing
+                self._rollback()
+                raise self._write_error(exc) from None
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _write_error(self, exc: sqlite3.OperationalError) -> Exception:
+        """A one-line UserError for what the user can fix (a read-only project, a full disk)."""
+        if "full" in str(exc):  # SQLITE_FULL: "database or disk is full"
+            return UserError(
+                f"{self.root}: the disk is full ({exc}); the write was rolled back and nothing of it was "
+                "stored; free some space and re-run"
+            )
+        return self._read_only_error(exc)
 
     def _read_only_error(self, exc: sqlite3.OperationalError) -> Exception:
         if "readonly" not in str(exc) and "read-only" not in str(exc):
@@ -651,16 +669,19 @@ class Store:
                    s.selected, s.review_prob,
                    r.label, r.reviewer, i.image_path
             FROM items i
-            LEFT JOIN (SELECT item_rowid, max(id), label, confidence, status FROM annotations GROUP BY item_rowid) a
-                   ON a.item_rowid = i.rowid
-            LEFT JOIN (SELECT item_rowid, max(id), error_prob, proposed_label, rationale FROM critiques
-                       GROUP BY item_rowid) c ON c.item_rowid = i.rowid
-            LEFT JOIN (SELECT item_rowid, max(id), selected, review_prob FROM selections GROUP BY item_rowid) s
-                   ON s.item_rowid = i.rowid
-            LEFT JOIN (SELECT item_rowid, max(id), label, reviewer FROM reviews GROUP BY item_rowid) r
-                   ON r.item_rowid = i.rowid
+            LEFT JOIN annotations a
+                   ON a.id = (SELECT max(id) FROM annotations WHERE item_rowid = i.rowid)
+            LEFT JOIN critiques c
+                   ON c.id = (SELECT max(id) FROM critiques WHERE item_rowid = i.rowid)
+            LEFT JOIN selections s
+                   ON s.id = (SELECT max(id) FROM selections WHERE item_rowid = i.rowid)
+            LEFT JOIN reviews r
+                   ON r.id = (SELECT max(id) FROM reviews WHERE item_rowid = i.rowid)
             ORDER BY i.rowid
         """
+        # Each item's latest record by an index lookup (item_rowid, id) rather than joining
+        # GROUP BY subqueries: SQLite materialised those in memory (temp_store=MEMORY), so an
+        # export grew with the project (bench/bench_scale.py).
         cur = self.conn.execute(sql)
         while True:
             rows = cur.fetchmany(batch)
