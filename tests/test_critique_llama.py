@@ -99,7 +99,8 @@ def test_cli_local_model_options_reach_the_critic(tmp_path) -> None:
         )
 
     proj = str(tmp_path / "proj")
-    data = write_csv(tmp_path / "t.csv", [{"text": t, "gold": g} for t, g in TWEETS[:3]])
+    # items of ~400 tokens: more than a 256-token context holds, well within 2048
+    data = write_csv(tmp_path / "t.csv", [{"text": " ".join([t] * 25), "gold": g} for t, g in TWEETS[:3]])
     assert cli("init", proj, "--labels", "positive,negative,neutral").returncode == 0
     assert cli("import", proj, str(data), "--text", "text", "--gold", "gold").returncode == 0
     r = cli("annotate", proj, "--model", MODEL, "--label-model", "off", "--threads", "1", "--no-progress")
