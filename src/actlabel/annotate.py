@@ -31,13 +31,12 @@ crash or a cap pays only for what is left. `limit` annotates only the first N it
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,112 +46,33 @@ from actlabel import prompting
 from actlabel.batch import BatchOutcome, Deferred, check_scale_options
 from actlabel.engine import run_items
 from actlabel.errors import UserError
-from actlabel.models import DEFAULT_MODEL, load_backend
+from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError
-from actlabel.models.cache import CachedBackend
 from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure, call_with_parse
-from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
+from actlabel.models.usage import RunCap
+from actlabel.stages import (
+    COMPOSITE_PREFIX,
+    COT_MAX_TOKENS,
+    ModelStack,
+    default_concurrency,
+    failed_record,
+    gold_accuracy,
+    label_max_tokens,
+    make_cap,
+    one_line,
+    open_model,
+    pending_items,
+    resolve_annotator,
+    run_async,
+    settings_key,
+    task_modalities,
+)
 from actlabel.store import Item, Store
 
 #: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
 TOP_LOGPROBS = 20
-COT_MAX_TOKENS = 256
-COMPOSITE_PREFIX = "composite/"
 _ANSWER_MARKER = re.compile(r"answer\s*[:=\-]", re.I)
-
-
-# ---- shared stage plumbing (the critic uses it too) --------------------------------------------
-
-
-@dataclass
-class ModelStack:
-    """A backend as a stage uses it: metered(cached(raw)); `usage` counts calls and cache hits."""
-
-    raw: Backend
-    cached: CachedBackend
-    backend: MeteredBackend
-    usage: RunUsage
-
-    @property
-    def spec(self) -> str:
-        return self.raw.spec
-
-    async def aclose(self) -> None:
-        await self.raw.aclose()
-
-
-def open_model(
-    store: Store,
-    spec: str,
-    *,
-    base_url: str | None = None,
-    backend: Backend | None = None,
-    templates: Sequence[str] = (),
-    engine: str = "async",
-    workers: int | None = None,
-    backend_options: dict[str, Any] | None = None,
-) -> ModelStack:
-    """Load `spec` (or take `backend` as given) and wrap it in the project's cache and a meter.
-    The templates' hash is part of every cache key. engine="ray" sends the calls to a pool of Ray
-    workers (distributed.py); it sits under the cache, so a cached call never reaches a worker.
-    backend_options go to the backend's constructor (n_ctx=, n_threads= for local models)."""
-    raw = backend if backend is not None else load_backend(spec, base_url=base_url, **(backend_options or {}))
-    if engine != "async":
-        from actlabel.distributed import wrap_engine
-
-        raw = wrap_engine(
-            raw, engine, spec=spec, base_url=base_url, workers=workers, given=backend is not None
-        )
-    cached = CachedBackend(raw, store.response_cache(), template_hash=prompting.templates_hash(templates))
-    usage = RunUsage(prices=PriceTable.load(store.root))
-    return ModelStack(raw, cached, MeteredBackend(cached, usage), usage)
-
-
-def default_concurrency(spec: str) -> int:
-    """Endpoints serve many calls at once; an in-process model runs one at a time anyway."""
-    return 16 if spec.startswith("openai/") else 1
-
-
-def make_cap(max_cost: float | None, max_total_tokens: int | None) -> RunCap | None:
-    if max_cost is not None and max_cost <= 0:
-        raise UserError("--max-cost must be > 0")
-    if max_total_tokens is not None and max_total_tokens <= 0:
-        raise UserError("--max-tokens must be > 0")
-    if max_cost is None and max_total_tokens is None:
-        return None
-    return RunCap(max_tokens=max_total_tokens, max_cost=max_cost)
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def run_async(coro: Awaitable[Any]) -> Any:
-    """Run a stage's coroutine from sync code (the CLI, scripts, notebooks with no running loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    raise RuntimeError("call the async variant (annotate_async / critique_async) from inside an event loop")
-
-
-def label_max_tokens(names: Sequence[str]) -> int:
-    """Room for the longest label (about 3 characters per token) plus a little slack."""
-    return max(8, max(len(n) for n in names) // 3 + 6)
-
-
-def gold_accuracy(store: Store) -> tuple[float | None, int]:
-    """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
-    rows = store.conn.execute(
-        "SELECT i.gold_label, a.label FROM items i JOIN "
-        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.item_rowid = i.rowid "
-        "JOIN annotations a ON a.id = l.id WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
-    ).fetchall()
-    if not rows:
-        return None, 0
-    return sum(g == m for g, m in rows) / len(rows), len(rows)
 
 
 # ---- the result ------------------------------------------------------------------------------
@@ -457,27 +377,6 @@ def _probs_json(probs: dict[str, float] | None) -> str | None:
     return None if probs is None else json.dumps({k: round(float(v), 6) for k, v in probs.items()})
 
 
-def _failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | ModelError) -> dict[str, Any]:
-    if isinstance(failure, ParseFailure):
-        return {
-            "item_rowid": item.rowid,
-            "run_id": run_id,
-            "model": model,
-            "label": None,
-            "raw": failure.raw_text,
-            "status": "failed",
-            "error": one_line(f"no label in the answer after {failure.attempts} attempts: {failure.error}"),
-        }
-    return {
-        "item_rowid": item.rowid,
-        "run_id": run_id,
-        "model": model,
-        "label": None,
-        "status": "failed",
-        "error": one_line(f"model call failed: {failure}"),
-    }
-
-
 def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict[str, Any]:
     return {
         "item_rowid": item.rowid,
@@ -493,80 +392,11 @@ def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict
     }
 
 
-# ---- choosing the annotator -------------------------------------------------------------------
-
-
-def _task_modalities(store: Store) -> tuple[bool, bool]:
-    """(has text, has images) over the imported items."""
-    task = store.task
-    has_images = bool(
-        task.image_column
-        or store.conn.execute("SELECT 1 FROM items WHERE image_path IS NOT NULL LIMIT 1").fetchone()
-    )
-    has_text = bool(task.text_columns)
-    if not has_text and not task.image_column:
-        has_text = True  # items imported without declared roles: their fields are text
-    return has_text, has_images
-
-
-def resolve_annotator(store: Store, model: str | None) -> str:
-    """The annotator spec for `model` (None = the embedded default) on this task's modalities."""
-    has_text, has_images = _task_modalities(store)
-    spec = (model or DEFAULT_MODEL).strip()
-    embedded_default = spec == DEFAULT_MODEL
-    if spec.startswith("features/"):
-        if spec != IMAGE_ANNOTATOR_SPEC:
-            raise UserError(f"unknown feature model {spec!r}: use {IMAGE_ANNOTATOR_SPEC}")
-        if not has_images:
-            raise UserError(f"{IMAGE_ANNOTATOR_SPEC} labels images, and this task has none")
-        return spec
-    if spec.startswith(COMPOSITE_PREFIX):
-        return spec
-    if has_images and embedded_default:
-        return (
-            IMAGE_ANNOTATOR_SPEC
-            if not has_text
-            else f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{spec}"
-        )
-    return spec
-
-
 # ---- the stage ---------------------------------------------------------------------------------
 
 
 #: bump when the label model's method changes, so `annotate` relabels instead of skipping
 LABEL_MODEL_VERSION = 3
-
-
-def _settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
-    # The endpoint URL is left out ('openai/x@http://host/v1' -> 'openai/x'): the same model moved to
-    # another host is still the same annotator (the response cache, which must be exact, keeps it).
-    key: dict[str, Any] = {"model": model.split("@", 1)[0], "cot": cot, "templates": templates}
-    if label_model is not None:
-        key["label_model"] = label_model
-    return json.dumps(key, sort_keys=True)
-
-
-def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
-    """(rowids to annotate in rowid order, how many are skipped as already done with `settings`)."""
-    run_settings = {
-        run_id: json.loads(params).get("settings")
-        for run_id, params in store.conn.execute("SELECT run_id, params FROM runs WHERE stage = 'annotate'")
-    }
-    latest = {
-        rowid: (status, run_id)
-        for rowid, _id, status, run_id in store.conn.execute(
-            "SELECT item_rowid, max(id), status, run_id FROM annotations GROUP BY item_rowid"
-        )
-    }
-    todo, skipped = [], 0
-    for rowid in store.item_rowids():
-        status, run_id = latest.get(rowid, (None, None))
-        if status == "ok" and run_settings.get(run_id) == settings:
-            skipped += 1
-        else:
-            todo.append(rowid)
-    return todo, skipped
 
 
 def annotate(
@@ -708,7 +538,7 @@ async def _annotate_sets(
             "multi-label annotation asks yes/no per label: --cot, --batch and --engine do not apply"
         )
     spec = backend.spec if backend is not None and model is None else (model or DEFAULT_MODEL).strip()
-    _has_text, has_images = _task_modalities(store)
+    _has_text, has_images = task_modalities(store)
     if spec == mla.FEATURE_ANNOTATOR_SPEC:
         result = AnnotateResult(model=spec, mode="few-shot features", multi_label=True)
         return mla.annotate_sets_features(store, limit=limit, progress=progress, result=result)
@@ -749,7 +579,7 @@ async def _annotate_llm(
     cot_max_tokens: int,
 ) -> AnnotateResult:
     task = store.task
-    _has_text, has_images = _task_modalities(store)
+    _has_text, has_images = task_modalities(store)
     if has_images and not composite and not stack.raw.supports_images:
         raise UserError(
             f"{stack.spec} cannot see images: use an openai/ vision model, or the embedded default "
@@ -759,7 +589,7 @@ async def _annotate_llm(
     model_name = (
         f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{stack.spec}" if composite else stack.spec
     )
-    settings = _settings_key(
+    settings = settings_key(
         model_name, cot, templates, label_model=LABEL_MODEL_VERSION if label_model else None
     )
     todo, skipped = pending_items(store, settings, limit)
@@ -794,7 +624,7 @@ async def _annotate_llm(
             return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
         outcome = await annotator.label(item)
         if isinstance(outcome, ParseFailure):
-            return _failed_record(item, run_id, model_name, outcome)
+            return failed_record(item, run_id, model_name, outcome)
         answer = outcome
         if composite and item.rowid in image_probs:
             answer = _pool(answer, image_probs[item.rowid], names)
@@ -803,7 +633,7 @@ async def _annotate_llm(
     def on_error(item: Item, exc: ModelError) -> dict[str, Any] | None:
         if isinstance(exc, Deferred):
             return None  # its request waits in a provider batch: the item stays pending
-        return _failed_record(item, run_id, model_name, exc)
+        return failed_record(item, run_id, model_name, exc)
 
     status = "done"
     message = None
@@ -902,7 +732,7 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
     task = store.task
     clf, n_examples = fit_image_classifier(task, store.root)
     model_name = f"{IMAGE_ANNOTATOR_SPEC}+logreg({n_examples} examples)"
-    settings = _settings_key(model_name, False, "")
+    settings = settings_key(model_name, False, "")
     todo, skipped = pending_items(store, settings, limit)
     left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
     if limit is not None:

@@ -46,8 +46,8 @@ from actlabel.models.retry import RetryPolicy
 from actlabel.store import Store
 
 if TYPE_CHECKING:
-    from actlabel.annotate import ModelStack
     from actlabel.models.openai_compat import OpenAICompatBackend
+    from actlabel.stages import ModelStack
 
 R = TypeVar("R")
 

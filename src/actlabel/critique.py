@@ -46,15 +46,6 @@ from typing import Any
 import numpy as np
 
 from actlabel import prompting
-from actlabel.annotate import (
-    COMPOSITE_PREFIX,
-    ModelStack,
-    default_concurrency,
-    make_cap,
-    one_line,
-    open_model,
-    run_async,
-)
 from actlabel.batch import BatchOutcome, Deferred, check_scale_options
 from actlabel.critics.base import (
     CriticContext,
@@ -74,6 +65,15 @@ from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ModelError
 from actlabel.models.retry import ParseFailure
+from actlabel.stages import (
+    COMPOSITE_PREFIX,
+    ModelStack,
+    default_concurrency,
+    make_cap,
+    one_line,
+    open_model,
+    run_async,
+)
 from actlabel.store import Store
 
 LLM_STRATEGIES: dict[str, type[Strategy]] = {

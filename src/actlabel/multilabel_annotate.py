@@ -188,17 +188,11 @@ async def annotate_sets_llm(store: Store, stack: Any, *, concurrency: int, cap: 
                             progress: bool, max_parse_retries: int, result: Any,
                             rate_matching: bool = False) -> Any:  # fmt: skip
     """The LLM pass over pending items; fills and returns `result` (an AnnotateResult)."""
-    from actlabel.annotate import (
-        _failed_record,
-        _settings_key,
-        gold_accuracy,
-        one_line,
-        pending_items,
-    )
     from actlabel.engine import run_items
+    from actlabel.stages import failed_record, gold_accuracy, one_line, pending_items, settings_key
 
     templates = prompting.templates_hash(prompting.MULTILABEL_TEMPLATES)
-    settings = _settings_key(stack.spec, False, templates) + "+sets"
+    settings = settings_key(stack.spec, False, templates) + "+sets"
     if rate_matching:
         settings += f"+rates{RATE_MATCH_VERSION}"
     todo, skipped = pending_items(store, settings, limit)
@@ -219,11 +213,11 @@ async def annotate_sets_llm(store: Store, stack: Any, *, concurrency: int, cap: 
     async def work(item: Item) -> dict[str, Any]:
         outcome = await annotator.score(item)
         if isinstance(outcome, ParseFailure):
-            return _failed_record(item, run_id, stack.spec, outcome)
+            return failed_record(item, run_id, stack.spec, outcome)
         return set_record(item.rowid, run_id, stack.spec, names, outcome)
 
     def on_error(item: Item, exc: ModelError) -> dict[str, Any]:
-        return _failed_record(item, run_id, stack.spec, exc)
+        return failed_record(item, run_id, stack.spec, exc)
 
     try:
         engine = await run_items(
@@ -313,8 +307,8 @@ def fit_example_probe(store: Store) -> tuple[OneVsRestProbe, int]:
 
 
 def annotate_sets_features(store: Store, *, limit: int | None, progress: bool, result: Any) -> Any:
-    from actlabel.annotate import _settings_key, gold_accuracy, one_line, pending_items
     from actlabel.models.features import cached_text_features
+    from actlabel.stages import gold_accuracy, one_line, pending_items, settings_key
 
     start = time.monotonic()
     task = store.task
@@ -324,7 +318,7 @@ def annotate_sets_features(store: Store, *, limit: int | None, progress: bool, r
     examples_hash = hashlib.sha256(
         json.dumps([[e.text, e.label] for e in task.examples]).encode()
     ).hexdigest()
-    settings = _settings_key(model_name, False, examples_hash[:16]) + "+sets"
+    settings = settings_key(model_name, False, examples_hash[:16]) + "+sets"
     todo, skipped = pending_items(store, settings, limit)
     left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
     if limit is not None:

@@ -16,12 +16,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from actlabel import prompting
-from actlabel.annotate import COMPOSITE_PREFIX, COT_MAX_TOKENS, label_max_tokens, resolve_annotator
 from actlabel.critique import CRITIC_MAX_TOKENS, CRITIC_MODEL_ENV, LLM_STRATEGIES, parse_strategy
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import ImagePart, Message, ModelError
 from actlabel.models.usage import PriceTable
+from actlabel.stages import COMPOSITE_PREFIX, COT_MAX_TOKENS, label_max_tokens, resolve_annotator
 from actlabel.store import Item, Store
 
 SAMPLE_ITEMS = 200
@@ -59,7 +59,7 @@ class TokenCounter:
         self._backend = None
         if spec.startswith("local/"):
             try:
-                from actlabel.models.llama_local import load_local
+                from actlabel.models.llama_worker import load_local
 
                 self._backend = load_local(spec.split("/", 1)[1], n_ctx=512)
                 self.exact = True

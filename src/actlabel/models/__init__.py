@@ -66,7 +66,7 @@ def load_backend(
     if base_url is not None:
         raise ModelError(f"--base-url applies to openai/NAME models only, not {spec!r}")
     if kind == "local":
-        from .llama_local import load_local
+        from .llama_worker import load_local
 
         return load_local(name, **opts)
     if kind == "scripted":
