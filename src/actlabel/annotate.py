@@ -37,7 +37,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,7 @@ from actlabel.stages import (
     COMPOSITE_PREFIX,
     COT_MAX_TOKENS,
     ModelStack,
+    StageResult,
     default_concurrency,
     failed_record,
     gold_accuracy,
@@ -66,6 +67,7 @@ from actlabel.stages import (
     resolve_annotator,
     run_async,
     settings_key,
+    stage_run,
     task_modalities,
 )
 from actlabel.store import Item, Store
@@ -79,43 +81,20 @@ _ANSWER_MARKER = re.compile(r"answer\s*[:=\-]", re.I)
 
 
 @dataclass
-class AnnotateResult:
+class AnnotateResult(StageResult):
     model: str
     mode: str
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    left: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
-    elapsed: float = 0.0
     accuracy: float | None = None
     gold_items: int = 0
-    stopped: str | None = None
-    run_id: int | None = None
-    errors: list[str] = field(default_factory=list)
     #: accuracy is then exact-set match
     multi_label: bool = False
 
     def __str__(self) -> str:
-        parts = [
-            f"annotated {self.done + self.failed} items with {self.model} ({self.mode}): "
-            f"{self.done} ok, {self.failed} failed, {self.skipped} already done"
-            + (f", {self.left} left" if self.left else ""),
-            f"calls {self.calls} (cache hits {self.cache_hits})",
-            f"tokens {self.input_tokens} in / {self.output_tokens} out",
-            f"${self.cost:.4f}",
-            f"{self.elapsed:.1f} s",
-        ]
+        extra = []
         if self.accuracy is not None:
             what = "exact-set match" if self.multi_label else "accuracy"
-            parts.append(f"{what} vs gold {self.accuracy:.3f} ({self.gold_items} items)")
-        if self.stopped:
-            parts.append(f"stopped: {self.stopped}; re-run to continue")
-        return " | ".join(parts)
+            extra.append(f"{what} vs gold {self.accuracy:.3f} ({self.gold_items} items)")
+        return self.line(f"annotated {self.done + self.failed} items with {self.model} ({self.mode})", extra)
 
 
 # ---- parsing ---------------------------------------------------------------------------------
@@ -613,31 +592,27 @@ async def _annotate_llm(
         image_probs, image_errors = _image_probs(clf, items_with_images, store.root)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
     zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
-    run_id = store.start_run(
-        "annotate",
-        {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit},
-    )
-    names = list(task.label_names)
+    params = {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit}
+    with stage_run(store, "annotate", params, usage=stack.usage) as run:
+        run_id = run.id
+        names = list(task.label_names)
 
-    async def work(item: Item) -> dict[str, Any]:
-        if item.rowid in image_errors:
-            return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
-        outcome = await annotator.label(item)
-        if isinstance(outcome, ParseFailure):
-            return failed_record(item, run_id, model_name, outcome)
-        answer = outcome
-        if composite and item.rowid in image_probs:
-            answer = _pool(answer, image_probs[item.rowid], names)
-        return _ok_record(item, run_id, model_name, answer)
+        async def work(item: Item) -> dict[str, Any]:
+            if item.rowid in image_errors:
+                return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
+            outcome = await annotator.label(item)
+            if isinstance(outcome, ParseFailure):
+                return failed_record(item, run_id, model_name, outcome)
+            answer = outcome
+            if composite and item.rowid in image_probs:
+                answer = _pool(answer, image_probs[item.rowid], names)
+            return _ok_record(item, run_id, model_name, answer)
 
-    def on_error(item: Item, exc: ModelError) -> dict[str, Any] | None:
-        if isinstance(exc, Deferred):
-            return None  # its request waits in a provider batch: the item stays pending
-        return failed_record(item, run_id, model_name, exc)
+        def on_error(item: Item, exc: ModelError) -> dict[str, Any] | None:
+            if isinstance(exc, Deferred):
+                return None  # its request waits in a provider batch: the item stays pending
+            return failed_record(item, run_id, model_name, exc)
 
-    status = "done"
-    message = None
-    try:
         engine = await run_items(
             store.iter_items(todo),
             work,
@@ -649,34 +624,18 @@ async def _annotate_llm(
             label="annotate",
             on_error=on_error,
         )
-    except BaseException as exc:
-        store.finish_run(
-            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
-        )
-        raise
+        run.ended_by(engine)
     failed_rows = store.conn.execute(
         "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'failed'", (run_id,)
     ).fetchone()[0]
     ok_rows = store.conn.execute(
         "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'ok'", (run_id,)
     ).fetchone()[0]
-    if engine.stopped_by_cap:
-        status, message = "stopped", engine.cap_reason
-    store.finish_run(run_id, status, message, **stack.usage.run_fields())
     if zero is not None:
         finish_label_model(store, zero, run_id, settings, model_name)
-    snap = stack.usage.snapshot()
     result.done, result.failed = ok_rows, failed_rows
     result.left = len(todo) - ok_rows - failed_rows + left_after_limit
-    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
-    result.input_tokens, result.output_tokens, result.cost = (
-        snap["input_tokens"],
-        snap["output_tokens"],
-        snap["cost"],
-    )
-    result.elapsed = engine.elapsed
-    result.stopped = engine.cap_reason
-    result.run_id = run_id
+    result.take_usage(stack.usage, engine, run_id)
     result.errors = [f"item {k.item_id}: {e}" for k, e in engine.errors]
     result.accuracy, result.gold_items = gold_accuracy(store)
     return result
@@ -743,13 +702,13 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
     if not todo:
         result.accuracy, result.gold_items = gold_accuracy(store)
         return result
-    run_id = store.start_run(
-        "annotate", {"model": model_name, "cot": False, "settings": settings, "limit": limit}
-    )
     names = task.label_names
     done = failed = 0
     chunk = 256
-    try:
+    with stage_run(
+        store, "annotate", {"model": model_name, "cot": False, "settings": settings, "limit": limit}
+    ) as run:
+        run_id = run.id
         for start_i in range(0, len(todo), chunk):
             items = list(store.iter_items(todo[start_i : start_i + chunk]))
             with_image = [it for it in items if it.image_path]
@@ -794,10 +753,6 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
             failed += len(items) - len(probs)
             if progress and len(todo) > chunk:
                 print(f"annotate: {start_i + len(items)}/{len(todo)}", file=sys.stderr, flush=True)
-    except BaseException as exc:
-        store.finish_run(run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", None)
     result.done, result.failed, result.run_id = done, failed, run_id
     result.elapsed = time.monotonic() - start
     result.accuracy, result.gold_items = gold_accuracy(store)

@@ -68,11 +68,13 @@ from actlabel.models.retry import ParseFailure
 from actlabel.stages import (
     COMPOSITE_PREFIX,
     ModelStack,
+    StageResult,
     default_concurrency,
     make_cap,
     one_line,
     open_model,
     run_async,
+    stage_run,
 )
 from actlabel.store import Store
 
@@ -95,44 +97,23 @@ CRITIC_MAX_TOKENS = 256
 
 
 @dataclass
-class CritiqueResult:
+class CritiqueResult(StageResult):
     strategy: str
     model: str
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    left: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
-    elapsed: float = 0.0
     auroc: float | None = None
     gold_errors: int = 0
     gold_items: int = 0
-    stopped: str | None = None
-    run_id: int | None = None
     notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [
-            f"critiqued {self.done + self.failed} items with {self.strategy} ({self.model}): "
-            f"{self.done} ok, {self.failed} failed, {self.skipped} already done"
-            + (f", {self.left} left" if self.left else ""),
-            f"calls {self.calls} (cache hits {self.cache_hits})",
-            f"tokens {self.input_tokens} in / {self.output_tokens} out",
-            f"${self.cost:.4f}",
-            f"{self.elapsed:.1f} s",
-        ]
+        extra = []
         if self.auroc is not None:
-            parts.append(
+            extra.append(
                 f"error-detection AUROC vs gold {self.auroc:.3f} ({self.gold_errors} errors in {self.gold_items})"
             )
-        if self.stopped:
-            parts.append(f"stopped: {self.stopped}; re-run to continue")
-        return " | ".join(parts)
+        return self.line(
+            f"critiqued {self.done + self.failed} items with {self.strategy} ({self.model})", extra
+        )
 
     def __str__(self) -> str:
         return "\n".join([*self.notes, self.summary()])
@@ -549,32 +530,30 @@ async def _critique_llm(
     ctx = CriticContext(
         store, task, stack.backend, raw.supports_logprobs, with_images, max_parse_retries, max_tokens
     )
-    run_id = store.start_run(
-        "critique",
-        {
-            "strategy": strategy.name,
-            "model": model_name,
-            "templates": list(strategy.templates),
-            "limit": limit,
-        },
-    )
+    params = {
+        "strategy": strategy.name,
+        "model": model_name,
+        "templates": list(strategy.templates),
+        "limit": limit,
+    }
     deferred: list[tuple[Target, Verdict]] = []
+    with stage_run(store, "critique", params, usage=stack.usage) as run:
+        run_id = run.id
 
-    async def work(target: Target) -> dict[str, Any] | None:
-        outcome = await strategy.judge(ctx, target)
-        if isinstance(outcome, ParseFailure):
-            return _failed_record(target, run_id, model_name, strategy.name, outcome, templates)
-        if strategy.deferred:
-            deferred.append((target, outcome))
-            return None
-        return _ok_record(target, run_id, model_name, strategy.name, outcome, templates)
+        async def work(target: Target) -> dict[str, Any] | None:
+            outcome = await strategy.judge(ctx, target)
+            if isinstance(outcome, ParseFailure):
+                return _failed_record(target, run_id, model_name, strategy.name, outcome, templates)
+            if strategy.deferred:
+                deferred.append((target, outcome))
+                return None
+            return _ok_record(target, run_id, model_name, strategy.name, outcome, templates)
 
-    def on_error(target: Target, exc: ModelError) -> dict[str, Any] | None:
-        if isinstance(exc, Deferred):
-            return None  # its request waits in a provider batch: the item stays pending
-        return _failed_record(target, run_id, model_name, strategy.name, exc, templates)
+        def on_error(target: Target, exc: ModelError) -> dict[str, Any] | None:
+            if isinstance(exc, Deferred):
+                return None  # its request waits in a provider batch: the item stays pending
+            return _failed_record(target, run_id, model_name, strategy.name, exc, templates)
 
-    try:
         engine = await run_items(
             todo,
             work,
@@ -592,29 +571,16 @@ async def _critique_llm(
                 f"note: {strategy.name} error probabilities are ranks over all {ranked} items critiqued so far "
                 "(rewritten each run); calibrate them on reviewed items to read them as probabilities"
             )
-    except BaseException as exc:
-        store.finish_run(
-            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
-        )
-        raise
-    status, message = ("stopped", engine.cap_reason) if engine.stopped_by_cap else ("done", None)
-    store.finish_run(run_id, status, message, **stack.usage.run_fields())
+        run.ended_by(engine)
     counts = dict(
         store.conn.execute(
             "SELECT status, count(*) FROM critiques WHERE run_id = ? GROUP BY status", (run_id,)
         ).fetchall()
     )
-    snap = stack.usage.snapshot()
     result.failed = counts.get("failed", 0)
     result.done = len(deferred) if strategy.deferred else counts.get("ok", 0)
     result.left = len(todo) - result.done - result.failed + left_after_limit
-    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
-    result.input_tokens, result.output_tokens, result.cost = (
-        snap["input_tokens"],
-        snap["output_tokens"],
-        snap["cost"],
-    )
-    result.elapsed, result.stopped, result.run_id = engine.elapsed, engine.cap_reason, run_id
+    result.take_usage(stack.usage, engine, run_id)
     result.errors = [f"item {k.item.item_id}: {e}" for k, e in engine.errors]
     result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, strategy.name, model_name)
     return result
@@ -677,13 +643,10 @@ def _critique_confidence(store: Store, *, limit: int | None) -> CritiqueResult:
     from actlabel.critics.confidence import confidence_critique
 
     start = time.monotonic()
-    run_id = store.start_run("critique", {"strategy": "confidence", "limit": limit})
-    try:
+    with stage_run(store, "critique", {"strategy": "confidence", "limit": limit}, on_error="failed") as run:
+        run_id = run.id
         info, auroc, gold_errors, gold_items = confidence_critique(store, run_id=run_id, limit=limit)
-    except BaseException as exc:
-        store.finish_run(run_id, "failed", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", one_line(info.summary(), 500))
+        run.message = one_line(info.summary(), 500)
     result = CritiqueResult("confidence", info.model, done=info.items, run_id=run_id, notes=[info.summary()])
     result.elapsed = time.monotonic() - start
     result.auroc, result.gold_errors, result.gold_items = auroc, gold_errors, gold_items
@@ -698,8 +661,9 @@ def _critique_offline(
     targets = load_targets(store)
     if limit is not None:
         targets = targets[:limit]
-    run_id = store.start_run("critique", {"strategy": name, "members": members, "limit": limit})
-    try:
+    params = {"strategy": name, "members": members, "limit": limit}
+    with stage_run(store, "critique", params, on_error="failed") as run:
+        run_id = run.id
         if name == "consistency":
             from actlabel.critics.consistency import consistency_critique
 
@@ -717,10 +681,7 @@ def _critique_offline(
 
             records, info = ensemble_critique(store, targets, run_id=run_id, members=members, seed=seed)
         store.add_critiques(records)
-    except BaseException as exc:
-        store.finish_run(run_id, "failed", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", one_line(info.summary(), 500))
+        run.message = one_line(info.summary(), 500)
     result = CritiqueResult(name, info.model, done=len(records), run_id=run_id, notes=[info.summary()])
     result.elapsed = time.monotonic() - start
     result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, name, info.model)

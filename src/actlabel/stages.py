@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from actlabel import prompting
@@ -113,6 +114,92 @@ def gold_accuracy(store: Store) -> tuple[float | None, int]:
     if not rows:
         return None, 0
     return sum(g == m for g, m in rows) / len(rows), len(rows)
+
+
+# ---- one stage run: its `runs` row and its result -----------------------------------------------
+
+
+@dataclass
+class StageRun:
+    """The `runs` row of a stage while it works. The stage sets `status` and `message` before its
+    block ends; `stage_run` writes them, or the failure, when the block is left."""
+
+    id: int
+    status: str = "done"
+    message: str | None = None
+
+    def ended_by(self, engine: Any) -> None:
+        """The engine's verdict: a cost or token cap stops the run early (a re-run continues)."""
+        if engine.stopped_by_cap:
+            self.status, self.message = "stopped", engine.cap_reason
+
+
+@contextmanager
+def stage_run(
+    store: Store,
+    stage: str,
+    params: dict[str, Any],
+    *,
+    usage: RunUsage | None = None,
+    on_error: str = "interrupted",
+) -> Iterator[StageRun]:
+    """Start a `runs` row for `stage` and finish it however the block ends: a Ctrl-C or a crash is
+    recorded with its one-line cause (as `on_error`) before it propagates, so `status` never shows a
+    run that is still "running" after its process is gone. usage: the counters stored with the row."""
+    run = StageRun(store.start_run(stage, params))
+    try:
+        yield run
+    except BaseException as exc:
+        fields = usage.run_fields() if usage is not None else {}
+        store.finish_run(run.id, on_error, one_line(f"{type(exc).__name__}: {exc}"), **fields)
+        raise
+    store.finish_run(run.id, run.status, run.message, **(usage.run_fields() if usage is not None else {}))
+
+
+@dataclass(kw_only=True)
+class StageResult:
+    """What every item stage reports: how many items ended how, and what the model calls cost.
+    AnnotateResult and CritiqueResult add what only they know (accuracy, AUROC vs gold)."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    left: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    elapsed: float = 0.0
+    stopped: str | None = None
+    run_id: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def take_usage(self, usage: RunUsage, engine: Any, run_id: int) -> None:
+        """Copy the run's call counters and the engine's time and stop reason."""
+        snap = usage.snapshot()
+        self.calls, self.cache_hits = snap["calls"], snap["cache_hits"]
+        self.input_tokens, self.output_tokens, self.cost = (
+            snap["input_tokens"],
+            snap["output_tokens"],
+            snap["cost"],
+        )
+        self.elapsed, self.stopped, self.run_id = engine.elapsed, engine.cap_reason, run_id
+
+    def line(self, head: str, extra: Sequence[str] = ()) -> str:
+        """The one summary line the CLI prints: `head` (what was done, with what), counts, usage."""
+        parts = [
+            f"{head}: {self.done} ok, {self.failed} failed, {self.skipped} already done"
+            + (f", {self.left} left" if self.left else ""),
+            f"calls {self.calls} (cache hits {self.cache_hits})",
+            f"tokens {self.input_tokens} in / {self.output_tokens} out",
+            f"${self.cost:.4f}",
+            f"{self.elapsed:.1f} s",
+            *extra,
+        ]
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}; re-run to continue")
+        return " | ".join(parts)
 
 
 # ---- annotation records shared by the single- and multi-label annotators ---------------------
