@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from actlabel.critics.registry import strategy_help
 from actlabel.errors import UserError
 
 EXIT_USER_ERROR = 1
@@ -430,9 +431,7 @@ def annotate(directory: str, **opts: Any) -> None:
 @click.option(
     "--strategy",
     default=None,
-    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble, confidence "
-    "(ensemble:cot,logit picks its members); per-label for multi-label tasks "
-    "[default: per-label for multi-label tasks, consistency for embedded models, else cot].",
+    help=strategy_help("per-label for multi-label tasks, consistency for embedded models, else cot"),
 )
 @click.option(
     "--reasoning-tokens",

@@ -58,8 +58,7 @@ from actlabel.critics.base import (
     load_targets,
     raw_annotation_id,
 )
-from actlabel.critics.blackbox import CoTCritic, DevilCritic, MCCritic, NaiveCritic
-from actlabel.critics.whitebox import CoTLogitCritic, CoTPPLCritic, LogitCritic
+from actlabel.critics.registry import CRITICS, LLM_CRITICS, MULTI_LABEL_CRITICS, OFFLINE_CRITICS, SINGLE_LABEL
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
@@ -78,16 +77,13 @@ from actlabel.stages import (
 )
 from actlabel.store import Store
 
-LLM_STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (NaiveCritic, CoTCritic, MCCritic, DevilCritic, LogitCritic, CoTLogitCritic, CoTPPLCritic)
-}
+LLM_STRATEGIES: dict[str, type[Strategy]] = {name: CRITICS[name].load() for name in LLM_CRITICS}
 #: critics that call no chat model (rescored in full on every run)
-OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble", "confidence")
+OFFLINE_STRATEGIES: tuple[str, ...] = OFFLINE_CRITICS
 #: the critic of multi-label tasks (critics/per_label.py; no model calls). Kept apart from
 #: STRATEGIES, which all judge one label per item and can be ensemble members.
-MULTI_LABEL_STRATEGY = "per-label"
-STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, *OFFLINE_STRATEGIES)
+(MULTI_LABEL_STRATEGY,) = MULTI_LABEL_CRITICS
+STRATEGIES: tuple[str, ...] = SINGLE_LABEL
 #: the default for annotators that are not embedded models (see default_strategy)
 DEFAULT_STRATEGY = "cot"
 #: the default when the annotator is an embedded model
@@ -431,8 +427,8 @@ async def critique_async(
     if name in OFFLINE_STRATEGIES:
         if model or backend is not None or backend_options:
             raise UserError(f"the {name} critic uses no chat model; drop --model, --n-ctx and --threads")
-        if name == "confidence":
-            return _critique_confidence(store, limit=limit)
+        if CRITICS[name].kind == "streamed":
+            return _critique_confidence(store, name, limit=limit)
         return _critique_offline(store, name, members, limit=limit, seed=seed)
     cls = LLM_STRATEGIES[name]
     cap = make_cap(max_cost, max_total_tokens)
@@ -638,16 +634,14 @@ def _has_machine_labels(store: Store) -> bool:
     )
 
 
-def _critique_confidence(store: Store, *, limit: int | None) -> CritiqueResult:
-    """The annotator-confidence critic, streamed in batches (critics/confidence.py)."""
-    from actlabel.critics.confidence import confidence_critique
-
+def _critique_confidence(store: Store, name: str, *, limit: int | None) -> CritiqueResult:
+    """A critic that writes its own records in batches (critics/confidence.py)."""
     start = time.monotonic()
-    with stage_run(store, "critique", {"strategy": "confidence", "limit": limit}, on_error="failed") as run:
+    with stage_run(store, "critique", {"strategy": name, "limit": limit}, on_error="failed") as run:
         run_id = run.id
-        info, auroc, gold_errors, gold_items = confidence_critique(store, run_id=run_id, limit=limit)
+        info, auroc, gold_errors, gold_items = CRITICS[name].load()(store, run_id=run_id, limit=limit)
         run.message = one_line(info.summary(), 500)
-    result = CritiqueResult("confidence", info.model, done=info.items, run_id=run_id, notes=[info.summary()])
+    result = CritiqueResult(name, info.model, done=info.items, run_id=run_id, notes=[info.summary()])
     result.elapsed = time.monotonic() - start
     result.auroc, result.gold_errors, result.gold_items = auroc, gold_errors, gold_items
     return result
@@ -664,22 +658,13 @@ def _critique_offline(
     params = {"strategy": name, "members": members, "limit": limit}
     with stage_run(store, "critique", params, on_error="failed") as run:
         run_id = run.id
-        if name == "consistency":
-            from actlabel.critics.consistency import consistency_critique
-
-            records, info = consistency_critique(store, targets, run_id=run_id, seed=seed)
-        elif name == "per-label":
-            from actlabel.critics.per_label import per_label_critique
-
-            records, info = per_label_critique(store, targets, run_id=run_id)
-        elif name == "learned":
-            from actlabel.critics.learned import learned_critique
-
-            records, info = learned_critique(store, targets, run_id=run_id, seed=seed)
-        else:
-            from actlabel.critics.ensemble import ensemble_critique
-
-            records, info = ensemble_critique(store, targets, run_id=run_id, members=members, seed=seed)
+        critic = CRITICS[name]
+        options: dict[str, Any] = {"run_id": run_id}
+        if critic.seeded:
+            options["seed"] = seed
+        if critic.takes_members:
+            options["members"] = members
+        records, info = critic.load()(store, targets, **options)
         store.add_critiques(records)
         run.message = one_line(info.summary(), 500)
     result = CritiqueResult(name, info.model, done=len(records), run_id=run_id, notes=[info.summary()])

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from actlabel import prompting
+from actlabel.critics.registry import CRITICS
 from actlabel.critique import CRITIC_MAX_TOKENS, CRITIC_MODEL_ENV, LLM_STRATEGIES, parse_strategy
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
@@ -276,15 +277,9 @@ def _plan_sets(store: Store, *, model: str | None, n: int) -> str:
 
 
 def _critic_line(strategy: str, members: list[str] | None, critic: str, annotator_llm: str | None) -> str:
-    if strategy == "consistency":
-        return (
-            "critic: consistency (label model + neighbours on MiniLM / EfficientNet features + the "
-            "annotator's confidence; no reviews): no model calls"
-        )
-    if strategy == "learned":
-        return "critic: learned (an error model trained on reviewed items; MiniLM / EfficientNet features): no model calls"
-    if strategy == "ensemble":
-        return f"critic: ensemble of {', '.join(members) if members else 'every critic already run'}: no model calls"
+    line = CRITICS[strategy].plan_line if strategy in CRITICS else None
+    if line is not None:
+        return line.format(members=", ".join(members) if members else "every critic already run")
     same = annotator_llm is not None and critic.split("@")[0] == annotator_llm.split("@")[0]
     return f"critic: {strategy} with {critic} ({'self' if same else 'cross'}-criticism)"
 
