@@ -50,6 +50,7 @@ from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError
 from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure, call_with_parse
+from actlabel.models.spec import ModelSpec
 from actlabel.models.usage import RunCap
 from actlabel.stages import (
     COMPOSITE_PREFIX,
@@ -161,7 +162,7 @@ def label_model_wanted(setting: str, spec: str) -> bool:
     """auto: on for embedded models (small, with a strong label prior), off for endpoints."""
     if setting not in ("auto", "on", "off"):
         raise UserError(f"--label-model must be auto, on or off, not {setting!r}")
-    return setting == "on" or (setting == "auto" and spec.startswith("local/"))
+    return setting == "on" or (setting == "auto" and ModelSpec.parse(spec).can("embedded"))
 
 
 @dataclass
@@ -463,7 +464,7 @@ async def annotate_async(
         )  # fmt: skip
     spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
     composite = spec.startswith(COMPOSITE_PREFIX)
-    llm_spec = spec.split("+", 1)[1] if composite else spec
+    llm_spec = ModelSpec.parse(spec).llm.text if composite else spec
     check_scale_options(llm_spec, batch=batch, wait=wait, engine=engine, workers=workers)
     if spec == IMAGE_ANNOTATOR_SPEC:
         return _annotate_images(store, limit=limit, progress=progress)

@@ -16,6 +16,8 @@ import click
 
 from actlabel.critics.registry import strategy_help
 from actlabel.errors import UserError
+from actlabel.review.adapters import FORMATS as TOOL_FORMATS
+from actlabel.select import RULES
 
 EXIT_USER_ERROR = 1
 
@@ -199,7 +201,7 @@ def import_(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["labelstudio", "argilla"]),
+    type=click.Choice(TOOL_FORMATS),
     help="Export the selected items as tasks for Label Studio or records for Argilla.",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
@@ -366,9 +368,11 @@ def _with_local_model_options(fn: Callable) -> Callable:
 
 def _local_backend_options(opts: dict[str, Any]) -> dict[str, Any] | None:
     """Pop --n-ctx / --threads into backend constructor options (local models only)."""
+    from actlabel.models.spec import ModelSpec
+
     n_ctx, threads = opts.pop("n_ctx", None), opts.pop("threads", None)
     model = opts.get("model") or "local/"
-    if (n_ctx or threads) and not str(model).startswith("local/"):
+    if (n_ctx or threads) and not ModelSpec.parse(str(model)).can("embedded"):
         raise UserError("--n-ctx and --threads apply to local/ models only")
     out = {k: v for k, v in (("n_ctx", n_ctx), ("n_threads", threads)) if v is not None}
     return out or None
@@ -483,7 +487,7 @@ def calibrate(directory: str, method: str, strategy: str | None) -> None:
 )
 @click.option(
     "--rule",
-    type=click.Choice(["threshold", "exponential", "normalized"]),
+    type=click.Choice(RULES),
     default="threshold",
     show_default=True,
 )
@@ -552,7 +556,7 @@ def review(
 @main.command("import-reviews")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["labelstudio", "argilla"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(TOOL_FORMATS), required=True)
 def import_reviews(directory: str, file: str, fmt: str) -> None:
     """Read human labels back from a Label Studio or Argilla export."""
     with _open(directory) as project:
@@ -625,7 +629,7 @@ def report(directory: str, out: str | None) -> None:
     help="Review rounds the budget is spent in (after the pilot with auto) [default: 2]; kept in the project.",
 )
 @click.option("--max-budget", default=None, help="With --budget auto: at most this many reviews in all.")
-@click.option("--rule", type=click.Choice(["threshold", "exponential", "normalized"]), default="threshold")
+@click.option("--rule", type=click.Choice(RULES), default="threshold")
 @click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0)
 def run(directory: str, **opts: Any) -> None:

@@ -64,8 +64,8 @@ from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ModelError
 from actlabel.models.retry import ParseFailure
+from actlabel.models.spec import COMPOSITE, FEATURES, ModelSpec
 from actlabel.stages import (
-    COMPOSITE_PREFIX,
     ModelStack,
     StageResult,
     default_concurrency,
@@ -144,7 +144,8 @@ def default_strategy(store: Store) -> str:
     if not counts:
         return DEFAULT_STRATEGY
     annotator = counts.most_common(1)[0][0]
-    embedded = annotator.startswith(("local/", "features/", COMPOSITE_PREFIX))
+    parsed = ModelSpec.parse(annotator)
+    embedded = parsed.kind in (FEATURES, COMPOSITE) or parsed.can("embedded")
     return EMBEDDED_DEFAULT_STRATEGY if embedded else DEFAULT_STRATEGY
 
 
@@ -154,11 +155,8 @@ def annotator_models(store: Store) -> Counter[str]:
 
 def _llm_of(annotator: str) -> str | None:
     """The chat model inside an annotator spec (None for the pure image-feature annotator)."""
-    if annotator.startswith(COMPOSITE_PREFIX):
-        return annotator.split("+", 1)[1]
-    if annotator.startswith("features/"):
-        return None
-    return annotator
+    llm = ModelSpec.parse(annotator).llm
+    return None if llm is None else llm.text
 
 
 def resolve_critic_model(store: Store, model: str | None) -> tuple[str, str]:
@@ -174,13 +172,13 @@ def resolve_critic_model(store: Store, model: str | None) -> tuple[str, str]:
         if llm is not None:
             # The stored spec of an endpoint model carries its URL ('openai/x@http://...'): the
             # name before '@' loads it again (with --base-url or $OPENAI_BASE_URL).
-            return llm.split("@", 1)[0], "annotator"
+            return ModelSpec.parse(llm).bare, "annotator"
     return DEFAULT_MODEL, "default"
 
 
 def _same_model(a: str, b: str) -> bool:
     """Same model name (an endpoint spec's URL is left out: one model served twice is still one model)."""
-    return a.split("@", 1)[0] == b.split("@", 1)[0]
+    return ModelSpec.parse(a).bare == ModelSpec.parse(b).bare
 
 
 def criticism_notes(store: Store, strategy: str, critic_spec: str, source: str) -> list[str]:
@@ -208,7 +206,7 @@ def criticism_notes(store: Store, strategy: str, critic_spec: str, source: str) 
     if (
         LLM_STRATEGIES.get(strategy) is not None
         and LLM_STRATEGIES[strategy].white_box
-        and critic_spec.startswith("openai/")
+        and ModelSpec.parse(critic_spec).kind == "openai"
     ):
         notes.append(
             "advice: on large API models verbalized critics (cot) usually beat token-probability ones "
@@ -311,7 +309,7 @@ def _pending(
     """(targets to judge, how many are skipped): skipped when the latest critique by this strategy
     and model is ok, judged the current machine label, and used the current prompt templates."""
     # Same model name, any endpoint URL: a model moved to another host is still the same critic.
-    name = model.split("@", 1)[0]
+    name = ModelSpec.parse(model).bare
     latest = {
         rowid: (status, raw)
         for rowid, _id, status, raw in store.conn.execute(
@@ -444,7 +442,7 @@ async def critique_async(
                 f"{len(targets)} machine labels have none: annotate with --cot first (actlabel annotate DIR --cot)"
             )
     check_scale_options(spec, batch=batch, wait=wait, engine=engine, workers=workers)
-    if backend_options and not spec.startswith("local/"):
+    if backend_options and not ModelSpec.parse(spec).can("embedded"):
         raise UserError(f"--n-ctx and --threads apply to local/ models only; the critic model is {spec}")
     # The hash of the strategy's own templates: editing one strategy's prompt does not invalidate
     # the others' cached answers (cot-logit and cot-ppl declare the same templates, so their

@@ -19,6 +19,7 @@ from actlabel.models.base import Backend, ModelError
 from actlabel.models.cache import CachedBackend
 from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure
+from actlabel.models.spec import ModelSpec
 from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
 from actlabel.store import Item, Store
 
@@ -72,7 +73,7 @@ def open_model(
 
 def default_concurrency(spec: str) -> int:
     """Endpoints serve many calls at once; an in-process model runs one at a time anyway."""
-    return 16 if spec.startswith("openai/") else 1
+    return 16 if ModelSpec.parse(spec).can("concurrent_calls") else 1
 
 
 def make_cap(max_cost: float | None, max_total_tokens: int | None) -> RunCap | None:
@@ -229,7 +230,7 @@ def failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | M
 def settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
     # The endpoint URL is left out ('openai/x@http://host/v1' -> 'openai/x'): the same model moved to
     # another host is still the same annotator (the response cache, which must be exact, keeps it).
-    key: dict[str, Any] = {"model": model.split("@", 1)[0], "cot": cot, "templates": templates}
+    key: dict[str, Any] = {"model": ModelSpec.parse(model).bare, "cot": cot, "templates": templates}
     if label_model is not None:
         key["label_model"] = label_model
     return json.dumps(key, sort_keys=True)

@@ -304,6 +304,7 @@ class LlamaBackend:
 
     supports_logprobs = True
     supports_images = False
+    embedded = True  # a capability (models/spec.py)
 
     def __init__(
         self,

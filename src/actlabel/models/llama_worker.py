@@ -109,6 +109,7 @@ class IsolatedLlamaBackend:
 
     supports_logprobs = True
     supports_images = False
+    embedded = True  # a capability (models/spec.py)
 
     def __init__(self, model_path: str | Path, *, spec: str | None = None, **opts: Any) -> None:
         self.model_path = Path(model_path)
