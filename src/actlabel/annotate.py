@@ -66,9 +66,9 @@ from actlabel.stages import (
     open_model,
     pending_items,
     resolve_annotator,
-    run_async,
     settings_key,
     stage_run,
+    synchronous,
     task_modalities,
 )
 from actlabel.store import Item, Store
@@ -379,7 +379,7 @@ def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict
 LABEL_MODEL_VERSION = 3
 
 
-def annotate(
+async def annotate_async(
     store: Store,
     *,
     model: str | None = None,
@@ -406,51 +406,6 @@ def annotate(
     batch: go through the provider's batch API (batch.py; returns a BatchOutcome), `wait` for it.
     engine: "async" (this process) or "ray" (distributed.py, `workers` Ray actors).
     """
-    return run_async(
-        annotate_async(
-            store,
-            model=model,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            max_total_tokens=max_total_tokens,
-            limit=limit,
-            cot=cot,
-            progress=progress,
-            backend=backend,
-            max_parse_retries=max_parse_retries,
-            cot_max_tokens=cot_max_tokens,
-            batch=batch,
-            wait=wait,
-            engine=engine,
-            workers=workers,
-            label_model=label_model,
-            backend_options=backend_options,
-        )
-    )
-
-
-async def annotate_async(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_total_tokens: int | None = None,
-    limit: int | None = None,
-    cot: bool = False,
-    progress: bool = True,
-    backend: Backend | None = None,
-    max_parse_retries: int = 2,
-    cot_max_tokens: int = COT_MAX_TOKENS,
-    batch: bool = False,
-    wait: bool = False,
-    engine: str = "async",
-    workers: int | None = None,
-    label_model: str = "auto",
-    backend_options: dict[str, Any] | None = None,
-) -> AnnotateResult | BatchOutcome[AnnotateResult]:
     if store.count_items() == 0:
         raise UserError(f"{store.root}: no items to annotate; import some with `actlabel import`")
     if limit is not None and limit < 1:
@@ -502,6 +457,9 @@ async def annotate_async(
     finally:
         if backend is None:  # a backend passed in belongs to the caller, who may use it again
             await stack.aclose()
+
+
+annotate = synchronous(annotate_async)
 
 
 async def _annotate_sets(

@@ -72,8 +72,8 @@ from actlabel.stages import (
     make_cap,
     one_line,
     open_model,
-    run_async,
     stage_run,
+    synchronous,
 )
 from actlabel.store import Store
 
@@ -328,7 +328,7 @@ def _pending(
     return todo, skipped
 
 
-def critique(
+async def critique_async(
     store: Store,
     *,
     model: str | None = None,
@@ -356,51 +356,6 @@ def critique(
     max_tokens: the budget of a critic's reasoning (cot, devil, cot-logit, cot-ppl analyses).
     backend_options go to the backend's constructor (n_ctx=, n_threads= for local models).
     """
-    return run_async(
-        critique_async(
-            store,
-            model=model,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            max_total_tokens=max_total_tokens,
-            limit=limit,
-            strategy=strategy,
-            progress=progress,
-            backend=backend,
-            max_parse_retries=max_parse_retries,
-            max_tokens=max_tokens,
-            seed=seed,
-            batch=batch,
-            wait=wait,
-            engine=engine,
-            workers=workers,
-            backend_options=backend_options,
-        )
-    )
-
-
-async def critique_async(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_total_tokens: int | None = None,
-    limit: int | None = None,
-    strategy: str | None = None,
-    progress: bool = True,
-    backend: Backend | None = None,
-    max_parse_retries: int = 2,
-    max_tokens: int = CRITIC_MAX_TOKENS,
-    seed: int = 0,
-    batch: bool = False,
-    wait: bool = False,
-    engine: str = "async",
-    workers: int | None = None,
-    backend_options: dict[str, Any] | None = None,
-) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     if strategy is None:
         strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
     if strategy == MULTI_LABEL_STRATEGY and not store.task.multi_label:
@@ -480,6 +435,9 @@ async def critique_async(
     finally:
         if backend is None:  # a backend passed in belongs to the caller, who may use it again
             await stack.aclose()
+
+
+critique = synchronous(critique_async)
 
 
 async def _critique_llm(

@@ -6,11 +6,12 @@ made annotate <-> batch an import cycle)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from actlabel import prompting
 from actlabel.errors import UserError
@@ -22,6 +23,9 @@ from actlabel.models.retry import ParseFailure
 from actlabel.models.spec import ModelSpec
 from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
 from actlabel.store import Item, Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 COT_MAX_TOKENS = 256
 COMPOSITE_PREFIX = "composite/"
@@ -98,6 +102,18 @@ def run_async(coro: Awaitable[Any]) -> Any:
     except RuntimeError:
         return asyncio.run(coro)  # type: ignore[arg-type]
     raise RuntimeError("call the async variant (annotate_async / critique_async) from inside an event loop")
+
+
+def synchronous(stage: Callable[P, Awaitable[R]]) -> Callable[P, R]:
+    """The sync entry of an async stage, with the same signature and docs: `annotate =
+    synchronous(annotate_async)`, so the options are declared once."""
+
+    @functools.wraps(stage)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return run_async(stage(*args, **kwargs))
+
+    run.__name__ = run.__qualname__ = stage.__name__.removesuffix("_async")
+    return run
 
 
 def label_max_tokens(names: Sequence[str]) -> int:
