@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from actlabel import prompting
-from actlabel.batch import BatchOutcome, Deferred, check_scale_options
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
@@ -62,6 +62,7 @@ from actlabel.stages import (
     gold_accuracy,
     label_max_tokens,
     make_cap,
+    model_in_use,
     one_line,
     open_model,
     pending_items,
@@ -433,7 +434,7 @@ async def annotate_async(
         workers=workers,
         backend_options=backend_options,
     )
-    try:
+    async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _annotate_llm,
             store,
@@ -450,13 +451,8 @@ async def annotate_async(
             cot_max_tokens=cot_max_tokens,
         )
         if batch:
-            from actlabel.batch import run_batched
-
             return await run_batched(store, stack, "annotate", run, wait=wait, progress=progress)
         return await run()
-    finally:
-        if backend is None:  # a backend passed in belongs to the caller, who may use it again
-            await stack.aclose()
 
 
 annotate = synchronous(annotate_async)

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from actlabel import prompting
-from actlabel.batch import BatchOutcome, Deferred, check_scale_options
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
 from actlabel.critics.base import (
     CriticContext,
     Strategy,
@@ -70,6 +70,7 @@ from actlabel.stages import (
     StageResult,
     default_concurrency,
     make_cap,
+    model_in_use,
     one_line,
     open_model,
     stage_run,
@@ -412,7 +413,7 @@ async def critique_async(
         workers=workers,
         backend_options=backend_options,
     )
-    try:
+    async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _critique_llm,
             store,
@@ -428,13 +429,8 @@ async def critique_async(
             max_tokens=max_tokens,
         )
         if batch:
-            from actlabel.batch import run_batched
-
             return await run_batched(store, stack, "critique", run, wait=wait, progress=progress)
         return await run()
-    finally:
-        if backend is None:  # a backend passed in belongs to the caller, who may use it again
-            await stack.aclose()
 
 
 critique = synchronous(critique_async)

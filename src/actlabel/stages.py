@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
@@ -73,6 +73,17 @@ def open_model(
     cached = CachedBackend(raw, store.response_cache(), template_hash=prompting.templates_hash(templates))
     usage = RunUsage(prices=PriceTable.load(store.root))
     return ModelStack(raw, cached, MeteredBackend(cached, usage), usage)
+
+
+@asynccontextmanager
+async def model_in_use(stack: ModelStack, *, owned: bool) -> AsyncIterator[ModelStack]:
+    """The stack for one stage, closed when the stage ends if the stage opened it: a backend
+    passed in belongs to the caller, who may use it again."""
+    try:
+        yield stack
+    finally:
+        if owned:
+            await stack.aclose()
 
 
 def default_concurrency(spec: str) -> int:
