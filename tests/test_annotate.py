@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from actlabel.annotate import annotate, resolve_annotator
+from actlabel.annotate import annotate
 from actlabel.errors import UserError
 from actlabel.models.scripted import ScriptedBackend
 from actlabel.project import Project
+from actlabel.stages import resolve_annotator
 from actlabel.task import Example
 from actlabel.testing.openai_server import OpenAICompatServer
 

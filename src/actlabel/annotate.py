@@ -31,171 +31,72 @@ crash or a cap pays only for what is left. `limit` annotates only the first N it
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import json
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from actlabel import prompting
-from actlabel.batch import BatchOutcome, Deferred, check_scale_options
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
 from actlabel.engine import run_items
 from actlabel.errors import UserError
-from actlabel.models import DEFAULT_MODEL, load_backend
+from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError
-from actlabel.models.cache import CachedBackend
 from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure, call_with_parse
-from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
+from actlabel.models.spec import ModelSpec
+from actlabel.models.usage import RunCap
+from actlabel.stages import (
+    COMPOSITE_PREFIX,
+    COT_MAX_TOKENS,
+    ModelStack,
+    StageResult,
+    default_concurrency,
+    failed_record,
+    gold_accuracy,
+    label_max_tokens,
+    make_cap,
+    model_in_use,
+    one_line,
+    open_model,
+    pending_items,
+    resolve_annotator,
+    settings_key,
+    stage_run,
+    synchronous,
+    task_modalities,
+)
 from actlabel.store import Item, Store
 
 #: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
 TOP_LOGPROBS = 20
-COT_MAX_TOKENS = 256
-COMPOSITE_PREFIX = "composite/"
 _ANSWER_MARKER = re.compile(r"answer\s*[:=\-]", re.I)
-
-
-# ---- shared stage plumbing (the critic uses it too) --------------------------------------------
-
-
-@dataclass
-class ModelStack:
-    """A backend as a stage uses it: metered(cached(raw)); `usage` counts calls and cache hits."""
-
-    raw: Backend
-    cached: CachedBackend
-    backend: MeteredBackend
-    usage: RunUsage
-
-    @property
-    def spec(self) -> str:
-        return self.raw.spec
-
-    async def aclose(self) -> None:
-        await self.raw.aclose()
-
-
-def open_model(
-    store: Store,
-    spec: str,
-    *,
-    base_url: str | None = None,
-    backend: Backend | None = None,
-    templates: Sequence[str] = (),
-    engine: str = "async",
-    workers: int | None = None,
-    backend_options: dict[str, Any] | None = None,
-) -> ModelStack:
-    """Load `spec` (or take `backend` as given) and wrap it in the project's cache and a meter.
-    The templates' hash is part of every cache key. engine="ray" sends the calls to a pool of Ray
-    workers (distributed.py); it sits under the cache, so a cached call never reaches a worker.
-    backend_options go to the backend's constructor (n_ctx=, n_threads= for local models)."""
-    raw = backend if backend is not None else load_backend(spec, base_url=base_url, **(backend_options or {}))
-    if engine != "async":
-        from actlabel.distributed import wrap_engine
-
-        raw = wrap_engine(
-            raw, engine, spec=spec, base_url=base_url, workers=workers, given=backend is not None
-        )
-    cached = CachedBackend(raw, store.response_cache(), template_hash=prompting.templates_hash(templates))
-    usage = RunUsage(prices=PriceTable.load(store.root))
-    return ModelStack(raw, cached, MeteredBackend(cached, usage), usage)
-
-
-def default_concurrency(spec: str) -> int:
-    """Endpoints serve many calls at once; an in-process model runs one at a time anyway."""
-    return 16 if spec.startswith("openai/") else 1
-
-
-def make_cap(max_cost: float | None, max_total_tokens: int | None) -> RunCap | None:
-    if max_cost is not None and max_cost <= 0:
-        raise UserError("--max-cost must be > 0")
-    if max_total_tokens is not None and max_total_tokens <= 0:
-        raise UserError("--max-tokens must be > 0")
-    if max_cost is None and max_total_tokens is None:
-        return None
-    return RunCap(max_tokens=max_total_tokens, max_cost=max_cost)
-
-
-def one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def run_async(coro: Awaitable[Any]) -> Any:
-    """Run a stage's coroutine from sync code (the CLI, scripts, notebooks with no running loop)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    raise RuntimeError("call the async variant (annotate_async / critique_async) from inside an event loop")
-
-
-def label_max_tokens(names: Sequence[str]) -> int:
-    """Room for the longest label (about 3 characters per token) plus a little slack."""
-    return max(8, max(len(n) for n in names) // 3 + 6)
-
-
-def gold_accuracy(store: Store) -> tuple[float | None, int]:
-    """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
-    rows = store.conn.execute(
-        "SELECT i.gold_label, a.label FROM items i JOIN "
-        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.item_rowid = i.rowid "
-        "JOIN annotations a ON a.id = l.id WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
-    ).fetchall()
-    if not rows:
-        return None, 0
-    return sum(g == m for g, m in rows) / len(rows), len(rows)
 
 
 # ---- the result ------------------------------------------------------------------------------
 
 
 @dataclass
-class AnnotateResult:
+class AnnotateResult(StageResult):
     model: str
     mode: str
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    left: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
-    elapsed: float = 0.0
     accuracy: float | None = None
     gold_items: int = 0
-    stopped: str | None = None
-    run_id: int | None = None
-    errors: list[str] = field(default_factory=list)
     #: accuracy is then exact-set match
     multi_label: bool = False
 
     def __str__(self) -> str:
-        parts = [
-            f"annotated {self.done + self.failed} items with {self.model} ({self.mode}): "
-            f"{self.done} ok, {self.failed} failed, {self.skipped} already done"
-            + (f", {self.left} left" if self.left else ""),
-            f"calls {self.calls} (cache hits {self.cache_hits})",
-            f"tokens {self.input_tokens} in / {self.output_tokens} out",
-            f"${self.cost:.4f}",
-            f"{self.elapsed:.1f} s",
-        ]
+        extra = []
         if self.accuracy is not None:
             what = "exact-set match" if self.multi_label else "accuracy"
-            parts.append(f"{what} vs gold {self.accuracy:.3f} ({self.gold_items} items)")
-        if self.stopped:
-            parts.append(f"stopped: {self.stopped}; re-run to continue")
-        return " | ".join(parts)
+            extra.append(f"{what} vs gold {self.accuracy:.3f} ({self.gold_items} items)")
+        return self.line(f"annotated {self.done + self.failed} items with {self.model} ({self.mode})", extra)
 
 
 # ---- parsing ---------------------------------------------------------------------------------
@@ -262,7 +163,7 @@ def label_model_wanted(setting: str, spec: str) -> bool:
     """auto: on for embedded models (small, with a strong label prior), off for endpoints."""
     if setting not in ("auto", "on", "off"):
         raise UserError(f"--label-model must be auto, on or off, not {setting!r}")
-    return setting == "on" or (setting == "auto" and spec.startswith("local/"))
+    return setting == "on" or (setting == "auto" and ModelSpec.parse(spec).can("embedded"))
 
 
 @dataclass
@@ -457,27 +358,6 @@ def _probs_json(probs: dict[str, float] | None) -> str | None:
     return None if probs is None else json.dumps({k: round(float(v), 6) for k, v in probs.items()})
 
 
-def _failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | ModelError) -> dict[str, Any]:
-    if isinstance(failure, ParseFailure):
-        return {
-            "item_rowid": item.rowid,
-            "run_id": run_id,
-            "model": model,
-            "label": None,
-            "raw": failure.raw_text,
-            "status": "failed",
-            "error": one_line(f"no label in the answer after {failure.attempts} attempts: {failure.error}"),
-        }
-    return {
-        "item_rowid": item.rowid,
-        "run_id": run_id,
-        "model": model,
-        "label": None,
-        "status": "failed",
-        "error": one_line(f"model call failed: {failure}"),
-    }
-
-
 def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict[str, Any]:
     return {
         "item_rowid": item.rowid,
@@ -493,44 +373,6 @@ def _ok_record(item: Item, run_id: int, model: str, answer: LabelAnswer) -> dict
     }
 
 
-# ---- choosing the annotator -------------------------------------------------------------------
-
-
-def _task_modalities(store: Store) -> tuple[bool, bool]:
-    """(has text, has images) over the imported items."""
-    task = store.task
-    has_images = bool(
-        task.image_column
-        or store.conn.execute("SELECT 1 FROM items WHERE image_path IS NOT NULL LIMIT 1").fetchone()
-    )
-    has_text = bool(task.text_columns)
-    if not has_text and not task.image_column:
-        has_text = True  # items imported without declared roles: their fields are text
-    return has_text, has_images
-
-
-def resolve_annotator(store: Store, model: str | None) -> str:
-    """The annotator spec for `model` (None = the embedded default) on this task's modalities."""
-    has_text, has_images = _task_modalities(store)
-    spec = (model or DEFAULT_MODEL).strip()
-    embedded_default = spec == DEFAULT_MODEL
-    if spec.startswith("features/"):
-        if spec != IMAGE_ANNOTATOR_SPEC:
-            raise UserError(f"unknown feature model {spec!r}: use {IMAGE_ANNOTATOR_SPEC}")
-        if not has_images:
-            raise UserError(f"{IMAGE_ANNOTATOR_SPEC} labels images, and this task has none")
-        return spec
-    if spec.startswith(COMPOSITE_PREFIX):
-        return spec
-    if has_images and embedded_default:
-        return (
-            IMAGE_ANNOTATOR_SPEC
-            if not has_text
-            else f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{spec}"
-        )
-    return spec
-
-
 # ---- the stage ---------------------------------------------------------------------------------
 
 
@@ -538,38 +380,7 @@ def resolve_annotator(store: Store, model: str | None) -> str:
 LABEL_MODEL_VERSION = 3
 
 
-def _settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
-    # The endpoint URL is left out ('openai/x@http://host/v1' -> 'openai/x'): the same model moved to
-    # another host is still the same annotator (the response cache, which must be exact, keeps it).
-    key: dict[str, Any] = {"model": model.split("@", 1)[0], "cot": cot, "templates": templates}
-    if label_model is not None:
-        key["label_model"] = label_model
-    return json.dumps(key, sort_keys=True)
-
-
-def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
-    """(rowids to annotate in rowid order, how many are skipped as already done with `settings`)."""
-    run_settings = {
-        run_id: json.loads(params).get("settings")
-        for run_id, params in store.conn.execute("SELECT run_id, params FROM runs WHERE stage = 'annotate'")
-    }
-    latest = {
-        rowid: (status, run_id)
-        for rowid, _id, status, run_id in store.conn.execute(
-            "SELECT item_rowid, max(id), status, run_id FROM annotations GROUP BY item_rowid"
-        )
-    }
-    todo, skipped = [], 0
-    for rowid in store.item_rowids():
-        status, run_id = latest.get(rowid, (None, None))
-        if status == "ok" and run_settings.get(run_id) == settings:
-            skipped += 1
-        else:
-            todo.append(rowid)
-    return todo, skipped
-
-
-def annotate(
+async def annotate_async(
     store: Store,
     *,
     model: str | None = None,
@@ -596,51 +407,6 @@ def annotate(
     batch: go through the provider's batch API (batch.py; returns a BatchOutcome), `wait` for it.
     engine: "async" (this process) or "ray" (distributed.py, `workers` Ray actors).
     """
-    return run_async(
-        annotate_async(
-            store,
-            model=model,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            max_total_tokens=max_total_tokens,
-            limit=limit,
-            cot=cot,
-            progress=progress,
-            backend=backend,
-            max_parse_retries=max_parse_retries,
-            cot_max_tokens=cot_max_tokens,
-            batch=batch,
-            wait=wait,
-            engine=engine,
-            workers=workers,
-            label_model=label_model,
-            backend_options=backend_options,
-        )
-    )
-
-
-async def annotate_async(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_total_tokens: int | None = None,
-    limit: int | None = None,
-    cot: bool = False,
-    progress: bool = True,
-    backend: Backend | None = None,
-    max_parse_retries: int = 2,
-    cot_max_tokens: int = COT_MAX_TOKENS,
-    batch: bool = False,
-    wait: bool = False,
-    engine: str = "async",
-    workers: int | None = None,
-    label_model: str = "auto",
-    backend_options: dict[str, Any] | None = None,
-) -> AnnotateResult | BatchOutcome[AnnotateResult]:
     if store.count_items() == 0:
         raise UserError(f"{store.root}: no items to annotate; import some with `actlabel import`")
     if limit is not None and limit < 1:
@@ -654,7 +420,7 @@ async def annotate_async(
         )  # fmt: skip
     spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
     composite = spec.startswith(COMPOSITE_PREFIX)
-    llm_spec = spec.split("+", 1)[1] if composite else spec
+    llm_spec = ModelSpec.parse(spec).llm.text if composite else spec
     check_scale_options(llm_spec, batch=batch, wait=wait, engine=engine, workers=workers)
     if spec == IMAGE_ANNOTATOR_SPEC:
         return _annotate_images(store, limit=limit, progress=progress)
@@ -668,7 +434,7 @@ async def annotate_async(
         workers=workers,
         backend_options=backend_options,
     )
-    try:
+    async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _annotate_llm,
             store,
@@ -685,13 +451,11 @@ async def annotate_async(
             cot_max_tokens=cot_max_tokens,
         )
         if batch:
-            from actlabel.batch import run_batched
-
             return await run_batched(store, stack, "annotate", run, wait=wait, progress=progress)
         return await run()
-    finally:
-        if backend is None:  # a backend passed in belongs to the caller, who may use it again
-            await stack.aclose()
+
+
+annotate = synchronous(annotate_async)
 
 
 async def _annotate_sets(
@@ -708,7 +472,7 @@ async def _annotate_sets(
             "multi-label annotation asks yes/no per label: --cot, --batch and --engine do not apply"
         )
     spec = backend.spec if backend is not None and model is None else (model or DEFAULT_MODEL).strip()
-    _has_text, has_images = _task_modalities(store)
+    _has_text, has_images = task_modalities(store)
     if spec == mla.FEATURE_ANNOTATOR_SPEC:
         result = AnnotateResult(model=spec, mode="few-shot features", multi_label=True)
         return mla.annotate_sets_features(store, limit=limit, progress=progress, result=result)
@@ -749,7 +513,7 @@ async def _annotate_llm(
     cot_max_tokens: int,
 ) -> AnnotateResult:
     task = store.task
-    _has_text, has_images = _task_modalities(store)
+    _has_text, has_images = task_modalities(store)
     if has_images and not composite and not stack.raw.supports_images:
         raise UserError(
             f"{stack.spec} cannot see images: use an openai/ vision model, or the embedded default "
@@ -759,7 +523,7 @@ async def _annotate_llm(
     model_name = (
         f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{stack.spec}" if composite else stack.spec
     )
-    settings = _settings_key(
+    settings = settings_key(
         model_name, cot, templates, label_model=LABEL_MODEL_VERSION if label_model else None
     )
     todo, skipped = pending_items(store, settings, limit)
@@ -783,31 +547,27 @@ async def _annotate_llm(
         image_probs, image_errors = _image_probs(clf, items_with_images, store.root)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
     zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
-    run_id = store.start_run(
-        "annotate",
-        {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit},
-    )
-    names = list(task.label_names)
+    params = {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit}
+    with stage_run(store, "annotate", params, usage=stack.usage) as run:
+        run_id = run.id
+        names = list(task.label_names)
 
-    async def work(item: Item) -> dict[str, Any]:
-        if item.rowid in image_errors:
-            return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
-        outcome = await annotator.label(item)
-        if isinstance(outcome, ParseFailure):
-            return _failed_record(item, run_id, model_name, outcome)
-        answer = outcome
-        if composite and item.rowid in image_probs:
-            answer = _pool(answer, image_probs[item.rowid], names)
-        return _ok_record(item, run_id, model_name, answer)
+        async def work(item: Item) -> dict[str, Any]:
+            if item.rowid in image_errors:
+                return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
+            outcome = await annotator.label(item)
+            if isinstance(outcome, ParseFailure):
+                return failed_record(item, run_id, model_name, outcome)
+            answer = outcome
+            if composite and item.rowid in image_probs:
+                answer = _pool(answer, image_probs[item.rowid], names)
+            return _ok_record(item, run_id, model_name, answer)
 
-    def on_error(item: Item, exc: ModelError) -> dict[str, Any] | None:
-        if isinstance(exc, Deferred):
-            return None  # its request waits in a provider batch: the item stays pending
-        return _failed_record(item, run_id, model_name, exc)
+        def on_error(item: Item, exc: ModelError) -> dict[str, Any] | None:
+            if isinstance(exc, Deferred):
+                return None  # its request waits in a provider batch: the item stays pending
+            return failed_record(item, run_id, model_name, exc)
 
-    status = "done"
-    message = None
-    try:
         engine = await run_items(
             store.iter_items(todo),
             work,
@@ -819,34 +579,18 @@ async def _annotate_llm(
             label="annotate",
             on_error=on_error,
         )
-    except BaseException as exc:
-        store.finish_run(
-            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
-        )
-        raise
+        run.ended_by(engine)
     failed_rows = store.conn.execute(
         "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'failed'", (run_id,)
     ).fetchone()[0]
     ok_rows = store.conn.execute(
         "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'ok'", (run_id,)
     ).fetchone()[0]
-    if engine.stopped_by_cap:
-        status, message = "stopped", engine.cap_reason
-    store.finish_run(run_id, status, message, **stack.usage.run_fields())
     if zero is not None:
         finish_label_model(store, zero, run_id, settings, model_name)
-    snap = stack.usage.snapshot()
     result.done, result.failed = ok_rows, failed_rows
     result.left = len(todo) - ok_rows - failed_rows + left_after_limit
-    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
-    result.input_tokens, result.output_tokens, result.cost = (
-        snap["input_tokens"],
-        snap["output_tokens"],
-        snap["cost"],
-    )
-    result.elapsed = engine.elapsed
-    result.stopped = engine.cap_reason
-    result.run_id = run_id
+    result.take_usage(stack.usage, engine, run_id)
     result.errors = [f"item {k.item_id}: {e}" for k, e in engine.errors]
     result.accuracy, result.gold_items = gold_accuracy(store)
     return result
@@ -902,7 +646,7 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
     task = store.task
     clf, n_examples = fit_image_classifier(task, store.root)
     model_name = f"{IMAGE_ANNOTATOR_SPEC}+logreg({n_examples} examples)"
-    settings = _settings_key(model_name, False, "")
+    settings = settings_key(model_name, False, "")
     todo, skipped = pending_items(store, settings, limit)
     left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
     if limit is not None:
@@ -913,13 +657,13 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
     if not todo:
         result.accuracy, result.gold_items = gold_accuracy(store)
         return result
-    run_id = store.start_run(
-        "annotate", {"model": model_name, "cot": False, "settings": settings, "limit": limit}
-    )
     names = task.label_names
     done = failed = 0
     chunk = 256
-    try:
+    with stage_run(
+        store, "annotate", {"model": model_name, "cot": False, "settings": settings, "limit": limit}
+    ) as run:
+        run_id = run.id
         for start_i in range(0, len(todo), chunk):
             items = list(store.iter_items(todo[start_i : start_i + chunk]))
             with_image = [it for it in items if it.image_path]
@@ -964,10 +708,6 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
             failed += len(items) - len(probs)
             if progress and len(todo) > chunk:
                 print(f"annotate: {start_i + len(items)}/{len(todo)}", file=sys.stderr, flush=True)
-    except BaseException as exc:
-        store.finish_run(run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", None)
     result.done, result.failed, result.run_id = done, failed, run_id
     result.elapsed = time.monotonic() - start
     result.accuracy, result.gold_items = gold_accuracy(store)

@@ -43,11 +43,12 @@ import httpx
 from actlabel.errors import UserError
 from actlabel.models.base import ChatRequest, ChatResponse, ModelError, RetryableError
 from actlabel.models.retry import RetryPolicy
+from actlabel.models.spec import FEATURES, ModelSpec
 from actlabel.store import Store
 
 if TYPE_CHECKING:
-    from actlabel.annotate import ModelStack
     from actlabel.models.openai_compat import OpenAICompatBackend
+    from actlabel.stages import ModelStack
 
 R = TypeVar("R")
 
@@ -202,9 +203,10 @@ def check_scale_options(
         raise UserError("--wait goes with --batch")
     if batch and engine != "async":
         raise UserError("--batch runs on the provider's batch API; drop --engine ray")
-    if batch and not spec.startswith("openai/"):
-        raise UserError(f"batch mode needs an openai/ model with a batch API, not {spec.split('@')[0]}")
-    if engine != "async" and spec.startswith("features/"):
+    parsed = ModelSpec.parse(spec)
+    if batch and not parsed.can("batch_api"):
+        raise UserError(f"batch mode needs an openai/ model with a batch API, not {parsed.bare}")
+    if engine != "async" and parsed.kind == FEATURES:
         raise UserError(f"--engine {engine} distributes chat model calls, and {spec} makes none")
 
 

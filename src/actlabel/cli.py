@@ -5,7 +5,6 @@ Every user mistake ends as one line on stderr and a non-zero exit status, never 
 
 from __future__ import annotations
 
-import importlib
 import json
 import sqlite3
 import sys
@@ -15,10 +14,12 @@ from typing import Any
 
 import click
 
+from actlabel.critics.registry import strategy_help
 from actlabel.errors import UserError
+from actlabel.review.adapters import FORMATS as TOOL_FORMATS
+from actlabel.select import RULES
 
 EXIT_USER_ERROR = 1
-EXIT_NOT_BUILT = 2
 
 
 def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
@@ -26,35 +27,23 @@ def _fail(message: str, code: int = EXIT_USER_ERROR) -> None:
     sys.exit(code)
 
 
-def _stage(module: str, attr: str) -> Callable[..., Any]:
-    """Import a stage lazily, so `actlabel --help` stays fast and a missing extra is named clearly."""
-    try:
-        mod = importlib.import_module(f"actlabel.{module}")
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("actlabel"):
-            _fail(f"`{module}` is not built yet in this version of actlabel", EXIT_NOT_BUILT)
-        extra = {
-            "torch": "ml",
-            "sklearn": "ml",
-            "sentence_transformers": "ml",
-            "llama_cpp": "local",
-            "starlette": "review",
-            "uvicorn": "review",
-            "jinja2": "review",
-            "matplotlib": "report",
-        }
-        hint = extra.get((exc.name or "").split(".")[0])
-        _fail(f"missing dependency {exc.name!r}" + (f": pip install 'actlabel[{hint}]'" if hint else ""))
-    fn = getattr(mod, attr, None)
-    if fn is None:
-        _fail(f"`{module}.{attr}` is not built yet in this version of actlabel", EXIT_NOT_BUILT)
-    return fn
-
-
 def _open(directory: str):
     from actlabel.project import Project
 
-    return Project(directory)
+    return Project.open(directory)
+
+
+#: the extra that brings an optional dependency (`pip install 'actlabel[EXTRA]'`)
+_EXTRAS = {
+    "torch": "ml",
+    "sklearn": "ml",
+    "sentence_transformers": "ml",
+    "llama_cpp": "local",
+    "starlette": "review",
+    "uvicorn": "review",
+    "jinja2": "review",
+    "matplotlib": "report",
+}
 
 
 class _Group(click.Group):
@@ -74,6 +63,12 @@ class _Group(click.Group):
             _fail(f"the project database cannot be written ({exc})")
         except PermissionError as exc:
             _fail(f"{exc.filename or 'a file'}: permission denied")
+        except ModuleNotFoundError as exc:
+            # The stages import their optional dependencies when they run (Project's methods).
+            if not exc.name or exc.name.split(".")[0] == "actlabel":
+                raise
+            hint = _EXTRAS.get(exc.name.split(".")[0])
+            _fail(f"missing dependency {exc.name!r}" + (f": pip install 'actlabel[{hint}]'" if hint else ""))
         except KeyboardInterrupt:
             click.echo(
                 f"actlabel: interrupted; {_INTERRUPTED.get(ctx.invoked_subcommand, _RESUME)}", err=True
@@ -206,7 +201,7 @@ def import_(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["labelstudio", "argilla"]),
+    type=click.Choice(TOOL_FORMATS),
     help="Export the selected items as tasks for Label Studio or records for Argilla.",
 )
 @click.option("--force", is_flag=True, help="Overwrite OUT if it exists.")
@@ -373,9 +368,11 @@ def _with_local_model_options(fn: Callable) -> Callable:
 
 def _local_backend_options(opts: dict[str, Any]) -> dict[str, Any] | None:
     """Pop --n-ctx / --threads into backend constructor options (local models only)."""
+    from actlabel.models.spec import ModelSpec
+
     n_ctx, threads = opts.pop("n_ctx", None), opts.pop("threads", None)
     model = opts.get("model") or "local/"
-    if (n_ctx or threads) and not str(model).startswith("local/"):
+    if (n_ctx or threads) and not ModelSpec.parse(str(model)).can("embedded"):
         raise UserError("--n-ctx and --threads apply to local/ models only")
     out = {k: v for k, v in (("n_ctx", n_ctx), ("n_threads", threads)) if v is not None}
     return out or None
@@ -421,15 +418,11 @@ def annotate(directory: str, **opts: Any) -> None:
     refine = opts.pop("refine")
     backend_options = _local_backend_options(opts)
     with _open(directory) as project:
-        project.store.acquire_writer("annotate")
         if refine:
-            from actlabel.refine import refine_labels
-
-            click.echo(str(refine_labels(project.store, progress=not opts.pop("no_progress"))))
+            click.echo(str(project.refine(progress=not opts.pop("no_progress"))))
             return
-        fn = _stage("annotate", "annotate")
-        result = fn(
-            project.store, progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
+        result = project.annotate(
+            progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
         )
         click.echo(str(result))
         _report_failures(project, "annotations", result)
@@ -442,9 +435,7 @@ def annotate(directory: str, **opts: Any) -> None:
 @click.option(
     "--strategy",
     default=None,
-    help="naive, cot, mc, devil, logit, cot-logit, cot-ppl, consistency, learned, ensemble, confidence "
-    "(ensemble:cot,logit picks its members); per-label for multi-label tasks "
-    "[default: per-label for multi-label tasks, consistency for embedded models, else cot].",
+    help=strategy_help("per-label for multi-label tasks, consistency for embedded models, else cot"),
 )
 @click.option(
     "--reasoning-tokens",
@@ -458,11 +449,9 @@ def annotate(directory: str, **opts: Any) -> None:
 def critique(directory: str, **opts: Any) -> None:
     """Stage 2: a critic estimates each machine label's probability of being wrong."""
     backend_options = _local_backend_options(opts)
-    fn = _stage("critique", "critique")
     with _open(directory) as project:
-        project.store.acquire_writer("critique")
-        result = fn(
-            project.store, progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
+        result = project.critique(
+            progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
         )
         click.echo(str(result))
         _report_failures(project, "critiques", result)
@@ -487,10 +476,8 @@ def _report_failures(project: Any, table: str, result: Any) -> None:
 @click.option("--strategy", default=None, help="The critic to calibrate [default: the latest one run].")
 def calibrate(directory: str, method: str, strategy: str | None) -> None:
     """Calibrate a critic's error probabilities on reviewed items (ECE before and after)."""
-    fn = _stage("critique", "calibrate")
     with _open(directory) as project:
-        project.store.acquire_writer("calibrate")
-        click.echo(str(fn(project.store, method=method, strategy=strategy)))
+        click.echo(str(project.calibrate(method=method, strategy=strategy)))
 
 
 @main.command()
@@ -500,7 +487,7 @@ def calibrate(directory: str, method: str, strategy: str | None) -> None:
 )
 @click.option(
     "--rule",
-    type=click.Choice(["threshold", "exponential", "normalized"]),
+    type=click.Choice(RULES),
     default="threshold",
     show_default=True,
 )
@@ -526,10 +513,8 @@ def calibrate(directory: str, method: str, strategy: str | None) -> None:
 )
 def select(directory: str, **opts: Any) -> None:
     """Stage 3: choose the items humans review, within a budget."""
-    fn = _stage("selection", "select_for_review")
     with _open(directory) as project:
-        project.store.acquire_writer("select")
-        result = fn(project.store, **opts)
+        result = project.select(**opts)
     click.echo(str(result))
 
 
@@ -561,27 +546,21 @@ def review(
     """Stage 4: humans review the selected items (web app, terminal, or simulated)."""
     with _open(directory) as project:
         if simulate:
-            fn = _stage("review.simulate", "simulate_review")
-            project.store.acquire_writer("review --simulate")
-            click.echo(str(fn(project.store, source=simulate, error_rate=error_rate, seed=seed)))
+            click.echo(str(project.simulate_review(source=simulate, error_rate=error_rate, seed=seed)))
         elif terminal:
-            _stage("review.terminal", "run_terminal_review")(project.store, reviewer=reviewer)
+            project.review(terminal=True, reviewer=reviewer)
         else:
-            _stage("review.app", "serve")(
-                project.store, host=host, port=port, open_browser=not no_browser, reviewer=reviewer
-            )
+            project.review(host=host, port=port, open_browser=not no_browser, reviewer=reviewer)
 
 
 @main.command("import-reviews")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["labelstudio", "argilla"]), required=True)
+@click.option("--format", "fmt", type=click.Choice(TOOL_FORMATS), required=True)
 def import_reviews(directory: str, file: str, fmt: str) -> None:
     """Read human labels back from a Label Studio or Argilla export."""
-    fn = _stage("review.adapters", "import_from_tool")
     with _open(directory) as project:
-        project.store.acquire_writer("import-reviews")
-        click.echo(str(fn(project.store, file, fmt)))
+        click.echo(str(project.import_reviews(file, fmt)))
 
 
 @main.group(cls=_Group)
@@ -603,9 +582,8 @@ def serve() -> None:
 def serve_labelstudio(directory: str, host: str, port: int, secret: str | None) -> None:
     """A Label Studio ML backend (machine label, critic, suspicious-first scores) and webhook receiver
     that records the answers given in Label Studio as reviews."""
-    fn = _stage("review.labelstudio_live", "serve")
     with _open(directory) as project:
-        fn(project.store, host=host, port=port, secret=secret)
+        project.serve_labelstudio(host=host, port=port, secret=secret)
 
 
 @main.command()
@@ -617,9 +595,8 @@ def serve_labelstudio(directory: str, host: str, port: int, secret: str | None) 
 @click.option("--cot", is_flag=True)
 def plan(directory: str, **opts: Any) -> None:
     """Dry run: one real prompt per stage, and calls, tokens and cost for the whole dataset."""
-    fn = _stage("plan", "plan")
     with _open(directory) as project:
-        click.echo(fn(project.store, **opts))
+        click.echo(project.plan(**opts))
 
 
 @main.command()
@@ -627,9 +604,8 @@ def plan(directory: str, **opts: Any) -> None:
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="[default: DIR/report.html]")
 def report(directory: str, out: str | None) -> None:
     """Write a self-contained HTML report with plots."""
-    fn = _stage("report", "write_report")
     with _open(directory) as project:
-        path = fn(project.store, out or str(Path(directory) / "report.html"))
+        path = project.report(out or str(Path(directory) / "report.html"))
     click.echo(f"wrote {path}")
 
 
@@ -653,15 +629,13 @@ def report(directory: str, out: str | None) -> None:
     help="Review rounds the budget is spent in (after the pilot with auto) [default: 2]; kept in the project.",
 )
 @click.option("--max-budget", default=None, help="With --budget auto: at most this many reviews in all.")
-@click.option("--rule", type=click.Choice(["threshold", "exponential", "normalized"]), default="threshold")
+@click.option("--rule", type=click.Choice(RULES), default="threshold")
 @click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0)
 def run(directory: str, **opts: Any) -> None:
     """Annotate + critique + select in one go."""
-    fn = _stage("pipeline", "run_pipeline")
     with _open(directory) as project:
-        project.store.acquire_writer("run")
-        click.echo(str(fn(project.store, progress=not opts.pop("no_progress"), **opts)))
+        click.echo(str(project.run(progress=not opts.pop("no_progress"), **opts)))
 
 
 @main.command()
@@ -698,8 +672,9 @@ def run(directory: str, **opts: Any) -> None:
 @click.option("--no-progress", is_flag=True)
 def demo(**opts: Any) -> None:
     """The whole pipeline on a real dataset with the embedded default model, offline."""
-    fn = _stage("demo", "run_demo")
-    fn(progress=not opts.pop("no_progress"), **opts)
+    from actlabel.demo import run_demo
+
+    run_demo(progress=not opts.pop("no_progress"), **opts)
 
 
 if __name__ == "__main__":

@@ -46,16 +46,7 @@ from typing import Any
 import numpy as np
 
 from actlabel import prompting
-from actlabel.annotate import (
-    COMPOSITE_PREFIX,
-    ModelStack,
-    default_concurrency,
-    make_cap,
-    one_line,
-    open_model,
-    run_async,
-)
-from actlabel.batch import BatchOutcome, Deferred, check_scale_options
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
 from actlabel.critics.base import (
     CriticContext,
     Strategy,
@@ -67,25 +58,33 @@ from actlabel.critics.base import (
     load_targets,
     raw_annotation_id,
 )
-from actlabel.critics.blackbox import CoTCritic, DevilCritic, MCCritic, NaiveCritic
-from actlabel.critics.whitebox import CoTLogitCritic, CoTPPLCritic, LogitCritic
+from actlabel.critics.registry import CRITICS, LLM_CRITICS, MULTI_LABEL_CRITICS, OFFLINE_CRITICS, SINGLE_LABEL
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ModelError
 from actlabel.models.retry import ParseFailure
+from actlabel.models.spec import COMPOSITE, FEATURES, ModelSpec
+from actlabel.stages import (
+    ModelStack,
+    StageResult,
+    default_concurrency,
+    make_cap,
+    model_in_use,
+    one_line,
+    open_model,
+    stage_run,
+    synchronous,
+)
 from actlabel.store import Store
 
-LLM_STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls
-    for cls in (NaiveCritic, CoTCritic, MCCritic, DevilCritic, LogitCritic, CoTLogitCritic, CoTPPLCritic)
-}
+LLM_STRATEGIES: dict[str, type[Strategy]] = {name: CRITICS[name].load() for name in LLM_CRITICS}
 #: critics that call no chat model (rescored in full on every run)
-OFFLINE_STRATEGIES: tuple[str, ...] = ("consistency", "learned", "ensemble", "confidence")
+OFFLINE_STRATEGIES: tuple[str, ...] = OFFLINE_CRITICS
 #: the critic of multi-label tasks (critics/per_label.py; no model calls). Kept apart from
 #: STRATEGIES, which all judge one label per item and can be ensemble members.
-MULTI_LABEL_STRATEGY = "per-label"
-STRATEGIES: tuple[str, ...] = (*LLM_STRATEGIES, *OFFLINE_STRATEGIES)
+(MULTI_LABEL_STRATEGY,) = MULTI_LABEL_CRITICS
+STRATEGIES: tuple[str, ...] = SINGLE_LABEL
 #: the default for annotators that are not embedded models (see default_strategy)
 DEFAULT_STRATEGY = "cot"
 #: the default when the annotator is an embedded model
@@ -95,44 +94,23 @@ CRITIC_MAX_TOKENS = 256
 
 
 @dataclass
-class CritiqueResult:
+class CritiqueResult(StageResult):
     strategy: str
     model: str
-    done: int = 0
-    failed: int = 0
-    skipped: int = 0
-    left: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
-    elapsed: float = 0.0
     auroc: float | None = None
     gold_errors: int = 0
     gold_items: int = 0
-    stopped: str | None = None
-    run_id: int | None = None
     notes: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        parts = [
-            f"critiqued {self.done + self.failed} items with {self.strategy} ({self.model}): "
-            f"{self.done} ok, {self.failed} failed, {self.skipped} already done"
-            + (f", {self.left} left" if self.left else ""),
-            f"calls {self.calls} (cache hits {self.cache_hits})",
-            f"tokens {self.input_tokens} in / {self.output_tokens} out",
-            f"${self.cost:.4f}",
-            f"{self.elapsed:.1f} s",
-        ]
+        extra = []
         if self.auroc is not None:
-            parts.append(
+            extra.append(
                 f"error-detection AUROC vs gold {self.auroc:.3f} ({self.gold_errors} errors in {self.gold_items})"
             )
-        if self.stopped:
-            parts.append(f"stopped: {self.stopped}; re-run to continue")
-        return " | ".join(parts)
+        return self.line(
+            f"critiqued {self.done + self.failed} items with {self.strategy} ({self.model})", extra
+        )
 
     def __str__(self) -> str:
         return "\n".join([*self.notes, self.summary()])
@@ -167,7 +145,8 @@ def default_strategy(store: Store) -> str:
     if not counts:
         return DEFAULT_STRATEGY
     annotator = counts.most_common(1)[0][0]
-    embedded = annotator.startswith(("local/", "features/", COMPOSITE_PREFIX))
+    parsed = ModelSpec.parse(annotator)
+    embedded = parsed.kind in (FEATURES, COMPOSITE) or parsed.can("embedded")
     return EMBEDDED_DEFAULT_STRATEGY if embedded else DEFAULT_STRATEGY
 
 
@@ -177,11 +156,8 @@ def annotator_models(store: Store) -> Counter[str]:
 
 def _llm_of(annotator: str) -> str | None:
     """The chat model inside an annotator spec (None for the pure image-feature annotator)."""
-    if annotator.startswith(COMPOSITE_PREFIX):
-        return annotator.split("+", 1)[1]
-    if annotator.startswith("features/"):
-        return None
-    return annotator
+    llm = ModelSpec.parse(annotator).llm
+    return None if llm is None else llm.text
 
 
 def resolve_critic_model(store: Store, model: str | None) -> tuple[str, str]:
@@ -197,13 +173,13 @@ def resolve_critic_model(store: Store, model: str | None) -> tuple[str, str]:
         if llm is not None:
             # The stored spec of an endpoint model carries its URL ('openai/x@http://...'): the
             # name before '@' loads it again (with --base-url or $OPENAI_BASE_URL).
-            return llm.split("@", 1)[0], "annotator"
+            return ModelSpec.parse(llm).bare, "annotator"
     return DEFAULT_MODEL, "default"
 
 
 def _same_model(a: str, b: str) -> bool:
     """Same model name (an endpoint spec's URL is left out: one model served twice is still one model)."""
-    return a.split("@", 1)[0] == b.split("@", 1)[0]
+    return ModelSpec.parse(a).bare == ModelSpec.parse(b).bare
 
 
 def criticism_notes(store: Store, strategy: str, critic_spec: str, source: str) -> list[str]:
@@ -231,7 +207,7 @@ def criticism_notes(store: Store, strategy: str, critic_spec: str, source: str) 
     if (
         LLM_STRATEGIES.get(strategy) is not None
         and LLM_STRATEGIES[strategy].white_box
-        and critic_spec.startswith("openai/")
+        and ModelSpec.parse(critic_spec).kind == "openai"
     ):
         notes.append(
             "advice: on large API models verbalized critics (cot) usually beat token-probability ones "
@@ -334,7 +310,7 @@ def _pending(
     """(targets to judge, how many are skipped): skipped when the latest critique by this strategy
     and model is ok, judged the current machine label, and used the current prompt templates."""
     # Same model name, any endpoint URL: a model moved to another host is still the same critic.
-    name = model.split("@", 1)[0]
+    name = ModelSpec.parse(model).bare
     latest = {
         rowid: (status, raw)
         for rowid, _id, status, raw in store.conn.execute(
@@ -353,7 +329,7 @@ def _pending(
     return todo, skipped
 
 
-def critique(
+async def critique_async(
     store: Store,
     *,
     model: str | None = None,
@@ -381,51 +357,6 @@ def critique(
     max_tokens: the budget of a critic's reasoning (cot, devil, cot-logit, cot-ppl analyses).
     backend_options go to the backend's constructor (n_ctx=, n_threads= for local models).
     """
-    return run_async(
-        critique_async(
-            store,
-            model=model,
-            base_url=base_url,
-            concurrency=concurrency,
-            max_cost=max_cost,
-            max_total_tokens=max_total_tokens,
-            limit=limit,
-            strategy=strategy,
-            progress=progress,
-            backend=backend,
-            max_parse_retries=max_parse_retries,
-            max_tokens=max_tokens,
-            seed=seed,
-            batch=batch,
-            wait=wait,
-            engine=engine,
-            workers=workers,
-            backend_options=backend_options,
-        )
-    )
-
-
-async def critique_async(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_total_tokens: int | None = None,
-    limit: int | None = None,
-    strategy: str | None = None,
-    progress: bool = True,
-    backend: Backend | None = None,
-    max_parse_retries: int = 2,
-    max_tokens: int = CRITIC_MAX_TOKENS,
-    seed: int = 0,
-    batch: bool = False,
-    wait: bool = False,
-    engine: str = "async",
-    workers: int | None = None,
-    backend_options: dict[str, Any] | None = None,
-) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     if strategy is None:
         strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
     if strategy == MULTI_LABEL_STRATEGY and not store.task.multi_label:
@@ -450,8 +381,8 @@ async def critique_async(
     if name in OFFLINE_STRATEGIES:
         if model or backend is not None or backend_options:
             raise UserError(f"the {name} critic uses no chat model; drop --model, --n-ctx and --threads")
-        if name == "confidence":
-            return _critique_confidence(store, limit=limit)
+        if CRITICS[name].kind == "streamed":
+            return _critique_confidence(store, name, limit=limit)
         return _critique_offline(store, name, members, limit=limit, seed=seed)
     cls = LLM_STRATEGIES[name]
     cap = make_cap(max_cost, max_total_tokens)
@@ -467,7 +398,7 @@ async def critique_async(
                 f"{len(targets)} machine labels have none: annotate with --cot first (actlabel annotate DIR --cot)"
             )
     check_scale_options(spec, batch=batch, wait=wait, engine=engine, workers=workers)
-    if backend_options and not spec.startswith("local/"):
+    if backend_options and not ModelSpec.parse(spec).can("embedded"):
         raise UserError(f"--n-ctx and --threads apply to local/ models only; the critic model is {spec}")
     # The hash of the strategy's own templates: editing one strategy's prompt does not invalidate
     # the others' cached answers (cot-logit and cot-ppl declare the same templates, so their
@@ -482,7 +413,7 @@ async def critique_async(
         workers=workers,
         backend_options=backend_options,
     )
-    try:
+    async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _critique_llm,
             store,
@@ -498,13 +429,11 @@ async def critique_async(
             max_tokens=max_tokens,
         )
         if batch:
-            from actlabel.batch import run_batched
-
             return await run_batched(store, stack, "critique", run, wait=wait, progress=progress)
         return await run()
-    finally:
-        if backend is None:  # a backend passed in belongs to the caller, who may use it again
-            await stack.aclose()
+
+
+critique = synchronous(critique_async)
 
 
 async def _critique_llm(
@@ -549,32 +478,30 @@ async def _critique_llm(
     ctx = CriticContext(
         store, task, stack.backend, raw.supports_logprobs, with_images, max_parse_retries, max_tokens
     )
-    run_id = store.start_run(
-        "critique",
-        {
-            "strategy": strategy.name,
-            "model": model_name,
-            "templates": list(strategy.templates),
-            "limit": limit,
-        },
-    )
+    params = {
+        "strategy": strategy.name,
+        "model": model_name,
+        "templates": list(strategy.templates),
+        "limit": limit,
+    }
     deferred: list[tuple[Target, Verdict]] = []
+    with stage_run(store, "critique", params, usage=stack.usage) as run:
+        run_id = run.id
 
-    async def work(target: Target) -> dict[str, Any] | None:
-        outcome = await strategy.judge(ctx, target)
-        if isinstance(outcome, ParseFailure):
-            return _failed_record(target, run_id, model_name, strategy.name, outcome, templates)
-        if strategy.deferred:
-            deferred.append((target, outcome))
-            return None
-        return _ok_record(target, run_id, model_name, strategy.name, outcome, templates)
+        async def work(target: Target) -> dict[str, Any] | None:
+            outcome = await strategy.judge(ctx, target)
+            if isinstance(outcome, ParseFailure):
+                return _failed_record(target, run_id, model_name, strategy.name, outcome, templates)
+            if strategy.deferred:
+                deferred.append((target, outcome))
+                return None
+            return _ok_record(target, run_id, model_name, strategy.name, outcome, templates)
 
-    def on_error(target: Target, exc: ModelError) -> dict[str, Any] | None:
-        if isinstance(exc, Deferred):
-            return None  # its request waits in a provider batch: the item stays pending
-        return _failed_record(target, run_id, model_name, strategy.name, exc, templates)
+        def on_error(target: Target, exc: ModelError) -> dict[str, Any] | None:
+            if isinstance(exc, Deferred):
+                return None  # its request waits in a provider batch: the item stays pending
+            return _failed_record(target, run_id, model_name, strategy.name, exc, templates)
 
-    try:
         engine = await run_items(
             todo,
             work,
@@ -592,29 +519,16 @@ async def _critique_llm(
                 f"note: {strategy.name} error probabilities are ranks over all {ranked} items critiqued so far "
                 "(rewritten each run); calibrate them on reviewed items to read them as probabilities"
             )
-    except BaseException as exc:
-        store.finish_run(
-            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
-        )
-        raise
-    status, message = ("stopped", engine.cap_reason) if engine.stopped_by_cap else ("done", None)
-    store.finish_run(run_id, status, message, **stack.usage.run_fields())
+        run.ended_by(engine)
     counts = dict(
         store.conn.execute(
             "SELECT status, count(*) FROM critiques WHERE run_id = ? GROUP BY status", (run_id,)
         ).fetchall()
     )
-    snap = stack.usage.snapshot()
     result.failed = counts.get("failed", 0)
     result.done = len(deferred) if strategy.deferred else counts.get("ok", 0)
     result.left = len(todo) - result.done - result.failed + left_after_limit
-    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
-    result.input_tokens, result.output_tokens, result.cost = (
-        snap["input_tokens"],
-        snap["output_tokens"],
-        snap["cost"],
-    )
-    result.elapsed, result.stopped, result.run_id = engine.elapsed, engine.cap_reason, run_id
+    result.take_usage(stack.usage, engine, run_id)
     result.errors = [f"item {k.item.item_id}: {e}" for k, e in engine.errors]
     result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, strategy.name, model_name)
     return result
@@ -672,19 +586,14 @@ def _has_machine_labels(store: Store) -> bool:
     )
 
 
-def _critique_confidence(store: Store, *, limit: int | None) -> CritiqueResult:
-    """The annotator-confidence critic, streamed in batches (critics/confidence.py)."""
-    from actlabel.critics.confidence import confidence_critique
-
+def _critique_confidence(store: Store, name: str, *, limit: int | None) -> CritiqueResult:
+    """A critic that writes its own records in batches (critics/confidence.py)."""
     start = time.monotonic()
-    run_id = store.start_run("critique", {"strategy": "confidence", "limit": limit})
-    try:
-        info, auroc, gold_errors, gold_items = confidence_critique(store, run_id=run_id, limit=limit)
-    except BaseException as exc:
-        store.finish_run(run_id, "failed", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", one_line(info.summary(), 500))
-    result = CritiqueResult("confidence", info.model, done=info.items, run_id=run_id, notes=[info.summary()])
+    with stage_run(store, "critique", {"strategy": name, "limit": limit}, on_error="failed") as run:
+        run_id = run.id
+        info, auroc, gold_errors, gold_items = CRITICS[name].load()(store, run_id=run_id, limit=limit)
+        run.message = one_line(info.summary(), 500)
+    result = CritiqueResult(name, info.model, done=info.items, run_id=run_id, notes=[info.summary()])
     result.elapsed = time.monotonic() - start
     result.auroc, result.gold_errors, result.gold_items = auroc, gold_errors, gold_items
     return result
@@ -698,29 +607,18 @@ def _critique_offline(
     targets = load_targets(store)
     if limit is not None:
         targets = targets[:limit]
-    run_id = store.start_run("critique", {"strategy": name, "members": members, "limit": limit})
-    try:
-        if name == "consistency":
-            from actlabel.critics.consistency import consistency_critique
-
-            records, info = consistency_critique(store, targets, run_id=run_id, seed=seed)
-        elif name == "per-label":
-            from actlabel.critics.per_label import per_label_critique
-
-            records, info = per_label_critique(store, targets, run_id=run_id)
-        elif name == "learned":
-            from actlabel.critics.learned import learned_critique
-
-            records, info = learned_critique(store, targets, run_id=run_id, seed=seed)
-        else:
-            from actlabel.critics.ensemble import ensemble_critique
-
-            records, info = ensemble_critique(store, targets, run_id=run_id, members=members, seed=seed)
+    params = {"strategy": name, "members": members, "limit": limit}
+    with stage_run(store, "critique", params, on_error="failed") as run:
+        run_id = run.id
+        critic = CRITICS[name]
+        options: dict[str, Any] = {"run_id": run_id}
+        if critic.seeded:
+            options["seed"] = seed
+        if critic.takes_members:
+            options["members"] = members
+        records, info = critic.load()(store, targets, **options)
         store.add_critiques(records)
-    except BaseException as exc:
-        store.finish_run(run_id, "failed", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", one_line(info.summary(), 500))
+        run.message = one_line(info.summary(), 500)
     result = CritiqueResult(name, info.model, done=len(records), run_id=run_id, notes=[info.summary()])
     result.elapsed = time.monotonic() - start
     result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, name, info.model)

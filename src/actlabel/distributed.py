@@ -41,6 +41,7 @@ from typing import Any
 
 from actlabel.errors import UserError
 from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError, RetryableError
+from actlabel.models.spec import ModelSpec
 
 #: restarts of a dead worker, and retries of each call it had in flight, before giving up on it
 MAX_RESTARTS = 4
@@ -119,7 +120,8 @@ class RayBackend:
         if workers is None:
             workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if num_cpus is None:
-            num_cpus = 0 if spec.startswith("openai/") else 1
+            # an endpoint call waits on the network, not a CPU of the worker's node
+            num_cpus = 0 if ModelSpec.parse(spec).can("concurrent_calls") else 1
         actor_cls = ray.remote(ChatWorker).options(
             max_restarts=MAX_RESTARTS,
             max_task_retries=MAX_TASK_RETRIES,

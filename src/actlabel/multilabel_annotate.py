@@ -45,6 +45,7 @@ from actlabel import multilabel, prompting
 from actlabel.errors import UserError
 from actlabel.models.base import ChatRequest, ChatResponse, ModelError
 from actlabel.models.retry import ParseFailure, call_with_parse
+from actlabel.stages import failed_record, gold_accuracy, pending_items, settings_key, stage_run
 from actlabel.store import Item, Store
 
 YES_NO = ("yes", "no")
@@ -188,17 +189,10 @@ async def annotate_sets_llm(store: Store, stack: Any, *, concurrency: int, cap: 
                             progress: bool, max_parse_retries: int, result: Any,
                             rate_matching: bool = False) -> Any:  # fmt: skip
     """The LLM pass over pending items; fills and returns `result` (an AnnotateResult)."""
-    from actlabel.annotate import (
-        _failed_record,
-        _settings_key,
-        gold_accuracy,
-        one_line,
-        pending_items,
-    )
     from actlabel.engine import run_items
 
     templates = prompting.templates_hash(prompting.MULTILABEL_TEMPLATES)
-    settings = _settings_key(stack.spec, False, templates) + "+sets"
+    settings = settings_key(stack.spec, False, templates) + "+sets"
     if rate_matching:
         settings += f"+rates{RATE_MATCH_VERSION}"
     todo, skipped = pending_items(store, settings, limit)
@@ -210,34 +204,26 @@ async def annotate_sets_llm(store: Store, stack: Any, *, concurrency: int, cap: 
         result.accuracy, result.gold_items = gold_accuracy(store)
         return result
     annotator = LabelSetAnnotator(store, stack, max_parse_retries=max_parse_retries)
-    run_id = store.start_run(
-        "annotate", {"model": stack.spec, "cot": False, "templates": templates, "settings": settings,
-                     "limit": limit, "multi_label": True},
-    )  # fmt: skip
+    params = {"model": stack.spec, "cot": False, "templates": templates, "settings": settings,
+              "limit": limit, "multi_label": True}  # fmt: skip
     names = store.task.label_names
+    with stage_run(store, "annotate", params, usage=stack.usage) as run:
+        run_id = run.id
 
-    async def work(item: Item) -> dict[str, Any]:
-        outcome = await annotator.score(item)
-        if isinstance(outcome, ParseFailure):
-            return _failed_record(item, run_id, stack.spec, outcome)
-        return set_record(item.rowid, run_id, stack.spec, names, outcome)
+        async def work(item: Item) -> dict[str, Any]:
+            outcome = await annotator.score(item)
+            if isinstance(outcome, ParseFailure):
+                return failed_record(item, run_id, stack.spec, outcome)
+            return set_record(item.rowid, run_id, stack.spec, names, outcome)
 
-    def on_error(item: Item, exc: ModelError) -> dict[str, Any]:
-        return _failed_record(item, run_id, stack.spec, exc)
+        def on_error(item: Item, exc: ModelError) -> dict[str, Any]:
+            return failed_record(item, run_id, stack.spec, exc)
 
-    try:
         engine = await run_items(
             store.iter_items(todo), work, concurrency=concurrency, write_batch=store.add_annotations,
             usage=stack.usage, cap=cap, progress=progress, label="annotate", on_error=on_error,
         )  # fmt: skip
-    except BaseException as exc:
-        store.finish_run(
-            run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"), **stack.usage.run_fields()
-        )
-        raise
-    store.finish_run(
-        run_id, "stopped" if engine.stopped_by_cap else "done", engine.cap_reason, **stack.usage.run_fields()
-    )
+        run.ended_by(engine)
     counts = dict(
         store.conn.execute(
             "SELECT status, count(*) FROM annotations WHERE run_id = ? GROUP BY status", (run_id,)
@@ -245,16 +231,9 @@ async def annotate_sets_llm(store: Store, stack: Any, *, concurrency: int, cap: 
     )
     if rate_matching and counts.get("ok"):
         finish_rate_matching(store, stack.spec, settings, run_id)
-    snap = stack.usage.snapshot()
     result.done, result.failed = counts.get("ok", 0), counts.get("failed", 0)
     result.left = len(todo) - result.done - result.failed + left_after_limit
-    result.calls, result.cache_hits = snap["calls"], snap["cache_hits"]
-    result.input_tokens, result.output_tokens, result.cost = (
-        snap["input_tokens"],
-        snap["output_tokens"],
-        snap["cost"],
-    )
-    result.elapsed, result.stopped, result.run_id = engine.elapsed, engine.cap_reason, run_id
+    result.take_usage(stack.usage, engine, run_id)
     result.errors = [f"item {k.item_id}: {e}" for k, e in engine.errors]
     result.accuracy, result.gold_items = gold_accuracy(store)
     return result
@@ -313,7 +292,6 @@ def fit_example_probe(store: Store) -> tuple[OneVsRestProbe, int]:
 
 
 def annotate_sets_features(store: Store, *, limit: int | None, progress: bool, result: Any) -> Any:
-    from actlabel.annotate import _settings_key, gold_accuracy, one_line, pending_items
     from actlabel.models.features import cached_text_features
 
     start = time.monotonic()
@@ -324,7 +302,7 @@ def annotate_sets_features(store: Store, *, limit: int | None, progress: bool, r
     examples_hash = hashlib.sha256(
         json.dumps([[e.text, e.label] for e in task.examples]).encode()
     ).hexdigest()
-    settings = _settings_key(model_name, False, examples_hash[:16]) + "+sets"
+    settings = settings_key(model_name, False, examples_hash[:16]) + "+sets"
     todo, skipped = pending_items(store, settings, limit)
     left_after_limit = max(0, len(todo) - limit) if limit is not None else 0
     if limit is not None:
@@ -338,10 +316,10 @@ def annotate_sets_features(store: Store, *, limit: int | None, progress: bool, r
     if not todo:
         result.accuracy, result.gold_items = gold_accuracy(store)
         return result
-    run_id = store.start_run("annotate", {"model": model_name, "cot": False, "settings": settings,
-                                          "limit": limit, "multi_label": True})  # fmt: skip
+    params = {"model": model_name, "cot": False, "settings": settings, "limit": limit, "multi_label": True}
     names = task.label_names
-    try:
+    with stage_run(store, "annotate", params) as run:
+        run_id = run.id
         for s in range(0, len(todo), 512):
             items = list(store.iter_items(todo[s : s + 512]))
             texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
@@ -350,10 +328,6 @@ def annotate_sets_features(store: Store, *, limit: int | None, progress: bool, r
                 [set_record(it.rowid, run_id, model_name, names, p[i]) for i, it in enumerate(items)]
             )
             result.done += len(items)
-    except BaseException as exc:
-        store.finish_run(run_id, "interrupted", one_line(f"{type(exc).__name__}: {exc}"))
-        raise
-    store.finish_run(run_id, "done", None)
     result.run_id, result.elapsed = run_id, time.monotonic() - start
     result.accuracy, result.gold_items = gold_accuracy(store)
     return result

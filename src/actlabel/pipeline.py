@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from actlabel.models.spec import COMPOSITE, FEATURES, ModelSpec
 from actlabel.store import Store
 
 PLAN_META = "run_plan"
@@ -30,7 +31,10 @@ def default_strategy(model: str | None, reviewed: int) -> str | None:
     """Embedded models, once reviews exist: the stacked learned critic (no model call; it falls
     back to the zero-review consistency critic below its minimum). Otherwise critique's own
     default (consistency for embedded models, the paper's CoT critic for endpoints)."""
-    embedded = model is None or model.startswith(("local/", "features/", "composite/"))
+    if model is None:
+        return "learned" if reviewed > 0 else None
+    spec = ModelSpec.parse(model)
+    embedded = spec.kind in (FEATURES, COMPOSITE) or spec.can("embedded")
     return "learned" if embedded and reviewed > 0 else None
 
 
@@ -73,7 +77,7 @@ def run_pipeline(
     lines = [str(annotate(store, model=model, cot=cot, **shared))]
     reviewed = _reviewed(store)
     multi = store.task.multi_label  # refine and the learned critic are single-label; its critic is per-label
-    if not multi and reviewed >= MIN_REVIEWS and (model is None or model.startswith("local/")):
+    if not multi and reviewed >= MIN_REVIEWS and (model is None or ModelSpec.parse(model).can("embedded")):
         lines.append(str(refine_labels(store, progress=progress)))
     strategy = strategy or (None if multi else default_strategy(model, reviewed))
     lines.append(str(critique(store, model=critic_model, strategy=strategy, **shared)))

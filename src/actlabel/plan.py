@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from actlabel import prompting
-from actlabel.annotate import COMPOSITE_PREFIX, COT_MAX_TOKENS, label_max_tokens, resolve_annotator
+from actlabel.critics.registry import CRITICS
 from actlabel.critique import CRITIC_MAX_TOKENS, CRITIC_MODEL_ENV, LLM_STRATEGIES, parse_strategy
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import ImagePart, Message, ModelError
+from actlabel.models.spec import ModelSpec
 from actlabel.models.usage import PriceTable
+from actlabel.stages import COMPOSITE_PREFIX, COT_MAX_TOKENS, label_max_tokens, resolve_annotator
 from actlabel.store import Item, Store
 
 SAMPLE_ITEMS = 200
@@ -57,9 +59,9 @@ class TokenCounter:
         self.spec = spec
         self.exact = False
         self._backend = None
-        if spec.startswith("local/"):
+        if ModelSpec.parse(spec).can("embedded"):
             try:
-                from actlabel.models.llama_local import load_local
+                from actlabel.models.llama_worker import load_local
 
                 self._backend = load_local(spec.split("/", 1)[1], n_ctx=512)
                 self.exact = True
@@ -118,7 +120,7 @@ def _cost(prices: PriceTable, spec: str, tokens_in: int, tokens_out: int) -> flo
 def _fmt_cost(cost: float | None, spec: str) -> str:
     if cost is None:
         return "unknown price (add the model to prices.json)"
-    return "$0 (local)" if spec.startswith("local/") else f"${cost:,.4f}"
+    return "$0 (local)" if ModelSpec.parse(spec).can("embedded") else f"${cost:,.4f}"
 
 
 def plan(
@@ -140,11 +142,8 @@ def plan(
     strategy_name, members = parse_strategy(strategy)
     annotator = resolve_annotator(store, model)
     composite = annotator.startswith(COMPOSITE_PREFIX)
-    llm = (
-        annotator.split("+", 1)[1]
-        if composite
-        else (None if annotator.startswith("features/") else annotator)
-    )
+    llm_spec = ModelSpec.parse(annotator).llm
+    llm = None if llm_spec is None else llm_spec.text
     critic = (critic_model or os.environ.get(CRITIC_MODEL_ENV, "").strip() or llm or DEFAULT_MODEL).strip()
     sample, scale = _sample(store)
     first = sample[0]
@@ -276,16 +275,10 @@ def _plan_sets(store: Store, *, model: str | None, n: int) -> str:
 
 
 def _critic_line(strategy: str, members: list[str] | None, critic: str, annotator_llm: str | None) -> str:
-    if strategy == "consistency":
-        return (
-            "critic: consistency (label model + neighbours on MiniLM / EfficientNet features + the "
-            "annotator's confidence; no reviews): no model calls"
-        )
-    if strategy == "learned":
-        return "critic: learned (an error model trained on reviewed items; MiniLM / EfficientNet features): no model calls"
-    if strategy == "ensemble":
-        return f"critic: ensemble of {', '.join(members) if members else 'every critic already run'}: no model calls"
-    same = annotator_llm is not None and critic.split("@")[0] == annotator_llm.split("@")[0]
+    line = CRITICS[strategy].plan_line if strategy in CRITICS else None
+    if line is not None:
+        return line.format(members=", ".join(members) if members else "every critic already run")
+    same = annotator_llm is not None and ModelSpec.parse(critic).bare == ModelSpec.parse(annotator_llm).bare
     return f"critic: {strategy} with {critic} ({'self' if same else 'cross'}-criticism)"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,11 +52,24 @@ def _os_reason(exc: BaseException) -> str:
 
 
 class Project:
-    """An actlabel project folder. `Project.init(...)` creates one, `Project(dir)` opens one."""
+    """An actlabel project folder. `Project.init(...)` creates one, `Project.open(dir)` opens one.
+
+    Every stage is a method here and the CLI is a thin mapping onto them, so a notebook and the
+    command line run the same code: `Project.open(dir).annotate(model="openai/gpt-4o-mini")`.
+    A method that writes takes the project's writer lock for its duration (a second writer, in
+    this process or another, is told who holds it). The stage modules are imported when their
+    method runs, so opening a project (and `actlabel --help`) stays fast and an optional extra
+    that is not installed is reported only by the stage that needs it.
+    """
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.store = Store.open(self.root)
+        self._writing = 0
+
+    @classmethod
+    def open(cls, root: str | Path) -> Project:
+        return cls(root)
 
     @classmethod
     def init(
@@ -92,12 +107,111 @@ class Project:
         return self.store.task
 
     # ---- stages ----------------------------------------------------------------------------
-    def import_file(self, path: str | Path, **roles: Any) -> data.ImportResult:
-        self.store.acquire_writer("import")
+    @contextmanager
+    def writing(self, command: str) -> Iterator[Store]:
+        """The store under the writer lock, held for `command` (as `actlabel COMMAND` names it in
+        the busy message). Nested uses share the outer lock, released when the outermost ends."""
+        if self._writing == 0:
+            self.store.acquire_writer(command)
+        self._writing += 1
         try:
-            return data.import_path(self.store, path, **roles)
+            yield self.store
         finally:
-            self.store.release_writer()
+            self._writing -= 1
+            if self._writing == 0:
+                self.store.release_writer()
+
+    def import_file(self, path: str | Path, **roles: Any) -> data.ImportResult:
+        with self.writing("import") as store:
+            return data.import_path(store, path, **roles)
+
+    def annotate(self, **opts: Any) -> Any:
+        """Stage 1: machine labels for every item not yet labelled with these settings (annotate.py
+        documents the options). Returns an AnnotateResult, or a BatchOutcome with batch=True."""
+        from actlabel.annotate import annotate
+
+        with self.writing("annotate") as store:
+            return annotate(store, **opts)
+
+    def refine(self, *, progress: bool = True) -> Any:
+        """`annotate --refine`: relabel every item from what the reviews taught (no model calls)."""
+        from actlabel.refine import refine_labels
+
+        with self.writing("annotate") as store:
+            return refine_labels(store, progress=progress)
+
+    def critique(self, **opts: Any) -> Any:
+        """Stage 2: each machine label's error probability (critique.py documents the options)."""
+        from actlabel.critique import critique
+
+        with self.writing("critique") as store:
+            return critique(store, **opts)
+
+    def calibrate(self, **opts: Any) -> Any:
+        """Calibrate a critic's error probabilities on the reviewed items (method=, strategy=)."""
+        from actlabel.critique import calibrate
+
+        with self.writing("calibrate") as store:
+            return calibrate(store, **opts)
+
+    def select(self, **opts: Any) -> Any:
+        """Stage 3: the next review round within a budget (budget=, rule=, uniform=, seed=, ...)."""
+        from actlabel.selection import select_for_review
+
+        with self.writing("select") as store:
+            return select_for_review(store, **opts)
+
+    def simulate_review(self, **opts: Any) -> Any:
+        """Stage 4 without humans: answer the selected items from the gold labels (source=, error_rate=, seed=)."""
+        from actlabel.review.simulate import simulate_review
+
+        with self.writing("review --simulate") as store:
+            return simulate_review(store, **opts)
+
+    def review(self, *, terminal: bool = False, **opts: Any) -> None:
+        """Stage 4: humans review the selected items in the browser (host=, port=, open_browser=,
+        reviewer=) or in the terminal (reviewer=). The review queue leases items per reviewer, so
+        several reviewers may work at once: no writer lock."""
+        if terminal:
+            from actlabel.review.terminal import run_terminal_review
+
+            run_terminal_review(self.store, **opts)
+            return
+        from actlabel.review.app import serve
+
+        serve(self.store, **opts)
+
+    def import_reviews(self, file: str | Path, fmt: str) -> Any:
+        """Human labels back from a Label Studio or Argilla export."""
+        from actlabel.review.adapters import import_from_tool
+
+        with self.writing("import-reviews") as store:
+            return import_from_tool(store, file, fmt)
+
+    def serve_labelstudio(self, **opts: Any) -> None:
+        """A Label Studio ML backend and webhook receiver (host=, port=, secret=)."""
+        from actlabel.review.labelstudio_live import serve
+
+        serve(self.store, **opts)
+
+    def run(self, **opts: Any) -> str:
+        """`actlabel run`: what is due of annotate, refine, critique and the next review round (pipeline.py)."""
+        from actlabel.pipeline import run_pipeline
+
+        with self.writing("run") as store:
+            return run_pipeline(store, **opts)
+
+    def plan(self, **opts: Any) -> str:
+        """Dry run: one real prompt per stage, and calls, tokens and cost for the whole dataset."""
+        from actlabel.plan import plan
+
+        return plan(self.store, **opts)
+
+    def report(self, out: str | Path | None = None) -> Path:
+        """Write the self-contained HTML report (default: DIR/report.html) and return its path."""
+        from actlabel.report import write_report
+
+        return write_report(self.store, out if out is not None else self.root / "report.html")
 
     def export(self, out: str | Path, *, format: str | None = None, force: bool = False) -> int:
         """Write the labelled table (or tool tasks with `format`) to `out`; an existing file is

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from actlabel.errors import UserError
+from actlabel.images import image_problem
 
 MIN_LABELS = 2
 MAX_LABELS = 1000
@@ -192,8 +193,6 @@ def _field_text(value: Any) -> str:
 
 
 def _example_image(path: Path, where: str, raw: Any) -> str:
-    from actlabel.data import image_problem  # data imports the store, which imports this module
-
     if not isinstance(raw, str):
         raise UserError(f"{path}: {where}: the image must be a path, found {json.dumps(raw)[:40]}")
     image = (path.parent / raw).resolve()

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from actlabel.critics.base import Target, clip
+from actlabel.critics.content import content_features, example_features, reduce_dims
 from actlabel.errors import UserError
 from actlabel.store import Store
 
@@ -311,8 +312,6 @@ def consistency_signals(
 
     `content`: (features, names) already computed by the caller (the learned critic shares them).
     """
-    from actlabel.critics.learned import content_features, example_features, reduce_dims
-
     task = store.task
     names = task.label_names
     n = len(targets)

@@ -52,12 +52,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from actlabel import prompting
 from actlabel.critics.base import (
     Target,
     clip,
@@ -65,7 +63,7 @@ from actlabel.critics.base import (
     is_derived,
     latest_reviews,
 )
-from actlabel.errors import UserError
+from actlabel.critics.content import content_features, example_features, reduce_dims
 from actlabel.store import Store
 from actlabel.task import Task
 
@@ -74,9 +72,6 @@ MIN_EACH = 5
 C_GRID = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 #: label-model regularisation grid (features are L2-normalised embeddings: small C underfits)
 LABEL_C_GRID = (1.0, 10.0, 100.0)
-#: principal components of the content features the classifiers see (see reduce_dims)
-PCA_DIMS = 128
-#: a critic is used as a feature only when it scored at least this share of the items
 MIN_COVERAGE = 0.5
 
 
@@ -117,33 +112,6 @@ def _fallback_line(reviewed: int, wrong: int) -> str:
         f"{right} right); it needs at least {MIN_REVIEWED} with {MIN_EACH} of each, so until then it writes "
         "the zero-review consistency critic's scores (review more items, then run it again)"
     )
-
-
-def item_text(task: Task, target: Target) -> str:
-    return "\n".join(v for _c, v in prompting.item_text_fields(task, target.item))
-
-
-def content_features(
-    task: Task, targets: Sequence[Target], root: Path | None
-) -> tuple[np.ndarray, list[str]]:
-    """Embeddings of each target's text and/or image features (zeros where an item lacks one)."""
-    from actlabel.models.features import IMAGE_MODEL, TEXT_MODEL, cached_image_features, cached_text_features
-
-    blocks, names = [], []
-    texts = [item_text(task, t) for t in targets]
-    if any(texts):
-        blocks.append(cached_text_features(texts, root))
-        names.append(TEXT_MODEL)
-    with_image = [i for i, t in enumerate(targets) if t.item.image_path]
-    if with_image:
-        feats = cached_image_features([targets[i].item.image_path for i in with_image], root)
-        block = np.zeros((len(targets), feats.shape[1]), dtype=np.float32)
-        block[with_image] = feats
-        blocks.append(block)
-        names.append(IMAGE_MODEL)
-    if not blocks:
-        raise UserError("the learned critic found neither text nor images in the items")
-    return np.hstack(blocks), names
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -346,42 +314,6 @@ def fit_label_model(
     proba = predict(fit(C, Xr, y), X)
     proba[reviewed] = oof
     return proba
-
-
-def reduce_dims(
-    content: np.ndarray, extra: np.ndarray | None, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Project the content features on their first PCA_DIMS principal components (fitted on all
-    items: no labels involved). On a few hundred reviews the classifiers are as accurate on 128
-    components as on 384 or 1280 dimensions, and an order of magnitude faster to fit."""
-    k = min(PCA_DIMS, content.shape[1], content.shape[0] - 1)
-    if k >= content.shape[1] or k < 2:
-        return content, extra
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=k, random_state=seed).fit(content)
-    return pca.transform(content), (None if extra is None else pca.transform(extra))
-
-
-def example_features(
-    task: Task, content_names: list[str], root: Path | None
-) -> tuple[np.ndarray | None, list[str]]:
-    """Content features of the few-shot examples that have every modality the items have."""
-    from actlabel.models.features import IMAGE_MODEL, TEXT_MODEL, cached_image_features, cached_text_features
-    from actlabel.prompting import resolve_image
-
-    needs_text, needs_image = TEXT_MODEL in content_names, IMAGE_MODEL in content_names
-    usable = [
-        ex for ex in task.examples if (ex.text.strip() or not needs_text) and (ex.image or not needs_image)
-    ]
-    if not usable:
-        return None, []
-    blocks = []
-    if needs_text:
-        blocks.append(cached_text_features([ex.text for ex in usable], root))
-    if needs_image:
-        blocks.append(cached_image_features([resolve_image(ex.image, root) for ex in usable], root))
-    return np.hstack(blocks), [ex.label for ex in usable]
 
 
 def learned_critique(

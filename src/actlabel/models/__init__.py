@@ -57,21 +57,38 @@ def load_backend(
     kind, sep, name = spec.partition("/")
     if not sep or not name:
         raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")
-    if kind == "openai":
-        from .openai_compat import OpenAICompatBackend
-
-        return OpenAICompatBackend(
-            name, base_url=base_url, api_key_env=api_key_env, image_max_side=image_max_side, **opts
-        )
-    if base_url is not None:
+    loader = _LOADERS.get(kind)
+    if kind != "openai" and base_url is not None:
         raise ModelError(f"--base-url applies to openai/NAME models only, not {spec!r}")
-    if kind == "local":
-        from .llama_local import load_local
+    if loader is None:
+        raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")
+    return loader(name, base_url=base_url, api_key_env=api_key_env, image_max_side=image_max_side, **opts)
 
-        return load_local(name, **opts)
-    if kind == "scripted":
-        return ScriptedBackend(name=name, **opts)
-    raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")
+
+def _load_openai(
+    name: str, *, base_url: str | None, api_key_env: str, image_max_side: int, **opts: Any
+) -> Backend:
+    from .openai_compat import OpenAICompatBackend
+
+    return OpenAICompatBackend(
+        name, base_url=base_url, api_key_env=api_key_env, image_max_side=image_max_side, **opts
+    )
+
+
+def _load_local(name: str, *, base_url: None, api_key_env: str, image_max_side: int, **opts: Any) -> Backend:
+    from .llama_worker import load_local
+
+    return load_local(name, **opts)
+
+
+def _load_scripted(
+    name: str, *, base_url: None, api_key_env: str, image_max_side: int, **opts: Any
+) -> Backend:
+    return ScriptedBackend(name=name, **opts)
+
+
+#: spec kind -> its loader; a backend's capabilities are declared on its class (models/spec.py)
+_LOADERS = {"openai": _load_openai, "local": _load_local, "scripted": _load_scripted}
 
 
 __all__ = [

@@ -38,7 +38,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -305,6 +304,7 @@ class LlamaBackend:
 
     supports_logprobs = True
     supports_images = False
+    embedded = True  # a capability (models/spec.py)
 
     def __init__(
         self,
@@ -640,19 +640,3 @@ def resolve_local(name: str) -> tuple[Path, str]:
         return path, f"local/{path.name}#{path.stat().st_size}"
     known = ", ".join(["default", *BUILTIN_MODELS, "smollm2"])
     raise ModelError(f"unknown local model {name!r}: use one of {known} or a path ending in .gguf")
-
-
-def load_local(name: str, *, isolate: bool | None = None, **opts: Any) -> Any:
-    """The backend for `local/NAME`. isolate (default: on, unless $ACTLABEL_LLAMA_IN_PROCESS=1):
-    run the model in a child process (llama_worker.py) so a native crash is reported, not fatal."""
-    # Checked first so a missing runtime is reported before a gigabyte of weights is assembled.
-    if importlib.util.find_spec("llama_cpp") is None:
-        raise ModelError(f"local models need llama-cpp-python: {INSTALL_HINT}")
-    path, spec = resolve_local(name)
-    if isolate is None:
-        isolate = os.environ.get("ACTLABEL_LLAMA_IN_PROCESS", "") not in ("1", "true", "yes")
-    if isolate:
-        from .llama_worker import IsolatedLlamaBackend
-
-        return IsolatedLlamaBackend(path, spec=spec, **opts)
-    return LlamaBackend(path, spec=spec, **opts)

@@ -17,6 +17,7 @@ against hundreds of milliseconds of model time.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
 import socket
@@ -31,6 +32,7 @@ from typing import Any
 from actlabel.errors import UserError
 
 from .base import ChatRequest, ChatResponse, ModelError
+from .llama_local import INSTALL_HINT, LlamaBackend, resolve_local
 
 #: seconds to wait for the model to load in the child before giving up
 LOAD_TIMEOUT_S = 600
@@ -74,8 +76,6 @@ def _serve(conn: Any, model_path: str, opts: dict[str, Any]) -> None:
     """The child: load the model, then answer (method, args, kwargs) calls until told to stop."""
     # Ctrl-C goes to the whole process group: the parent decides when the child stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from .llama_local import LlamaBackend
-
     try:
         backend = LlamaBackend(model_path, **opts)
     except ModelError as exc:
@@ -109,6 +109,7 @@ class IsolatedLlamaBackend:
 
     supports_logprobs = True
     supports_images = False
+    embedded = True  # a capability (models/spec.py)
 
     def __init__(self, model_path: str | Path, *, spec: str | None = None, **opts: Any) -> None:
         self.model_path = Path(model_path)
@@ -214,3 +215,17 @@ class IsolatedLlamaBackend:
                 self._proc.wait(timeout=5)
             self._conn.close()
         self._executor.shutdown(wait=False)
+
+
+def load_local(name: str, *, isolate: bool | None = None, **opts: Any) -> Any:
+    """The backend for `local/NAME`. isolate (default: on, unless $ACTLABEL_LLAMA_IN_PROCESS=1):
+    run the model in a child process (this module) so a native crash is reported, not fatal."""
+    # Checked first so a missing runtime is reported before a gigabyte of weights is assembled.
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ModelError(f"local models need llama-cpp-python: {INSTALL_HINT}")
+    path, spec = resolve_local(name)
+    if isolate is None:
+        isolate = os.environ.get("ACTLABEL_LLAMA_IN_PROCESS", "") not in ("1", "true", "yes")
+    if isolate:
+        return IsolatedLlamaBackend(path, spec=spec, **opts)
+    return LlamaBackend(path, spec=spec, **opts)

@@ -292,6 +292,9 @@ class OpenAICompatBackend:
 
     supports_logprobs = True
     supports_images = True
+    # capabilities (models/spec.py)
+    concurrent_calls = True
+    batch_api = True
 
     def __init__(
         self,

@@ -1,0 +1,323 @@
+"""What the model-calling stages share: the model stack they call through, caps, the sync entry,
+and which annotation records count as done. annotate.py, multilabel_annotate.py, critique.py,
+plan.py and batch.py all build on it, so none of them needs another stage's module (which is what
+made annotate <-> batch an import cycle)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec, TypeVar
+
+from actlabel import prompting
+from actlabel.errors import UserError
+from actlabel.models import DEFAULT_MODEL, load_backend
+from actlabel.models.base import Backend, ModelError
+from actlabel.models.cache import CachedBackend
+from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
+from actlabel.models.retry import ParseFailure
+from actlabel.models.spec import ModelSpec
+from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
+from actlabel.store import Item, Store
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+COT_MAX_TOKENS = 256
+COMPOSITE_PREFIX = "composite/"
+
+
+@dataclass
+class ModelStack:
+    """A backend as a stage uses it: metered(cached(raw)); `usage` counts calls and cache hits."""
+
+    raw: Backend
+    cached: CachedBackend
+    backend: MeteredBackend
+    usage: RunUsage
+
+    @property
+    def spec(self) -> str:
+        return self.raw.spec
+
+    async def aclose(self) -> None:
+        await self.raw.aclose()
+
+
+def open_model(
+    store: Store,
+    spec: str,
+    *,
+    base_url: str | None = None,
+    backend: Backend | None = None,
+    templates: Sequence[str] = (),
+    engine: str = "async",
+    workers: int | None = None,
+    backend_options: dict[str, Any] | None = None,
+) -> ModelStack:
+    """Load `spec` (or take `backend` as given) and wrap it in the project's cache and a meter.
+    The templates' hash is part of every cache key. engine="ray" sends the calls to a pool of Ray
+    workers (distributed.py); it sits under the cache, so a cached call never reaches a worker.
+    backend_options go to the backend's constructor (n_ctx=, n_threads= for local models)."""
+    raw = backend if backend is not None else load_backend(spec, base_url=base_url, **(backend_options or {}))
+    if engine != "async":
+        from actlabel.distributed import wrap_engine
+
+        raw = wrap_engine(
+            raw, engine, spec=spec, base_url=base_url, workers=workers, given=backend is not None
+        )
+    cached = CachedBackend(raw, store.response_cache(), template_hash=prompting.templates_hash(templates))
+    usage = RunUsage(prices=PriceTable.load(store.root))
+    return ModelStack(raw, cached, MeteredBackend(cached, usage), usage)
+
+
+@asynccontextmanager
+async def model_in_use(stack: ModelStack, *, owned: bool) -> AsyncIterator[ModelStack]:
+    """The stack for one stage, closed when the stage ends if the stage opened it: a backend
+    passed in belongs to the caller, who may use it again."""
+    try:
+        yield stack
+    finally:
+        if owned:
+            await stack.aclose()
+
+
+def default_concurrency(spec: str) -> int:
+    """Endpoints serve many calls at once; an in-process model runs one at a time anyway."""
+    return 16 if ModelSpec.parse(spec).can("concurrent_calls") else 1
+
+
+def make_cap(max_cost: float | None, max_total_tokens: int | None) -> RunCap | None:
+    if max_cost is not None and max_cost <= 0:
+        raise UserError("--max-cost must be > 0")
+    if max_total_tokens is not None and max_total_tokens <= 0:
+        raise UserError("--max-tokens must be > 0")
+    if max_cost is None and max_total_tokens is None:
+        return None
+    return RunCap(max_tokens=max_total_tokens, max_cost=max_cost)
+
+
+def one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_async(coro: Awaitable[Any]) -> Any:
+    """Run a stage's coroutine from sync code (the CLI, scripts, notebooks with no running loop)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)  # type: ignore[arg-type]
+    raise RuntimeError("call the async variant (annotate_async / critique_async) from inside an event loop")
+
+
+def synchronous(stage: Callable[P, Awaitable[R]]) -> Callable[P, R]:
+    """The sync entry of an async stage, with the same signature and docs: `annotate =
+    synchronous(annotate_async)`, so the options are declared once."""
+
+    @functools.wraps(stage)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return run_async(stage(*args, **kwargs))
+
+    run.__name__ = run.__qualname__ = stage.__name__.removesuffix("_async")
+    return run
+
+
+def label_max_tokens(names: Sequence[str]) -> int:
+    """Room for the longest label (about 3 characters per token) plus a little slack."""
+    return max(8, max(len(n) for n in names) // 3 + 6)
+
+
+def gold_accuracy(store: Store) -> tuple[float | None, int]:
+    """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
+    rows = store.conn.execute(
+        "SELECT i.gold_label, a.label FROM items i JOIN "
+        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.item_rowid = i.rowid "
+        "JOIN annotations a ON a.id = l.id WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
+    ).fetchall()
+    if not rows:
+        return None, 0
+    return sum(g == m for g, m in rows) / len(rows), len(rows)
+
+
+# ---- one stage run: its `runs` row and its result -----------------------------------------------
+
+
+@dataclass
+class StageRun:
+    """The `runs` row of a stage while it works. The stage sets `status` and `message` before its
+    block ends; `stage_run` writes them, or the failure, when the block is left."""
+
+    id: int
+    status: str = "done"
+    message: str | None = None
+
+    def ended_by(self, engine: Any) -> None:
+        """The engine's verdict: a cost or token cap stops the run early (a re-run continues)."""
+        if engine.stopped_by_cap:
+            self.status, self.message = "stopped", engine.cap_reason
+
+
+@contextmanager
+def stage_run(
+    store: Store,
+    stage: str,
+    params: dict[str, Any],
+    *,
+    usage: RunUsage | None = None,
+    on_error: str = "interrupted",
+) -> Iterator[StageRun]:
+    """Start a `runs` row for `stage` and finish it however the block ends: a Ctrl-C or a crash is
+    recorded with its one-line cause (as `on_error`) before it propagates, so `status` never shows a
+    run that is still "running" after its process is gone. usage: the counters stored with the row."""
+    run = StageRun(store.start_run(stage, params))
+    try:
+        yield run
+    except BaseException as exc:
+        fields = usage.run_fields() if usage is not None else {}
+        store.finish_run(run.id, on_error, one_line(f"{type(exc).__name__}: {exc}"), **fields)
+        raise
+    store.finish_run(run.id, run.status, run.message, **(usage.run_fields() if usage is not None else {}))
+
+
+@dataclass(kw_only=True)
+class StageResult:
+    """What every item stage reports: how many items ended how, and what the model calls cost.
+    AnnotateResult and CritiqueResult add what only they know (accuracy, AUROC vs gold)."""
+
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0
+    left: int = 0
+    calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    elapsed: float = 0.0
+    stopped: str | None = None
+    run_id: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def take_usage(self, usage: RunUsage, engine: Any, run_id: int) -> None:
+        """Copy the run's call counters and the engine's time and stop reason."""
+        snap = usage.snapshot()
+        self.calls, self.cache_hits = snap["calls"], snap["cache_hits"]
+        self.input_tokens, self.output_tokens, self.cost = (
+            snap["input_tokens"],
+            snap["output_tokens"],
+            snap["cost"],
+        )
+        self.elapsed, self.stopped, self.run_id = engine.elapsed, engine.cap_reason, run_id
+
+    def line(self, head: str, extra: Sequence[str] = ()) -> str:
+        """The one summary line the CLI prints: `head` (what was done, with what), counts, usage."""
+        parts = [
+            f"{head}: {self.done} ok, {self.failed} failed, {self.skipped} already done"
+            + (f", {self.left} left" if self.left else ""),
+            f"calls {self.calls} (cache hits {self.cache_hits})",
+            f"tokens {self.input_tokens} in / {self.output_tokens} out",
+            f"${self.cost:.4f}",
+            f"{self.elapsed:.1f} s",
+            *extra,
+        ]
+        if self.stopped:
+            parts.append(f"stopped: {self.stopped}; re-run to continue")
+        return " | ".join(parts)
+
+
+# ---- annotation records shared by the single- and multi-label annotators ---------------------
+
+
+def failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | ModelError) -> dict[str, Any]:
+    if isinstance(failure, ParseFailure):
+        return {
+            "item_rowid": item.rowid,
+            "run_id": run_id,
+            "model": model,
+            "label": None,
+            "raw": failure.raw_text,
+            "status": "failed",
+            "error": one_line(f"no label in the answer after {failure.attempts} attempts: {failure.error}"),
+        }
+    return {
+        "item_rowid": item.rowid,
+        "run_id": run_id,
+        "model": model,
+        "label": None,
+        "status": "failed",
+        "error": one_line(f"model call failed: {failure}"),
+    }
+
+
+def settings_key(model: str, cot: bool, templates: str, label_model: int | None = None) -> str:
+    # The endpoint URL is left out ('openai/x@http://host/v1' -> 'openai/x'): the same model moved to
+    # another host is still the same annotator (the response cache, which must be exact, keeps it).
+    key: dict[str, Any] = {"model": ModelSpec.parse(model).bare, "cot": cot, "templates": templates}
+    if label_model is not None:
+        key["label_model"] = label_model
+    return json.dumps(key, sort_keys=True)
+
+
+def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
+    """(rowids to annotate in rowid order, how many are skipped as already done with `settings`)."""
+    run_settings = {
+        run_id: json.loads(params).get("settings")
+        for run_id, params in store.conn.execute("SELECT run_id, params FROM runs WHERE stage = 'annotate'")
+    }
+    latest = {
+        rowid: (status, run_id)
+        for rowid, _id, status, run_id in store.conn.execute(
+            "SELECT item_rowid, max(id), status, run_id FROM annotations GROUP BY item_rowid"
+        )
+    }
+    todo, skipped = [], 0
+    for rowid in store.item_rowids():
+        status, run_id = latest.get(rowid, (None, None))
+        if status == "ok" and run_settings.get(run_id) == settings:
+            skipped += 1
+        else:
+            todo.append(rowid)
+    return todo, skipped
+
+
+# ---- choosing the annotator -------------------------------------------------------------------
+
+
+def task_modalities(store: Store) -> tuple[bool, bool]:
+    """(has text, has images) over the imported items."""
+    task = store.task
+    has_images = bool(
+        task.image_column
+        or store.conn.execute("SELECT 1 FROM items WHERE image_path IS NOT NULL LIMIT 1").fetchone()
+    )
+    has_text = bool(task.text_columns)
+    if not has_text and not task.image_column:
+        has_text = True  # items imported without declared roles: their fields are text
+    return has_text, has_images
+
+
+def resolve_annotator(store: Store, model: str | None) -> str:
+    """The annotator spec for `model` (None = the embedded default) on this task's modalities."""
+    has_text, has_images = task_modalities(store)
+    spec = (model or DEFAULT_MODEL).strip()
+    embedded_default = spec == DEFAULT_MODEL
+    if spec.startswith("features/"):
+        if spec != IMAGE_ANNOTATOR_SPEC:
+            raise UserError(f"unknown feature model {spec!r}: use {IMAGE_ANNOTATOR_SPEC}")
+        if not has_images:
+            raise UserError(f"{IMAGE_ANNOTATOR_SPEC} labels images, and this task has none")
+        return spec
+    if spec.startswith(COMPOSITE_PREFIX):
+        return spec
+    if has_images and embedded_default:
+        return (
+            IMAGE_ANNOTATOR_SPEC
+            if not has_text
+            else f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{spec}"
+        )
+    return spec
