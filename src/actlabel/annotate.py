@@ -58,12 +58,12 @@ from actlabel.stages import (
     ModelStack,
     StageResult,
     default_concurrency,
+    failed_item_record,
     failed_record,
     gold_accuracy,
     label_max_tokens,
     make_cap,
     model_in_use,
-    one_line,
     open_model,
     pending_items,
     resolve_annotator,
@@ -554,7 +554,7 @@ async def _annotate_llm(
 
         async def work(item: Item) -> dict[str, Any]:
             if item.rowid in image_errors:
-                return _failed_image_record(item, run_id, model_name, image_errors[item.rowid])
+                return failed_item_record(item, run_id, model_name, image_errors[item.rowid])
             outcome = await annotator.label(item)
             if isinstance(outcome, ParseFailure):
                 return failed_record(item, run_id, model_name, outcome)
@@ -627,17 +627,6 @@ def _image_probs(clf: Any, items: list[Item], root: Any) -> tuple[dict[int, np.n
     return ok, bad
 
 
-def _failed_image_record(item: Item, run_id: int, model: str, reason: str) -> dict[str, Any]:
-    return {
-        "item_rowid": item.rowid,
-        "run_id": run_id,
-        "model": model,
-        "label": None,
-        "status": "failed",
-        "error": one_line(reason),
-    }
-
-
 def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> AnnotateResult:
     """The offline image annotator: few-shot logistic regression on EfficientNet-Lite0 features."""
     from actlabel.image_annotator import fit_image_classifier
@@ -681,7 +670,7 @@ def _annotate_images(store: Store, *, limit: int | None, progress: bool) -> Anno
             ]
             probs, errors = _image_probs(clf, with_image, store.root)
             records += [
-                _failed_image_record(it, run_id, model_name, errors[it.rowid])
+                failed_item_record(it, run_id, model_name, errors[it.rowid])
                 for it in with_image
                 if it.rowid in errors
             ]

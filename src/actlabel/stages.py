@@ -244,13 +244,18 @@ def failed_record(item: Item, run_id: int, model: str, failure: ParseFailure | M
             "status": "failed",
             "error": one_line(f"no label in the answer after {failure.attempts} attempts: {failure.error}"),
         }
+    return failed_item_record(item, run_id, model, f"model call failed: {failure}")
+
+
+def failed_item_record(item: Item, run_id: int, model: str, reason: str) -> dict[str, Any]:
+    """A failed annotation record with its reason on one line."""
     return {
         "item_rowid": item.rowid,
         "run_id": run_id,
         "model": model,
         "label": None,
         "status": "failed",
-        "error": one_line(f"model call failed: {failure}"),
+        "error": one_line(reason),
     }
 
 
