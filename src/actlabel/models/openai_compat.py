@@ -31,10 +31,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import orjson
 
 from .base import (
     ChatRequest,
@@ -47,6 +47,9 @@ from .base import (
     TokenLogprob,
     Usage,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 OPENAI_URL = "https://api.openai.com/v1"
 #: statuses worth retrying besides 5xx: request timeout, conflict, too early, rate limited
@@ -258,6 +261,12 @@ def parse_completion(body: Any, request: ChatRequest, spec: str) -> ChatResponse
     )
 
 
+def encode_body(payload: dict[str, Any]) -> bytes:
+    """The request body: UTF-8 JSON straight to bytes in one pass (orjson; json.dumps + encode
+    walked it twice and was the largest JSON cost per call)."""
+    return orjson.dumps(payload)
+
+
 def _error_detail(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -348,12 +357,13 @@ class OpenAICompatBackend:
         ):
             if os.environ.get(env) and is_openai:
                 self._headers[header] = os.environ[env]
-        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._http: httpx.AsyncClient | None = None
         self._sdk: Any = None
         # aiohttp sessions belong to the event loop they were made in: made lazily, per loop.
         self._aio: Any = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
+        self._aio_url: Any = None
+        self._aio_errors: tuple[type[BaseException], ...] = ()
         if client == "sdk":
             from openai import AsyncOpenAI
 
@@ -366,8 +376,15 @@ class OpenAICompatBackend:
                 timeout=timeout,
             )
         elif client == "httpx":
+            import httpx
+
             limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-            self._http = httpx.AsyncClient(limits=limits, timeout=self._timeout)
+            self._http = httpx.AsyncClient(limits=limits, timeout=self._httpx_timeout())
+
+    def _httpx_timeout(self) -> httpx.Timeout:
+        import httpx
+
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatBackend({self.spec!r}, client={self.client_kind!r})"
@@ -402,7 +419,7 @@ class OpenAICompatBackend:
             # and builds pydantic objects, which cost more CPU per call than everything else
             # on the client side together, and we only need the JSON.
             raw = await self._sdk.post("/chat/completions", body=payload, cast_to=bytes)
-            return json.loads(raw)
+            return orjson.loads(raw)
         except openai.APIStatusError as exc:
             try:
                 body = exc.response.json()
@@ -424,10 +441,11 @@ class OpenAICompatBackend:
             raise ModelError(f"{self.spec}: {one_line(str(exc))}") from None
 
     def _aio_session(self) -> Any:
-        import aiohttp
-
         loop = asyncio.get_running_loop()
         if self._aio is None or self._aio_loop is not loop or self._aio.closed:
+            import aiohttp
+            import yarl
+
             # A session left on another (finished) loop cannot be closed from here; drop it.
             self._aio = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections),
@@ -435,43 +453,41 @@ class OpenAICompatBackend:
                 headers=self._headers,
             )
             self._aio_loop = loop
+            # Parsed once: aiohttp would parse the URL string again on every call.
+            self._aio_url = yarl.URL(f"{self.base_url}/chat/completions")
+            self._aio_errors = (aiohttp.ClientError,)
         return self._aio
 
     async def _chat_aiohttp(self, payload: dict[str, Any]) -> Any:
-        import aiohttp
-
         session = self._aio_session()
         try:
-            async with session.post(
-                f"{self.base_url}/chat/completions",
-                data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-            ) as resp:
+            async with session.post(self._aio_url, data=encode_body(payload)) as resp:
                 raw = await resp.read()
                 status, headers, reason = resp.status, resp.headers, resp.reason or ""
         except TimeoutError:
             raise RetryableError(f"{self.spec}: timed out after {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
+        except self._aio_errors as exc:
             raise RetryableError(
                 f"{self.spec}: connection failed: {one_line(type(exc).__name__ + ' ' + str(exc))}"
             ) from None
         if status >= 400:
             try:
-                body = json.loads(raw)
+                body = orjson.loads(raw)
             except ValueError:
                 body = None
             raise status_error(self.spec, status, headers, _error_detail(body, reason))
         try:
-            return json.loads(raw)
+            return orjson.loads(raw)
         except ValueError:
             raise RetryableError(f"{self.spec}: malformed response body") from None
 
     async def _chat_httpx(self, payload: dict[str, Any]) -> Any:
+        import httpx
+
         assert self._http is not None
         try:
             resp = await self._http.post(
-                f"{self.base_url}/chat/completions",
-                content=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-                headers=self._headers,
+                f"{self.base_url}/chat/completions", content=encode_body(payload), headers=self._headers
             )
         except httpx.TimeoutException:
             raise RetryableError(f"{self.spec}: timed out after {self.timeout:g} s") from None
@@ -488,14 +504,16 @@ class OpenAICompatBackend:
                 self.spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase)
             )
         try:
-            return resp.json()
+            return orjson.loads(resp.content)
         except ValueError:
             raise RetryableError(f"{self.spec}: malformed response body") from None
 
     async def list_models(self) -> list[str]:
         """Model names the endpoint serves (GET /models): for `actlabel plan` and error hints."""
+        import httpx
+
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as http:
+            async with httpx.AsyncClient(timeout=self._httpx_timeout()) as http:
                 resp = await http.get(
                     f"{self.base_url}/models", headers={"Authorization": f"Bearer {self._api_key}"}
                 )
