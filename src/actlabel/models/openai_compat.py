@@ -267,6 +267,15 @@ def encode_body(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload)
 
 
+def decode_body(raw: bytes | str) -> Any:
+    """A response body's JSON. ValueError when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # Python's json also reads NaN and -Infinity, which some servers write for logprobs.
+        return json.loads(raw)
+
+
 def _error_detail(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -419,7 +428,7 @@ class OpenAICompatBackend:
             # and builds pydantic objects, which cost more CPU per call than everything else
             # on the client side together, and we only need the JSON.
             raw = await self._sdk.post("/chat/completions", body=payload, cast_to=bytes)
-            return orjson.loads(raw)
+            return decode_body(raw)
         except openai.APIStatusError as exc:
             try:
                 body = exc.response.json()
@@ -472,12 +481,12 @@ class OpenAICompatBackend:
             ) from None
         if status >= 400:
             try:
-                body = orjson.loads(raw)
+                body = decode_body(raw)
             except ValueError:
                 body = None
             raise status_error(self.spec, status, headers, _error_detail(body, reason))
         try:
-            return orjson.loads(raw)
+            return decode_body(raw)
         except ValueError:
             raise RetryableError(f"{self.spec}: malformed response body") from None
 
@@ -504,7 +513,7 @@ class OpenAICompatBackend:
                 self.spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase)
             )
         try:
-            return orjson.loads(resp.content)
+            return decode_body(resp.content)
         except ValueError:
             raise RetryableError(f"{self.spec}: malformed response body") from None
 
