@@ -47,7 +47,7 @@ from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batc
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
-from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError
+from actlabel.models.base import Backend, ChatRequest, ChatResponse, Message, ModelError
 from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure, call_with_parse
 from actlabel.models.spec import ModelSpec
@@ -289,14 +289,28 @@ class LLMAnnotator:
         self.logprobs = stack.raw.supports_logprobs
         self._direct = parse_direct(self.names, self.task.labels)
         self._cot = parse_cot(self.names, self.task.labels)
+        # (cot, with_images) -> the prompt's shared turns for self.task, rendered once per run
+        self._prefixes: dict[tuple[bool, bool], tuple[Message, ...]] = {}
 
     def _lp(self) -> dict[str, Any]:
         return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.logprobs else {}
 
+    def messages(self, item: Item, task: Any = None) -> tuple[Message, ...]:
+        if task is not None and task is not self.task:  # the label model's leave-one-out prompts
+            return prompting.annotation_messages(
+                task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
+            )
+        prefix = self._prefixes.get((self.cot, self.with_images))
+        if prefix is None:
+            prefix = prompting.annotation_prefix(
+                self.task, cot=self.cot, root=self.store.root, with_images=self.with_images
+            )
+            self._prefixes[(self.cot, self.with_images)] = prefix
+        turn = prompting.annotation_item_turn(self.task, item, cot=self.cot, with_images=self.with_images)
+        return (*prefix, turn)
+
     async def label(self, item: Item, task: Any = None) -> LabelAnswer | ParseFailure:
-        messages = prompting.annotation_messages(
-            task or self.task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
-        )
+        messages = self.messages(item, task)
         backend = self.stack.backend
         if not self.cot:
             request = ChatRequest(
