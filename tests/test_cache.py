@@ -201,6 +201,12 @@ def test_memoised_keys_are_the_keys_of_request_key_byte_for_byte(tmp_path):
     ]
     for request in variants * 2:
         assert memo.key(request) == request_key(spec, request, templates)
+    # every code point JSON may escape or not (controls, quotes, DEL, U+2028, astral), in chunks
+    points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(points), 20000):
+        text = "".join(map(chr, points[start : start + 20000]))
+        request = ChatRequest((Message.text("system", text), Message.text("user", text)))
+        assert memo.key(request) == request_key(spec, request, templates)
     assert len({memo.key(r) for r in variants}) == len(variants)
     assert KeyMemo("openai/other", templates).key(variants[0]) != memo.key(variants[0])
     assert KeyMemo(spec, "other").key(variants[0]) != memo.key(variants[0])
