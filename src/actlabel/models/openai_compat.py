@@ -1,10 +1,13 @@
 """Any OpenAI-compatible chat endpoint: OpenAI, vLLM, Ollama, llama.cpp server, LM Studio, SGLang,
 TGI, hosted gateways.
 
-Three interchangeable HTTP clients send the same JSON and map errors the same way:
-- "aiohttp" (default when installed): the leanest; at concurrency 64 it costs about a tenth of the
-  client CPU per call of the others (docs/benchmarks.md), which is what decides throughput against a
-  fast local server (vLLM, llama.cpp server) on a small machine;
+Four interchangeable HTTP clients send the same JSON and map errors the same way:
+- "asyncio" (default for http:// endpoints): the standard library's streams and a pool of keep-alive
+  connections (http11.py), nothing else; against a fast local server (vLLM, llama.cpp server) the
+  client's CPU per call is what decides throughput on a small machine, and this one spends the
+  least, and does not import aiohttp (0.2-0.3 s of every CLI start);
+- "aiohttp" (default for https:// endpoints when installed): about a tenth of the client CPU per
+  call of the SDK and httpx (docs/benchmarks.md);
 - "sdk": the official `openai` SDK (AsyncOpenAI), through its generic `post`;
 - "httpx": httpx directly.
 Retries are never the client's: they are ours (`retry.py`), so backoff, Retry-After and usage
@@ -353,9 +356,12 @@ class OpenAICompatBackend:
         # Servers without auth still get a placeholder: the SDK refuses an empty key.
         self._api_key = api_key or "not-needed"
         if client == "auto":
-            client = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "sdk"
-        if client not in ("aiohttp", "sdk", "httpx"):
-            raise ModelError(f"client must be 'auto', 'aiohttp', 'sdk' or 'httpx', got {client!r}")
+            if url.startswith("http://"):
+                client = "asyncio"
+            else:
+                client = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "sdk"
+        if client not in ("asyncio", "aiohttp", "sdk", "httpx"):
+            raise ModelError(f"client must be 'auto', 'asyncio', 'aiohttp', 'sdk' or 'httpx', got {client!r}")
         self.client_kind = client
         self.max_connections = max_connections
         self._headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
@@ -372,6 +378,9 @@ class OpenAICompatBackend:
         self._aio: Any = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
         self._aio_url: Any = None
+        self._pool: Any = None  # http11.Pool, per event loop as the aiohttp session
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._pool_path = urlsplit(url).path + "/chat/completions"
         self._aio_errors: tuple[type[BaseException], ...] = ()
         if client == "sdk":
             from openai import AsyncOpenAI
@@ -410,7 +419,9 @@ class OpenAICompatBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         payload = await self._payload(request)
-        if self.client_kind == "aiohttp":
+        if self.client_kind == "asyncio":
+            body = await self._chat_asyncio(payload)
+        elif self.client_kind == "aiohttp":
             body = await self._chat_aiohttp(payload)
         elif self._sdk is not None:
             body = await self._chat_sdk(payload)
@@ -448,6 +459,37 @@ class OpenAICompatBackend:
             raise RetryableError(f"{self.spec}: malformed response body") from None
         except openai.OpenAIError as exc:
             raise ModelError(f"{self.spec}: {one_line(str(exc))}") from None
+
+    async def _chat_asyncio(self, payload: dict[str, Any]) -> Any:
+        from . import http11
+
+        loop = asyncio.get_running_loop()
+        if self._pool is None or self._pool_loop is not loop:
+            # A pool left on another (finished) loop cannot be used from here; drop it.
+            self._pool = http11.Pool(
+                self.base_url,
+                self._headers,
+                limit=self.max_connections,
+                connect_timeout=min(self.timeout, 10.0),
+            )
+            self._pool_loop = loop
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self._pool.post(self._pool_path, encode_body(payload))
+        except TimeoutError:
+            raise RetryableError(f"{self.spec}: timed out after {self.timeout:g} s") from None
+        except http11.HTTPError as exc:
+            raise RetryableError(f"{self.spec}: connection failed: {one_line(str(exc))}") from None
+        if resp.status >= 400:
+            try:
+                body = decode_body(resp.body)
+            except ValueError:
+                body = None
+            raise status_error(self.spec, resp.status, resp.headers, _error_detail(body, resp.reason))
+        try:
+            return decode_body(resp.body)
+        except ValueError:
+            raise RetryableError(f"{self.spec}: malformed response body") from None
 
     def _aio_session(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -539,3 +581,6 @@ class OpenAICompatBackend:
         if self._aio is not None and self._aio_loop is asyncio.get_running_loop():
             await self._aio.close()
         self._aio = None
+        if self._pool is not None and self._pool_loop is asyncio.get_running_loop():
+            self._pool.close()
+        self._pool = None
