@@ -195,12 +195,40 @@ def check_annotated(out: str, n: int) -> None:
         raise SystemExit(f"annotate did not label all {n} items: {out}")
 
 
-def print_profile(path: str, top: int = 30) -> None:
+def profile_groups(path: str, top: int = 12) -> list[tuple[str, float, float]]:
+    """(where, self seconds, share) of a cProfile run, grouped by package or actlabel module:
+    per function the figures are too scattered to say where a call's time goes."""
     import pstats
 
-    stats = pstats.Stats(path)
-    stats.sort_stats("tottime").print_stats(top)
-    stats.sort_stats("cumulative").print_stats(top)
+    groups: dict[str, float] = {}
+    total = 0.0
+    for (file, _line, name), (_cc, _nc, self_time, _cum, _callers) in pstats.Stats(path).stats.items():
+        total += self_time
+        if file == "~":  # a builtin: named by what it does
+            if "poll" in name or "select" in name:
+                key = "waiting in epoll (idle)"
+            elif "sqlite3" in name:
+                key = "sqlite3 (C)"
+            elif "socket" in name or "send" in name or "recv" in name:
+                key = "socket calls"
+            elif (
+                name in ("<built-in method builtins.compile>", "<built-in method marshal.loads>")
+                or "_imp" in name
+            ):
+                key = "importing (compile, load)"
+            else:
+                key = "other builtins"
+        elif "site-packages/" in file:
+            key = file.split("site-packages/", 1)[1].split("/", 1)[0]
+        elif "/actlabel/" in file:
+            key = "actlabel/" + file.split("/actlabel/", 1)[1]
+        elif "/lib/python3" in file:
+            key = "stdlib " + file.split("/lib/python3", 1)[1].split("/", 2)[1].removesuffix(".py")
+        else:
+            key = "importing (compile, load)" if file.startswith("<frozen") else file
+        groups[key] = groups.get(key, 0.0) + self_time
+    ranked = sorted(groups.items(), key=lambda kv: -kv[1])[:top]
+    return [(k, v, v / total) for k, v in ranked]
 
 
 def main() -> None:
@@ -213,7 +241,8 @@ def main() -> None:
         "--baseline-src", type=Path, help="another source tree (its src/) measured in the same run"
     )
     ap.add_argument(
-        "--profile", help="also run annotate once under cProfile, write the stats here, print the top"
+        "--profile",
+        help="also run annotate once per tree under cProfile, stats to PROFILE.0, .1, ...; summarised",
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -226,6 +255,7 @@ def main() -> None:
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     ideal = args.concurrency / args.latency
     rows: dict[str, list[dict]] = {}
+    profiles: dict[str, list[tuple[str, float, float]]] = {}
     server = subprocess.Popen(
         [sys.executable, "-c", SERVER, str(args.latency)],
         env=env_for(ROOT / "src"),
@@ -280,11 +310,12 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
                 summary = ", ".join(f"{k} {args.items / v[-1]['wall']:.0f}/s" for k, v in rows.items())
                 print(f"repeat {rep + 1}: {summary}", flush=True)
-            if args.profile:
-                proj = tmp / "profiled"
-                shutil.copytree(templates["this tree"], proj)
-                timed(annotate_cmd(proj, base_url, args.concurrency, args.profile), env_for(ROOT / "src"))
-                print_profile(args.profile)
+            for name, src in trees.items() if args.profile else ():
+                proj = tmp / f"profiled-{len(profiles)}"
+                shutil.copytree(templates[name], proj)
+                out = f"{args.profile}.{len(profiles)}"
+                timed(annotate_cmd(proj, base_url, args.concurrency, out), env_for(src))
+                profiles[name] = profile_groups(out)
     finally:
         if server.stdin is not None:
             server.stdin.close()
@@ -316,6 +347,16 @@ def main() -> None:
             f"| {kind} | {rate:.0f} | {rate / ideal:.0%} | {wall:.2f} | {cpu:.2f} | "
             f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
         )
+    for name, ranked in profiles.items():
+        lines += [
+            "",
+            f"Where annotate's time goes ({name}, one more run under cProfile: self time by package or "
+            "module, wall clock, so waiting and the other processes' turns on the cores are in it):",
+            "",
+            "| where | seconds | share |",
+            "|---|---|---|",
+            *(f"| {k} | {v:.2f} | {share:.0%} |" for k, v, share in ranked),
+        ]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
