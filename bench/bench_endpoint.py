@@ -211,9 +211,8 @@ def profile_groups(path: str, top: int = 12) -> list[tuple[str, float, float]]:
                 key = "sqlite3 (C)"
             elif "socket" in name or "send" in name or "recv" in name:
                 key = "socket calls"
-            elif (
-                name in ("<built-in method builtins.compile>", "<built-in method marshal.loads>")
-                or "_imp" in name
+            elif any(
+                w in name for w in ("builtins.compile", "marshal.loads", "_imp.", "exec", "__build_class__")
             ):
                 key = "importing (compile, load)"
             else:
