@@ -189,6 +189,12 @@ def annotate_cmd(proj: Path, base_url: str, concurrency: int, profile: str | Non
     ]
 
 
+def import_seconds(src: Path, runs: int) -> list[float]:
+    """Wall seconds of `python -c 'import actlabel.cli'` (what every CLI command pays first)."""
+    cmd = [sys.executable, "-c", "import actlabel.cli"]
+    return [timed(cmd, env_for(src))["wall"] for _ in range(runs)]
+
+
 def check_annotated(out: str, n: int) -> None:
     # "annotated N items with ...: N ok, 0 failed, ..."
     if f": {n} ok, 0 failed" not in out:
@@ -242,6 +248,9 @@ def main() -> None:
     ap.add_argument(
         "--profile",
         help="also run annotate once per tree under cProfile, stats to PROFILE.0, .1, ...; summarised",
+    )
+    ap.add_argument(
+        "--import-runs", type=int, default=10, help="timed starts of `import actlabel.cli` per tree"
     )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
@@ -309,6 +318,10 @@ def main() -> None:
                 loads.append(os.getloadavg()[0])
                 summary = ", ".join(f"{k} {args.items / v[-1]['wall']:.0f}/s" for k, v in rows.items())
                 print(f"repeat {rep + 1}: {summary}", flush=True)
+            starts = {name: [] for name in trees}
+            for _ in range(args.import_runs):  # interleaved, as the repeats
+                for name, src in trees.items():
+                    starts[name] += import_seconds(src, 1)
             for name, src in trees.items() if args.profile else ():
                 proj = tmp / f"profiled-{len(profiles)}"
                 shutil.copytree(templates[name], proj)
@@ -346,6 +359,15 @@ def main() -> None:
             f"| {kind} | {rate:.0f} | {rate / ideal:.0%} | {wall:.2f} | {cpu:.2f} | "
             f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |"
         )
+    if args.import_runs:
+        lines += [
+            "",
+            f"CLI start, `python -c 'import actlabel.cli'`, {args.import_runs} runs per tree, interleaved: "
+            + "; ".join(
+                f"{name} median {statistics.median(v):.3f} s (min {min(v):.3f})" for name, v in starts.items()
+            )
+            + ".",
+        ]
     for name, ranked in profiles.items():
         lines += [
             "",
