@@ -143,3 +143,15 @@ def test_request_carries_host_headers_and_exact_body() -> None:
     assert lines[0] == b"POST /v1/chat/completions HTTP/1.1"
     assert b"Host: 127.0.0.1:%d" % port in lines and b"Authorization: Bearer k" in lines
     assert b"Content-Length: 5" in lines and body == b"hello"
+
+
+def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(monkeypatch) -> None:
+    from actlabel.models import ModelError, load_backend
+    from actlabel.models.base import ChatRequest, Message
+
+    with pytest.raises(ValueError, match="line break"):
+        Pool("http://127.0.0.1:9/v1", {"Authorization": "Bearer k\r\nX-Evil: 1"}, limit=1, connect_timeout=1)
+    monkeypatch.setenv("ACTLABEL_TEST_KEY", "sk-1\nX-Evil: 1")
+    backend = load_backend("openai/m", base_url="http://127.0.0.1:9/v1", api_key_env="ACTLABEL_TEST_KEY")
+    with pytest.raises(ModelError, match="line break"):
+        asyncio.run(backend.chat(ChatRequest((Message.text("user", "hi"),))))

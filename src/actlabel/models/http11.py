@@ -70,6 +70,9 @@ class Pool:
         # Everything but the path and the length is the same for every request: encoded once.
         lines = [f"Host: {self.authority}", "User-Agent: actlabel", "Accept: application/json"]
         lines += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("host", "content-length")]
+        if any("\r" in line or "\n" in line for line in lines):
+            # would end the header block early: what follows would be sent as headers of its own
+            raise ValueError("a header contains a line break (check the API key environment variable)")
         self._head_tail = ("\r\n".join(lines) + "\r\nContent-Length: ").encode("latin-1")
         self._idle: list[Connection] = []
         self._slots = asyncio.Semaphore(limit)

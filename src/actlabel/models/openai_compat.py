@@ -466,12 +466,15 @@ class OpenAICompatBackend:
         loop = asyncio.get_running_loop()
         if self._pool is None or self._pool_loop is not loop:
             # A pool left on another (finished) loop cannot be used from here; drop it.
-            self._pool = http11.Pool(
-                self.base_url,
-                self._headers,
-                limit=self.max_connections,
-                connect_timeout=min(self.timeout, 10.0),
-            )
+            try:
+                self._pool = http11.Pool(
+                    self.base_url,
+                    self._headers,
+                    limit=self.max_connections,
+                    connect_timeout=min(self.timeout, 10.0),
+                )
+            except ValueError as exc:  # a header that cannot be sent (not latin-1, a line break)
+                raise ModelError(f"{self.spec}: {one_line(str(exc))}") from None
             self._pool_loop = loop
         try:
             async with asyncio.timeout(self.timeout):
