@@ -60,6 +60,7 @@ def test_help_everywhere() -> None:
 
 def test_cli_start_leaves_heavy_modules_for_the_commands_that_need_them() -> None:
     heavy = [
+        "numpy",
         "pyarrow",
         "httpx",
         "aiohttp",
@@ -68,10 +69,20 @@ def test_cli_start_leaves_heavy_modules_for_the_commands_that_need_them() -> Non
         "actlabel.data",
         "actlabel.label_model",
     ]
-    code = f"import sys, actlabel.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    # what `actlabel annotate` through an http:// endpoint loads before its first call
+    code = (
+        "import sys, actlabel.cli, actlabel.project, actlabel.annotate, actlabel.models.openai_compat; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     # and the package's public names still resolve, on first use
     code = "import actlabel; from actlabel import Project, label; print(Project.__name__, label.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["Project", "label"]
+
+
+def test_cli_rule_choices_are_the_selection_rules() -> None:
+    from actlabel import cli, select
+
+    assert cli.RULES == select.RULES

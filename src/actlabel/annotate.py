@@ -38,9 +38,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from actlabel import prompting
 from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
@@ -48,9 +46,8 @@ from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ChatRequest, ChatResponse, Message, ModelError
-from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure, call_with_parse
-from actlabel.models.spec import ModelSpec
+from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
 from actlabel.models.usage import RunCap
 from actlabel.stages import (
     COMPOSITE_PREFIX,
@@ -73,6 +70,9 @@ from actlabel.stages import (
     task_modalities,
 )
 from actlabel.store import Item, Store
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: an endpoint run without the label model needs none
 
 #: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
 TOP_LOGPROBS = 20
@@ -186,6 +186,8 @@ async def prepare_label_model(
     the examples (label_model.py). None when the backend gives no label probabilities."""
     import dataclasses
 
+    import numpy as np
+
     from actlabel import label_model as lm
 
     task = store.task
@@ -227,6 +229,8 @@ def finish_label_model(
     """After the LLM pass: divide out the model's label prior (its mean distribution over the
     pool), choose the pooling weights on the examples, and write the pooled labels of this run's
     items as new annotation records (the latest wins) in a run of their own."""
+    import numpy as np
+
     from actlabel import label_model as lm
 
     names = list(store.task.label_names)
@@ -611,6 +615,8 @@ async def _annotate_llm(
 
 
 def _pool(answer: LabelAnswer, p_image: np.ndarray, names: list[str]) -> LabelAnswer:
+    import numpy as np
+
     from actlabel.image_annotator import pool_log_linear
 
     if answer.probs is not None:

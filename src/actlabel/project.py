@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from actlabel import metrics, multilabel
 from actlabel.errors import UserError
 from actlabel.store import Store
 from actlabel.task import Example, Label, Task
 
 if TYPE_CHECKING:
     from actlabel import data
+
+# multilabel and metrics (numpy) are imported where used: a CLI start needs neither.
 
 
 @dataclass
@@ -236,6 +237,8 @@ class Project:
 
     # ---- status ----------------------------------------------------------------------------
     def status(self) -> ProjectStatus:
+        from actlabel import multilabel
+
         store = self.store
         n = store.count_items()
         machine = Counter()
@@ -334,6 +337,8 @@ class Project:
 
 
 def _set_quality(names: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
+    from actlabel import metrics, multilabel
+
     if not pairs:
         return None
     agreement = metrics.set_agreement(
