@@ -245,6 +245,7 @@ def main() -> None:
     ap.add_argument(
         "--baseline-src", type=Path, help="another source tree (its src/) measured in the same run"
     )
+    ap.add_argument("--baseline-name", default="baseline", help="what the baseline tree is, for the table")
     ap.add_argument(
         "--profile",
         help="also run annotate once per tree under cProfile, stats to PROFILE.0, .1, ...; summarised",
@@ -258,7 +259,7 @@ def main() -> None:
     trees = {"this tree": ROOT / "src"}
     if args.baseline_src is not None:
         base = args.baseline_src.resolve()
-        trees["baseline"] = base / "src" if (base / "src" / "actlabel").is_dir() else base
+        trees[args.baseline_name] = base / "src" if (base / "src" / "actlabel").is_dir() else base
     loads = [os.getloadavg()[0]]
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     ideal = args.concurrency / args.latency
@@ -346,6 +347,13 @@ def main() -> None:
         "own request bodies, built beforehand). The test server runs in a process of its own on the same "
         f"cores. Median of {args.repeats} repeats, interleaved; the ratio is the median of the per-repeat "
         "ratios to the plain urllib client.",
+        "",
+        "Against an http:// endpoint annotate's calls go through models/http11.py (pooled keep-alive "
+        "connections, one prepared write per call, no aiohttp import); the per-call work around it is "
+        "a request body serialised once (orjson), a cache key continued from the run's shared prompt "
+        "turns (cache.KeyMemo), templates compiled once and the shared turns rendered once, response "
+        "bodies parsed by orjson, and response-cache rows written 256 at a time (store.ResponseCache). "
+        "https:// endpoints keep aiohttp (bench/bench_backends.py measures the clients alone).",
         "",
         "| client | calls/s | % of ideal | wall s | CPU s | ratio to plain urllib |",
         "|---|---|---|---|---|---|",
