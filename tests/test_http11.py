@@ -155,3 +155,30 @@ def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(monkeypat
     backend = load_backend("openai/m", base_url="http://127.0.0.1:9/v1", api_key_env="ACTLABEL_TEST_KEY")
     with pytest.raises(ModelError, match="line break"):
         asyncio.run(backend.chat(ChatRequest((Message.text("user", "hi"),))))
+
+
+def test_a_redirect_is_a_one_line_error_naming_where_to(monkeypatch) -> None:
+    from actlabel.models import ModelError, load_backend
+    from actlabel.models.base import ChatRequest, Message
+
+    async def go():
+        async def handle(reader, writer):
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 301 Moved\r\nLocation: https://api.example/v1/chat/completions\r\n")
+            writer.write(b"Content-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        backend = load_backend("openai/m", base_url=f"http://127.0.0.1:{port}/v1")
+        try:
+            await backend.chat(ChatRequest((Message.text("user", "hi"),)))
+        finally:
+            await backend.aclose()
+            server.close()
+            await server.wait_closed()
+
+    with pytest.raises(ModelError, match="HTTP 301: the endpoint moved to https://api.example/v1") as err:
+        asyncio.run(go())
+    assert "\n" not in str(err.value)

@@ -489,6 +489,11 @@ class OpenAICompatBackend:
             except ValueError:
                 body = None
             raise status_error(self.spec, resp.status, resp.headers, _error_detail(body, resp.reason))
+        if 300 <= resp.status < 400:  # not followed: a POST redirected is not one to resend blindly
+            where = resp.headers.get("location", "elsewhere")
+            raise ModelError(
+                f"{self.spec}: HTTP {resp.status}: the endpoint moved to {one_line(where)}; use that URL"
+            )
         try:
             return decode_body(resp.body)
         except ValueError:
