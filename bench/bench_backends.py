@@ -302,7 +302,13 @@ def main() -> None:
     ]
     if not args.skip_http:
         rows = []
-        plan = [("process", "aiohttp"), ("process", "sdk"), ("process", "httpx"), ("thread", "aiohttp")]
+        plan = [
+            ("process", "asyncio"),
+            ("process", "aiohttp"),
+            ("process", "sdk"),
+            ("process", "httpx"),
+            ("thread", "asyncio"),
+        ]
         for server, client in plan:
             r = http_bench(client, args.latency, args.calls, args.concurrency, server)
             print(

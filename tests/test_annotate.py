@@ -350,3 +350,30 @@ def test_image_and_text_offline_composite_pools_both_experts(tmp_path: Path) -> 
             max(pooled.values()), abs=1e-5
         )
     proj.close()
+
+
+def test_interrupted_run_keeps_every_answer_it_was_given(project: Project) -> None:
+    import sqlite3
+
+    from actlabel.store import DB_NAME
+
+    answered: list[str] = []
+
+    def answer(request) -> str:
+        answered.append(request.messages[-1].plain_text)
+        return "positive"
+
+    backend = ScriptedBackend(answer, faults={8: KeyboardInterrupt})
+    with pytest.raises(KeyboardInterrupt):
+        annotate(project.store, backend=backend, concurrency=3, progress=False, label_model="off")
+    # Read as another process would, before the store is closed (closing also writes what waits).
+    conn = sqlite3.connect(project.store.root / DB_NAME)
+    try:
+        cached = conn.execute("SELECT count(*) FROM model_calls").fetchone()[0]
+        ok = conn.execute("SELECT count(*) FROM annotations WHERE status = 'ok'").fetchone()[0]
+        status = conn.execute("SELECT status FROM runs WHERE stage = 'annotate'").fetchall()
+    finally:
+        conn.close()
+    assert len(answered) == 7
+    assert cached == ok == len(answered)
+    assert status == [("interrupted",)]

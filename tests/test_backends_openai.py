@@ -53,7 +53,7 @@ async def ask(backend, request, *, retry: RetryPolicy | None = None):
         await backend.aclose()
 
 
-@pytest.fixture(params=["aiohttp", "sdk", "httpx"])
+@pytest.fixture(params=["asyncio", "aiohttp", "sdk", "httpx"])
 def client(request):
     if request.param == "aiohttp":
         pytest.importorskip("aiohttp")
@@ -334,9 +334,11 @@ def test_cache_avoids_second_http_call(client, key_env):
 
 def test_default_client_and_reuse_across_event_loops(key_env):
     pytest.importorskip("aiohttp")
+    https = load_backend("openai/test-model", base_url="https://example.invalid/v1", api_key_env=key_env)
+    assert https.client_kind == "aiohttp"
     with OpenAICompatServer(responder=lambda b: "again") as srv:
         backend = load_backend("openai/test-model", base_url=srv.base_url, api_key_env=key_env)
-        assert backend.client_kind == "aiohttp"
+        assert backend.client_kind == "asyncio"
         # one backend used by two asyncio.run() calls (plan, then annotate) keeps working
         assert run(backend.chat(req())).text == "again"
         assert run(ask(backend, req("second"))).text == "again"

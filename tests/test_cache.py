@@ -141,3 +141,72 @@ def test_real_store_cache_survives_reopen(tmp_path):
     assert inner2.calls == 0 and r2.cached
     assert dataclasses.replace(r2, cached=False) == r1
     store.close()
+
+
+# Keys computed by request_key before KeyMemo existed (commit 191d0f0): a stored cache stays valid.
+PINNED_KEYS = [
+    (
+        ChatRequest(
+            (
+                Message.text("system", "Label it."),
+                Message.text("user", 'Text: café ☕ "quoted" \\ back\nLabel:'),
+            ),
+            max_tokens=8,
+            choices=("positive", "negative"),
+            logprobs=True,
+            top_logprobs=20,
+        ),
+        "e376f36c80c4eedd5d61ea22bda9f9a7a0fe59678e4362ffce9aa27e023b0b0a",
+    ),
+    (
+        ChatRequest((Message.text("user", "hi"),)),
+        "2d54e2d32b5022c2b1dc84cfe3039829cba3c7bb11b55ae7f4a908f1aef10c2e",
+    ),
+    (
+        ChatRequest(
+            (
+                Message.text("system", "s"),
+                Message.text("user", "ex"),
+                Message.text("assistant", "positive"),
+                Message.text("user", "item"),
+            ),
+            temperature=0.4,
+            seed=1000,
+            stop=("\n",),
+            assistant_prefix="Because\nAnswer:",
+        ),
+        "d26789a2e81c1d3867e4313da613becf37d40a17e47164f58aa61e2881c8b84d",
+    ),
+]
+
+
+def test_memoised_keys_are_the_keys_of_request_key_byte_for_byte(tmp_path):
+    spec, templates = "openai/m@http://h/v1", "abc123"
+    from actlabel.models.cache import KeyMemo
+
+    memo = KeyMemo(spec, templates)
+    for request, pinned in PINNED_KEYS * 2:  # twice: the second pass is served from the memo
+        assert request_key(spec, request, templates) == pinned
+        assert memo.key(request) == pinned
+    shutil.copy(__file__, tmp_path / "img.png")
+    variants = [
+        req("other item"),
+        req("other item", temperature=0),  # == the default 0.0, but serialises differently
+        req("other item", logprobs=1),
+        req("other item", logprobs=True),
+        req("x", choices=["a", "b"]),  # a list: unhashable, still a valid request
+        req("x", max_tokens=5, seed=None),
+        ChatRequest((Message("user", (ImagePart(str(tmp_path / "img.png")), TextPart("see"))),)),
+        ChatRequest(()),
+    ]
+    for request in variants * 2:
+        assert memo.key(request) == request_key(spec, request, templates)
+    # every code point JSON may escape or not (controls, quotes, DEL, U+2028, astral), in chunks
+    points = [c for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF]
+    for start in range(0, len(points), 20000):
+        text = "".join(map(chr, points[start : start + 20000]))
+        request = ChatRequest((Message.text("system", text), Message.text("user", text)))
+        assert memo.key(request) == request_key(spec, request, templates)
+    assert len({memo.key(r) for r in variants}) == len(variants)
+    assert KeyMemo("openai/other", templates).key(variants[0]) != memo.key(variants[0])
+    assert KeyMemo(spec, "other").key(variants[0]) != memo.key(variants[0])

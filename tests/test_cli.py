@@ -56,3 +56,33 @@ def test_help_everywhere() -> None:
         sub = runner.invoke(main, [command, "--help"])
         assert sub.exit_code == 0, command
         assert "Usage:" in sub.output
+
+
+def test_cli_start_leaves_heavy_modules_for_the_commands_that_need_them() -> None:
+    heavy = [
+        "numpy",
+        "pyarrow",
+        "httpx",
+        "aiohttp",
+        "openai",
+        "actlabel.frame",
+        "actlabel.data",
+        "actlabel.label_model",
+    ]
+    # what `actlabel annotate` through an http:// endpoint loads before its first call
+    code = (
+        "import sys, actlabel.cli, actlabel.project, actlabel.annotate, actlabel.models.openai_compat; "
+        f"print([m for m in {heavy!r} if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    # and the package's public names still resolve, on first use
+    code = "import actlabel; from actlabel import Project, label; print(Project.__name__, label.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["Project", "label"]
+
+
+def test_cli_rule_choices_are_the_selection_rules() -> None:
+    from actlabel import cli, select
+
+    assert cli.RULES == select.RULES

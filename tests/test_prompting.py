@@ -168,3 +168,47 @@ def test_choice_probs_after_reads_the_token_after_the_marker() -> None:
     assert probs == pytest.approx({"positive": 0.6, "negative": 0.3, "neutral": 0.1})
     # Tokens that do not spell the text: offsets would be meaningless, so nothing is read.
     assert prompting.choice_probs_after(tokens[:2], text, re.compile("Answer:"), ["positive"]) is None
+
+
+def _render_per_call(name: str, **values: str) -> str:
+    """render as it was before templates were compiled (a regex pass per call): the reference."""
+    text = prompting._PLACEHOLDER.sub(lambda m: values[m.group(1)], prompting.template(name))
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in prompting.PROMPTS_DIR.glob("*.txt")))
+@pytest.mark.parametrize(
+    "value", ["", "plain", "a {{input}} and {x} and \\1 \\g<0>", "\n\n\n\nlines\n\n\n", "café ☕"]
+)
+def test_compiled_templates_render_exactly_as_before(name: str, value: str) -> None:
+    keys = set(prompting._PLACEHOLDER.findall(prompting.template(name)))
+    values = {k: f"{k}:{value}" if k != "instructions" else value for k in keys}
+    assert prompting.render(name, **values) == _render_per_call(name, **values)
+    if keys:
+        with pytest.raises(KeyError):
+            prompting.render(name)
+
+
+def test_annotator_prefix_built_once_gives_the_same_prompts(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from actlabel.annotate import LLMAnnotator
+
+    t = task(examples=[Example("positive", "great stuff"), Example("neutral", "meh")])
+    store = SimpleNamespace(task=t, root=tmp_path)
+    raw = SimpleNamespace(supports_images=True, supports_logprobs=False)
+    annotator = LLMAnnotator(
+        store, SimpleNamespace(raw=raw), cot=False, max_parse_retries=0, cot_max_tokens=8
+    )
+    first, second = annotator.messages(item("one")), annotator.messages(item("two"))
+    assert first == prompting.annotation_messages(t, item("one"), cot=False, root=tmp_path)
+    assert second == prompting.annotation_messages(t, item("two"), cot=False, root=tmp_path)
+    assert all(a is b for a, b in zip(first[:-1], second[:-1], strict=True))
+    annotator.cot = True
+    assert annotator.messages(item("one")) == prompting.annotation_messages(
+        t, item("one"), cot=True, root=tmp_path
+    )
+    other = task(examples=[])
+    assert annotator.messages(item("one"), other) == prompting.annotation_messages(
+        other, item("one"), cot=True, root=tmp_path
+    )

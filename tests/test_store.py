@@ -91,6 +91,50 @@ def test_response_cache_roundtrip(tmp_path: Path) -> None:
     assert len(cache) == 1
 
 
+def _rows_on_disk(root: Path) -> int:
+    """model_calls rows another process would see now."""
+    conn = sqlite3.connect(root / DB_NAME)
+    try:
+        return conn.execute("SELECT count(*) FROM model_calls").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_response_cache_writes_in_batches_and_before_any_other_write(tmp_path: Path) -> None:
+    from actlabel.store import CACHE_FLUSH_ROWS
+
+    store = Store.create(tmp_path / "p", make_task())
+    cache = store.response_cache()
+    for i in range(CACHE_FLUSH_ROWS - 1):
+        cache.put(f"k{i}", "openai/x", {"text": str(i)}, 1, 1)
+    assert _rows_on_disk(store.root) == 0  # buffered: one commit per batch, not per call
+    assert cache.get("k3") == {"text": "3"}  # a buffered answer is still a hit
+    cache.put("last", "openai/x", {"text": "last"}, 1, 1)
+    assert _rows_on_disk(store.root) == CACHE_FLUSH_ROWS
+    cache.put("more", "openai/x", {"text": "more"}, 1, 1)
+    # any other write (an annotation batch, a run's end) first writes the answers it may be made from
+    store.set_meta("x", "y")
+    assert _rows_on_disk(store.root) == CACHE_FLUSH_ROWS + 1
+    cache.put("on close", "openai/x", {"text": "c"}, 1, 1)
+    store.close()
+    assert _rows_on_disk(tmp_path / "p") == CACHE_FLUSH_ROWS + 2
+
+
+def test_response_cache_put_in_a_transaction_commits_with_it(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "p", make_task())
+    cache = store.response_cache()
+    cache.put("k", "openai/x", {"text": "old"}, 1, 1)
+    with pytest.raises(RuntimeError), store.transaction():
+        cache.put("k2", "openai/x", {"text": "new"}, 1, 1)
+        raise RuntimeError("boom")
+    assert cache.get("k2") is None and cache.get("k") == {"text": "old"}
+    with store.transaction():
+        cache.put("k", "openai/x", {"text": "new"}, 1, 1)
+    store.close()
+    with Store.open(tmp_path / "p") as again:
+        assert again.response_cache().get("k") == {"text": "new"}
+
+
 def _hold_writer(root: str, ready, release) -> None:
     store = Store.open(root)
     store.acquire_writer("annotate")

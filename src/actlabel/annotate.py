@@ -38,19 +38,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from actlabel import prompting
 from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
-from actlabel.models.base import Backend, ChatRequest, ChatResponse, ModelError
-from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
+from actlabel.models.base import Backend, ChatRequest, ChatResponse, Message, ModelError
 from actlabel.models.retry import ParseFailure, call_with_parse
-from actlabel.models.spec import ModelSpec
+from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
 from actlabel.models.usage import RunCap
 from actlabel.stages import (
     COMPOSITE_PREFIX,
@@ -73,6 +70,9 @@ from actlabel.stages import (
     task_modalities,
 )
 from actlabel.store import Item, Store
+
+if TYPE_CHECKING:
+    import numpy as np  # imported where used: an endpoint run without the label model needs none
 
 #: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
 TOP_LOGPROBS = 20
@@ -186,6 +186,8 @@ async def prepare_label_model(
     the examples (label_model.py). None when the backend gives no label probabilities."""
     import dataclasses
 
+    import numpy as np
+
     from actlabel import label_model as lm
 
     task = store.task
@@ -227,6 +229,8 @@ def finish_label_model(
     """After the LLM pass: divide out the model's label prior (its mean distribution over the
     pool), choose the pooling weights on the examples, and write the pooled labels of this run's
     items as new annotation records (the latest wins) in a run of their own."""
+    import numpy as np
+
     from actlabel import label_model as lm
 
     names = list(store.task.label_names)
@@ -289,14 +293,28 @@ class LLMAnnotator:
         self.logprobs = stack.raw.supports_logprobs
         self._direct = parse_direct(self.names, self.task.labels)
         self._cot = parse_cot(self.names, self.task.labels)
+        # (cot, with_images) -> the prompt's shared turns for self.task, rendered once per run
+        self._prefixes: dict[tuple[bool, bool], tuple[Message, ...]] = {}
 
     def _lp(self) -> dict[str, Any]:
         return {"logprobs": True, "top_logprobs": TOP_LOGPROBS} if self.logprobs else {}
 
+    def messages(self, item: Item, task: Any = None) -> tuple[Message, ...]:
+        if task is not None and task is not self.task:  # the label model's leave-one-out prompts
+            return prompting.annotation_messages(
+                task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
+            )
+        prefix = self._prefixes.get((self.cot, self.with_images))
+        if prefix is None:
+            prefix = prompting.annotation_prefix(
+                self.task, cot=self.cot, root=self.store.root, with_images=self.with_images
+            )
+            self._prefixes[(self.cot, self.with_images)] = prefix
+        turn = prompting.annotation_item_turn(self.task, item, cot=self.cot, with_images=self.with_images)
+        return (*prefix, turn)
+
     async def label(self, item: Item, task: Any = None) -> LabelAnswer | ParseFailure:
-        messages = prompting.annotation_messages(
-            task or self.task, item, cot=self.cot, root=self.store.root, with_images=self.with_images
-        )
+        messages = self.messages(item, task)
         backend = self.stack.backend
         if not self.cot:
             request = ChatRequest(
@@ -597,6 +615,8 @@ async def _annotate_llm(
 
 
 def _pool(answer: LabelAnswer, p_image: np.ndarray, names: list[str]) -> LabelAnswer:
+    import numpy as np
+
     from actlabel.image_annotator import pool_log_linear
 
     if answer.probs is not None:

@@ -38,8 +38,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
-import httpx
-
 from actlabel.errors import UserError
 from actlabel.models.base import ChatRequest, ChatResponse, ModelError, RetryableError
 from actlabel.models.retry import RetryPolicy
@@ -47,6 +45,8 @@ from actlabel.models.spec import FEATURES, ModelSpec
 from actlabel.store import Store
 
 if TYPE_CHECKING:
+    import httpx
+
     from actlabel.models.openai_compat import OpenAICompatBackend
     from actlabel.stages import ModelStack
 
@@ -101,10 +101,14 @@ class BatchClient:
         # The backend's own headers (auth, organisation, project) minus the JSON content type,
         # which a multipart upload must not carry.
         headers = {k: v for k, v in backend._headers.items() if k.lower() != "content-type"}
+        import httpx  # only batch runs need it: an online annotate does not pay for its import
+
         self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(timeout, connect=10.0))
         self.policy = policy or RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=30.0)
 
     async def _send(self, method: str, path: str, *, idempotent: bool = True, **kw: Any) -> httpx.Response:
+        import httpx
+
         from actlabel.models.openai_compat import _error_detail, one_line, status_error
 
         attempt = 0

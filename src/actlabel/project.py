@@ -8,12 +8,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from actlabel import data, metrics, multilabel
 from actlabel.errors import UserError
 from actlabel.store import Store
 from actlabel.task import Example, Label, Task
+
+if TYPE_CHECKING:
+    from actlabel import data
+
+# multilabel and metrics (numpy) are imported where used: a CLI start needs neither.
 
 
 @dataclass
@@ -122,6 +126,8 @@ class Project:
                 self.store.release_writer()
 
     def import_file(self, path: str | Path, **roles: Any) -> data.ImportResult:
+        from actlabel import data  # pyarrow: only import and export need it, not every CLI start
+
         with self.writing("import") as store:
             return data.import_path(store, path, **roles)
 
@@ -216,6 +222,8 @@ class Project:
     def export(self, out: str | Path, *, format: str | None = None, force: bool = False) -> int:
         """Write the labelled table (or tool tasks with `format`) to `out`; an existing file is
         refused unless `force`."""
+        from actlabel import data
+
         if format:
             from actlabel.review import adapters
 
@@ -229,6 +237,8 @@ class Project:
 
     # ---- status ----------------------------------------------------------------------------
     def status(self) -> ProjectStatus:
+        from actlabel import multilabel
+
         store = self.store
         n = store.count_items()
         machine = Counter()
@@ -327,6 +337,8 @@ class Project:
 
 
 def _set_quality(names: list[str], pairs: list[tuple[str, str]]) -> dict[str, Any] | None:
+    from actlabel import metrics, multilabel
+
     if not pairs:
         return None
     agreement = metrics.set_agreement(

@@ -32,6 +32,7 @@ PROMPTS_DIR = Path(__file__).parent / "prompts"
 #: long documents are cut to this many characters so a prompt fits a small local context window
 MAX_INPUT_CHARS = 3000
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
+_BLANK_RUN = re.compile(r"\n{3,}")
 
 
 # ---- templates ---------------------------------------------------------------------------------
@@ -55,15 +56,22 @@ def templates_hash(names: Iterable[str]) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.cache
+def compiled(name: str) -> tuple[str, ...]:
+    """Template `name` split once into literal text and placeholder names, alternating
+    (literal, name, literal, ..., literal): rendering is then a join, not a regex pass per item."""
+    return tuple(_PLACEHOLDER.split(template(name)))
+
+
 def render(name: str, **values: str) -> str:
     """Fill `{{key}}` placeholders of template `name`. A placeholder without a value is a bug: KeyError."""
-
-    def sub(match: re.Match[str]) -> str:
-        return values[match.group(1)]
-
-    text = _PLACEHOLDER.sub(sub, template(name))
+    pieces = list(compiled(name))
+    pieces[1::2] = [values[key] for key in pieces[1::2]]
+    text = "".join(pieces)
     # An empty optional value (no instructions) would leave a run of blank lines.
-    return re.sub(r"\n{3,}", "\n\n", text).strip("\n")
+    if "\n\n\n" in text:
+        text = _BLANK_RUN.sub("\n\n", text)
+    return text.strip("\n")
 
 
 # ---- pieces of a prompt ------------------------------------------------------------------------
@@ -139,6 +147,15 @@ def annotation_messages(
     per item that a local model must evaluate, and it is worth it: Qwen2.5-0.5B labelled 0.578 of
     90 tweets this way and 0.456 with the rule stated once in the system turn (docs/benchmarks.md,
     "Embedded annotator")."""
+    prefix = annotation_prefix(task, cot=cot, root=root, with_images=with_images)
+    return (*prefix, annotation_item_turn(task, item, cot=cot, with_images=with_images))
+
+
+def annotation_prefix(
+    task: Task, *, cot: bool, root: Path | None = None, with_images: bool = True
+) -> tuple[Message, ...]:
+    """The turns every item's annotation prompt starts with: the system turn and the few-shot
+    examples. The same for all items of a run, so the annotator builds it once."""
     body = "annotate_cot" if cot else "annotate_direct"
     names = label_names(task.labels)
     messages = [system_message(task, "annotate_system")]
@@ -157,9 +174,14 @@ def annotation_messages(
             )
         )
         messages.append(Message.text("assistant", f"Answer: {ex.label}" if cot else ex.label))
-    text, image = item_content(task, item, with_image=with_images)
-    messages.append(Message("user", _content(render(body, input=text, label_names=names), image)))
     return tuple(messages)
+
+
+def annotation_item_turn(task: Task, item: Item, *, cot: bool, with_images: bool = True) -> Message:
+    """The last turn of an annotation prompt: the item, and the answer rule."""
+    body = "annotate_cot" if cot else "annotate_direct"
+    text, image = item_content(task, item, with_image=with_images)
+    return Message("user", _content(render(body, input=text, label_names=label_names(task.labels)), image))
 
 
 # ---- multi-label annotator prompts ---------------------------------------------------------------

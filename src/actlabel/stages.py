@@ -18,9 +18,8 @@ from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL, load_backend
 from actlabel.models.base import Backend, ModelError
 from actlabel.models.cache import CachedBackend
-from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
 from actlabel.models.retry import ParseFailure
-from actlabel.models.spec import ModelSpec
+from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
 from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
 from actlabel.store import Item, Store
 

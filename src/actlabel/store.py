@@ -25,6 +25,10 @@ DB_NAME = "actlabel.db"
 LOCK_NAME = ".actlabel.lock"
 FORMAT = "actlabel-project"
 BUSY_TIMEOUT_S = 30.0
+#: response-cache rows are written together once this many wait, or this many seconds after the first
+CACHE_FLUSH_ROWS = 256
+CACHE_FLUSH_SECONDS = 1.0
+_PUT_CALL = "INSERT OR REPLACE INTO model_calls VALUES (?, ?, ?, ?, ?, ?)"
 
 # Each entry moves the schema from version i to i+1. Never edit a shipped entry: append a new one.
 MIGRATIONS: list[str] = [
@@ -184,23 +188,43 @@ class Item:
 
 
 class ResponseCache:
-    """The content-addressed model response cache, as `models.cache.CachedBackend` expects it."""
+    """The content-addressed model response cache, as `models.cache.CachedBackend` expects it.
+
+    Rows are buffered and written in one transaction per CACHE_FLUSH_ROWS rows or
+    CACHE_FLUSH_SECONDS (a commit per call was the largest store cost of an endpoint run), and
+    before any other write of the store, on `count`, `len` and `close`: so every answer is on disk
+    before the records made from it, and an interrupted stage, which records its end in a
+    transaction, keeps every answer it was given. A put inside a transaction joins it.
+    """
 
     def __init__(self, store: Store):
         self._store = store
 
     def get(self, key: str) -> dict | None:
+        pending = self._store._pending_calls.get(key)
+        if pending is not None:
+            return json.loads(pending[2])
         row = self._store.conn.execute("SELECT response FROM model_calls WHERE key = ?", (key,)).fetchone()
         return None if row is None else json.loads(row[0])
 
     def put(self, key: str, spec: str, response: dict, input_tokens: int, output_tokens: int) -> None:
-        with self._store.transaction():
-            self._store.conn.execute(
-                "INSERT OR REPLACE INTO model_calls VALUES (?, ?, ?, ?, ?, ?)",
-                (key, spec, json.dumps(response), input_tokens, output_tokens, time.time()),
-            )
+        store = self._store
+        row = (key, spec, json.dumps(response), input_tokens, output_tokens, time.time())
+        if store.conn.in_transaction:
+            store._pending_calls.pop(key, None)  # or its older buffered answer would win on flush
+            store.conn.execute(_PUT_CALL, row)
+            return
+        if not store._pending_calls:
+            store._pending_since = time.monotonic()
+        store._pending_calls[key] = row
+        if (
+            len(store._pending_calls) >= CACHE_FLUSH_ROWS
+            or time.monotonic() - store._pending_since >= CACHE_FLUSH_SECONDS
+        ):
+            store.flush_calls()
 
     def __len__(self) -> int:
+        self._store.flush_calls()
         return self._store.conn.execute("SELECT count(*) FROM model_calls").fetchone()[0]
 
 
@@ -214,6 +238,9 @@ class Store:
         self.read_only = read_only
         self._lock_fh: Any = None
         self._task: Task | None = None
+        # response-cache rows not yet written (ResponseCache), by key
+        self._pending_calls: dict[str, tuple[Any, ...]] = {}
+        self._pending_since = 0.0
 
     # ---- lifecycle -------------------------------------------------------------------------
     @staticmethod
@@ -283,8 +310,23 @@ class Store:
         raise sqlite3.OperationalError("cannot open the database read-only")
 
     def close(self) -> None:
-        self.release_writer()
-        self.conn.close()
+        try:
+            self.flush_calls()
+        finally:
+            self.release_writer()
+            self.conn.close()
+
+    def flush_calls(self) -> None:
+        """Write the buffered response-cache rows (ResponseCache) in one transaction."""
+        if not self._pending_calls:
+            return
+        pending, self._pending_calls = self._pending_calls, {}
+        try:
+            with self.transaction() as conn:
+                conn.executemany(_PUT_CALL, pending.values())
+        except BaseException:
+            self._pending_calls = pending | self._pending_calls  # kept for the next attempt
+            raise
 
     def __enter__(self) -> Store:
         return self
@@ -312,6 +354,8 @@ class Store:
         if self.conn.in_transaction:  # nested: the outer transaction owns commit/rollback
             yield self.conn
             return
+        # Buffered answers first, in their own transaction: a rollback of this one keeps them.
+        self.flush_calls()
         try:
             self.conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -637,6 +681,7 @@ class Store:
     def count(self, table: str, where: str = "") -> int:
         if table not in {"items", "annotations", "critiques", "selections", "reviews", "model_calls", "runs"}:
             raise ValueError(f"unknown table {table!r}")
+        self.flush_calls()
         return self.conn.execute(
             f"SELECT count(*) FROM {table} {('WHERE ' + where) if where else ''}"
         ).fetchone()[0]

@@ -20,7 +20,9 @@ import os
 import threading
 from typing import Any, Protocol
 
-from .base import Backend, ChatRequest, ChatResponse, ImagePart, ModelError, TextPart
+import orjson
+
+from .base import Backend, ChatRequest, ChatResponse, ImagePart, Message, ModelError, TextPart
 
 #: bump when the key layout changes, so old rows are simply never hit again
 KEY_VERSION = 1
@@ -89,6 +91,13 @@ def _canonical_part(part: TextPart | ImagePart) -> dict[str, str]:
     return {"text": part.text}
 
 
+_PARAM_NAMES = tuple(f.name for f in dataclasses.fields(ChatRequest) if f.name != "messages")
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def request_key(spec: str, request: ChatRequest, template_hash: str = "") -> str:
     """The cache key of `request` sent to backend `spec` (hex sha256)."""
     params = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name != "messages"}
@@ -103,8 +112,65 @@ def request_key(spec: str, request: ChatRequest, template_hash: str = "") -> str
         ],
         "params": params,
     }
-    blob = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    return hashlib.sha256(_json(doc).encode("utf-8")).hexdigest()
+
+
+class KeyMemo:
+    """`request_key`, byte for byte, for one backend spec and template hash, with what a run's
+    requests share serialised and hashed once: the turns before the last (system prompt, few-shot
+    examples), as a sha256 state to continue from, and the parameters with spec and template hash.
+
+    The key's JSON has sorted keys, so it reads `{"messages":[m1,...,mn],"params":...,"spec":...,
+    "template_hash":...,"v":...}`, and the JSON of a list is its items' JSON joined by commas:
+    only the last turn is new per item. Requests with images take the plain function (an image's
+    hash must follow edits of its file).
+    """
+
+    MAX_ENTRIES = 256
+
+    def __init__(self, spec: str, template_hash: str = "") -> None:
+        self.spec = spec
+        self.template_hash = template_hash
+        self._prefixes: dict[tuple[Message, ...], Any] = {}
+        self._tails: dict[tuple[Any, ...], bytes] = {}
+
+    def key(self, request: ChatRequest) -> str:
+        messages = request.messages
+        if not messages or any(isinstance(p, ImagePart) for m in messages for p in m.content):
+            return request_key(self.spec, request, self.template_hash)
+        params = tuple(getattr(request, name) for name in _PARAM_NAMES)
+        # With their types: 0 == 0.0 and 1 == True, but they serialise differently.
+        memo_key = (*params, *map(type, params))
+        try:
+            tail = self._tails.get(memo_key)
+        except TypeError:  # a list where a tuple belongs: not hashable, still serialisable
+            return request_key(self.spec, request, self.template_hash)
+        if tail is None:
+            tail = (
+                f'],"params":{_json(dict(zip(_PARAM_NAMES, params, strict=True)))},'
+                f'"spec":{_json(self.spec)},"template_hash":{_json(self.template_hash)},"v":{KEY_VERSION}}}'
+            ).encode()
+            self._remember(self._tails, memo_key, tail)
+        head = messages[:-1]
+        state = self._prefixes.get(head)
+        if state is None:
+            state = hashlib.sha256(b'{"messages":[' + b"".join(_message_json(m) + b"," for m in head))
+            self._remember(self._prefixes, head, state)
+        state = state.copy()
+        state.update(_message_json(messages[-1]) + tail)
+        return state.hexdigest()
+
+    def _remember(self, memo: dict, key: Any, value: Any) -> None:
+        if len(memo) >= self.MAX_ENTRIES:
+            memo.clear()  # a run shares a handful of these; many distinct ones are not worth keeping
+        memo[key] = value
+
+
+def _message_json(message: Message) -> bytes:
+    """The JSON of a text-only turn as `request_key` writes it: orjson with sorted keys writes the
+    same bytes for strings as json.dumps(sort_keys, compact, ensure_ascii=False), in one pass."""
+    doc = {"role": message.role, "content": [{"text": p.text} for p in message.content]}
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
 
 class CachedBackend:
@@ -123,10 +189,11 @@ class CachedBackend:
         self.supports_images = backend.supports_images
         self.hits = 0
         self.misses = 0
+        self._keys = KeyMemo(self.spec, template_hash)
         self._inflight: dict[str, asyncio.Future[ChatResponse]] = {}
 
     def key(self, request: ChatRequest) -> str:
-        return request_key(self.spec, request, self.template_hash)
+        return self._keys.key(request)
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         key = self.key(request)

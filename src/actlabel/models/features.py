@@ -38,11 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from actlabel.errors import UserError
+from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC  # noqa: F401 - importable from here as before
 
 TEXT_MODEL = "minilm-l6-v2"
 IMAGE_MODEL = "efficientnet-lite0"
-#: spec of the embedded image annotator (few-shot classifier on EfficientNet-Lite0 features)
-IMAGE_ANNOTATOR_SPEC = f"features/{IMAGE_MODEL}"
 IMAGE_SIZE = 224
 RUNTIME_ENV = "ACTLABEL_FEATURE_RUNTIME"
 RUNTIMES = ("onnx", "torch")

@@ -1,10 +1,13 @@
 """Any OpenAI-compatible chat endpoint: OpenAI, vLLM, Ollama, llama.cpp server, LM Studio, SGLang,
 TGI, hosted gateways.
 
-Three interchangeable HTTP clients send the same JSON and map errors the same way:
-- "aiohttp" (default when installed): the leanest; at concurrency 64 it costs about a tenth of the
-  client CPU per call of the others (docs/benchmarks.md), which is what decides throughput against a
-  fast local server (vLLM, llama.cpp server) on a small machine;
+Four interchangeable HTTP clients send the same JSON and map errors the same way:
+- "asyncio" (default for http:// endpoints): the standard library's streams and a pool of keep-alive
+  connections (http11.py), nothing else; against a fast local server (vLLM, llama.cpp server) the
+  client's CPU per call is what decides throughput on a small machine, and this one spends the
+  least, and does not import aiohttp (0.2-0.3 s of every CLI start);
+- "aiohttp" (default for https:// endpoints when installed): about a tenth of the client CPU per
+  call of the SDK and httpx (docs/benchmarks.md);
 - "sdk": the official `openai` SDK (AsyncOpenAI), through its generic `post`;
 - "httpx": httpx directly.
 Retries are never the client's: they are ours (`retry.py`), so backoff, Retry-After and usage
@@ -31,10 +34,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import orjson
 
 from .base import (
     ChatRequest,
@@ -47,6 +50,9 @@ from .base import (
     TokenLogprob,
     Usage,
 )
+
+if TYPE_CHECKING:
+    import httpx
 
 OPENAI_URL = "https://api.openai.com/v1"
 #: statuses worth retrying besides 5xx: request timeout, conflict, too early, rate limited
@@ -258,6 +264,21 @@ def parse_completion(body: Any, request: ChatRequest, spec: str) -> ChatResponse
     )
 
 
+def encode_body(payload: dict[str, Any]) -> bytes:
+    """The request body: UTF-8 JSON straight to bytes in one pass (orjson; json.dumps + encode
+    walked it twice and was the largest JSON cost per call)."""
+    return orjson.dumps(payload)
+
+
+def decode_body(raw: bytes | str) -> Any:
+    """A response body's JSON. ValueError when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # Python's json also reads NaN and -Infinity, which some servers write for logprobs.
+        return json.loads(raw)
+
+
 def _error_detail(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -335,9 +356,12 @@ class OpenAICompatBackend:
         # Servers without auth still get a placeholder: the SDK refuses an empty key.
         self._api_key = api_key or "not-needed"
         if client == "auto":
-            client = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "sdk"
-        if client not in ("aiohttp", "sdk", "httpx"):
-            raise ModelError(f"client must be 'auto', 'aiohttp', 'sdk' or 'httpx', got {client!r}")
+            if url.startswith("http://"):
+                client = "asyncio"
+            else:
+                client = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "sdk"
+        if client not in ("asyncio", "aiohttp", "sdk", "httpx"):
+            raise ModelError(f"client must be 'auto', 'asyncio', 'aiohttp', 'sdk' or 'httpx', got {client!r}")
         self.client_kind = client
         self.max_connections = max_connections
         self._headers = {"Authorization": f"Bearer {self._api_key}", "Content-Type": "application/json"}
@@ -348,12 +372,16 @@ class OpenAICompatBackend:
         ):
             if os.environ.get(env) and is_openai:
                 self._headers[header] = os.environ[env]
-        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._http: httpx.AsyncClient | None = None
         self._sdk: Any = None
         # aiohttp sessions belong to the event loop they were made in: made lazily, per loop.
         self._aio: Any = None
         self._aio_loop: asyncio.AbstractEventLoop | None = None
+        self._aio_url: Any = None
+        self._pool: Any = None  # http11.Pool, per event loop as the aiohttp session
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._pool_path = urlsplit(url).path + "/chat/completions"
+        self._aio_errors: tuple[type[BaseException], ...] = ()
         if client == "sdk":
             from openai import AsyncOpenAI
 
@@ -366,8 +394,15 @@ class OpenAICompatBackend:
                 timeout=timeout,
             )
         elif client == "httpx":
+            import httpx
+
             limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-            self._http = httpx.AsyncClient(limits=limits, timeout=self._timeout)
+            self._http = httpx.AsyncClient(limits=limits, timeout=self._httpx_timeout())
+
+    def _httpx_timeout(self) -> httpx.Timeout:
+        import httpx
+
+        return httpx.Timeout(self.timeout, connect=min(self.timeout, 10.0))
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAICompatBackend({self.spec!r}, client={self.client_kind!r})"
@@ -384,7 +419,9 @@ class OpenAICompatBackend:
 
     async def chat(self, request: ChatRequest) -> ChatResponse:
         payload = await self._payload(request)
-        if self.client_kind == "aiohttp":
+        if self.client_kind == "asyncio":
+            body = await self._chat_asyncio(payload)
+        elif self.client_kind == "aiohttp":
             body = await self._chat_aiohttp(payload)
         elif self._sdk is not None:
             body = await self._chat_sdk(payload)
@@ -402,7 +439,7 @@ class OpenAICompatBackend:
             # and builds pydantic objects, which cost more CPU per call than everything else
             # on the client side together, and we only need the JSON.
             raw = await self._sdk.post("/chat/completions", body=payload, cast_to=bytes)
-            return json.loads(raw)
+            return decode_body(raw)
         except openai.APIStatusError as exc:
             try:
                 body = exc.response.json()
@@ -423,11 +460,51 @@ class OpenAICompatBackend:
         except openai.OpenAIError as exc:
             raise ModelError(f"{self.spec}: {one_line(str(exc))}") from None
 
-    def _aio_session(self) -> Any:
-        import aiohttp
+    async def _chat_asyncio(self, payload: dict[str, Any]) -> Any:
+        from . import http11
 
         loop = asyncio.get_running_loop()
+        if self._pool is None or self._pool_loop is not loop:
+            # A pool left on another (finished) loop cannot be used from here; drop it.
+            try:
+                self._pool = http11.Pool(
+                    self.base_url,
+                    self._headers,
+                    limit=self.max_connections,
+                    connect_timeout=min(self.timeout, 10.0),
+                )
+            except ValueError as exc:  # a header that cannot be sent (not latin-1, a line break)
+                raise ModelError(f"{self.spec}: {one_line(str(exc))}") from None
+            self._pool_loop = loop
+        try:
+            async with asyncio.timeout(self.timeout):
+                resp = await self._pool.post(self._pool_path, encode_body(payload))
+        except TimeoutError:
+            raise RetryableError(f"{self.spec}: timed out after {self.timeout:g} s") from None
+        except http11.HTTPError as exc:
+            raise RetryableError(f"{self.spec}: connection failed: {one_line(str(exc))}") from None
+        if resp.status >= 400:
+            try:
+                body = decode_body(resp.body)
+            except ValueError:
+                body = None
+            raise status_error(self.spec, resp.status, resp.headers, _error_detail(body, resp.reason))
+        if 300 <= resp.status < 400:  # not followed: a POST redirected is not one to resend blindly
+            where = resp.headers.get("location", "elsewhere")
+            raise ModelError(
+                f"{self.spec}: HTTP {resp.status}: the endpoint moved to {one_line(where)}; use that URL"
+            )
+        try:
+            return decode_body(resp.body)
+        except ValueError:
+            raise RetryableError(f"{self.spec}: malformed response body") from None
+
+    def _aio_session(self) -> Any:
+        loop = asyncio.get_running_loop()
         if self._aio is None or self._aio_loop is not loop or self._aio.closed:
+            import aiohttp
+            import yarl
+
             # A session left on another (finished) loop cannot be closed from here; drop it.
             self._aio = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.max_connections),
@@ -435,43 +512,41 @@ class OpenAICompatBackend:
                 headers=self._headers,
             )
             self._aio_loop = loop
+            # Parsed once: aiohttp would parse the URL string again on every call.
+            self._aio_url = yarl.URL(f"{self.base_url}/chat/completions")
+            self._aio_errors = (aiohttp.ClientError,)
         return self._aio
 
     async def _chat_aiohttp(self, payload: dict[str, Any]) -> Any:
-        import aiohttp
-
         session = self._aio_session()
         try:
-            async with session.post(
-                f"{self.base_url}/chat/completions",
-                data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-            ) as resp:
+            async with session.post(self._aio_url, data=encode_body(payload)) as resp:
                 raw = await resp.read()
                 status, headers, reason = resp.status, resp.headers, resp.reason or ""
         except TimeoutError:
             raise RetryableError(f"{self.spec}: timed out after {self.timeout:g} s") from None
-        except aiohttp.ClientError as exc:
+        except self._aio_errors as exc:
             raise RetryableError(
                 f"{self.spec}: connection failed: {one_line(type(exc).__name__ + ' ' + str(exc))}"
             ) from None
         if status >= 400:
             try:
-                body = json.loads(raw)
+                body = decode_body(raw)
             except ValueError:
                 body = None
             raise status_error(self.spec, status, headers, _error_detail(body, reason))
         try:
-            return json.loads(raw)
+            return decode_body(raw)
         except ValueError:
             raise RetryableError(f"{self.spec}: malformed response body") from None
 
     async def _chat_httpx(self, payload: dict[str, Any]) -> Any:
+        import httpx
+
         assert self._http is not None
         try:
             resp = await self._http.post(
-                f"{self.base_url}/chat/completions",
-                content=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-                headers=self._headers,
+                f"{self.base_url}/chat/completions", content=encode_body(payload), headers=self._headers
             )
         except httpx.TimeoutException:
             raise RetryableError(f"{self.spec}: timed out after {self.timeout:g} s") from None
@@ -488,14 +563,16 @@ class OpenAICompatBackend:
                 self.spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase)
             )
         try:
-            return resp.json()
+            return decode_body(resp.content)
         except ValueError:
             raise RetryableError(f"{self.spec}: malformed response body") from None
 
     async def list_models(self) -> list[str]:
         """Model names the endpoint serves (GET /models): for `actlabel plan` and error hints."""
+        import httpx
+
         try:
-            async with httpx.AsyncClient(timeout=self._timeout) as http:
+            async with httpx.AsyncClient(timeout=self._httpx_timeout()) as http:
                 resp = await http.get(
                     f"{self.base_url}/models", headers={"Authorization": f"Bearer {self._api_key}"}
                 )
@@ -512,3 +589,6 @@ class OpenAICompatBackend:
         if self._aio is not None and self._aio_loop is asyncio.get_running_loop():
             await self._aio.close()
         self._aio = None
+        if self._pool is not None and self._pool_loop is asyncio.get_running_loop():
+            self._pool.close()
+        self._pool = None

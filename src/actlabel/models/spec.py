@@ -13,6 +13,10 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
+#: spec of the embedded image annotator (few-shot classifier on EfficientNet-Lite0 features); here,
+#: not in features.py, so what only compares specs does not import numpy with the feature models
+IMAGE_ANNOTATOR_SPEC = "features/efficientnet-lite0"  # features.IMAGE_MODEL
+
 #: kind -> "module:Class" of its backend (loaded only when a capability is asked for)
 BACKENDS = {
     "openai": "actlabel.models.openai_compat:OpenAICompatBackend",
