@@ -31,6 +31,7 @@ from typing import Literal
 
 import numpy as np
 
+from actlabel.logistic import sigmoid
 from actlabel.loss import act_loss, ppi_lambda
 
 LossKind = Literal["tuned", "clip", "exact"]
@@ -252,7 +253,7 @@ class LinearACTMultiLabel:
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         z = ((np.asarray(features, dtype=float) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+        return sigmoid(z)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return (self.predict_proba(features) >= 0.5).astype(np.int8)

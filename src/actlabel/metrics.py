@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
+
+from actlabel.logistic import logit, two_sided_z
 
 # ----------------------------------------------------------------------------------------------
 # validation helpers
@@ -63,12 +64,6 @@ def _weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise ValueError(f"sample_weight must be finite and >= 0; got {w[i].item()!r} at index {i}")
     return w
-
-
-def _z(confidence: float) -> float:
-    if not (0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,10 +248,6 @@ class PlattCalibrator:
         self.tol = tol
         self.eps = eps
 
-    def _logit(self, e: np.ndarray) -> np.ndarray:
-        e = np.clip(e, self.eps, 1.0 - self.eps)
-        return np.log(e) - np.log1p(-e)
-
     def fit(
         self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
     ) -> PlattCalibrator:
@@ -265,7 +256,7 @@ class PlattCalibrator:
         w = _weights(sample_weight, x.size)
         if w.sum() <= 0:
             raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
-        s = self._logit(x)
+        s = logit(x, self.eps)
         n_pos, n_neg = float(w[y].sum()), float(w[~y].sum())
         t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
         z = np.stack([s, np.ones_like(s)], axis=1)
@@ -309,7 +300,7 @@ class PlattCalibrator:
     def predict(self, error_prob: np.ndarray) -> np.ndarray:
         if not hasattr(self, "coef_"):
             raise ValueError("PlattCalibrator is not fitted yet: call fit first")
-        s = self._logit(_prob_array(error_prob, "error_prob"))
+        s = logit(_prob_array(error_prob, "error_prob"), self.eps)
         return 0.5 * (1.0 + np.tanh(0.5 * (self.coef_ * s + self.intercept_)))
 
     __call__ = predict
@@ -706,7 +697,7 @@ def residual_error_estimate(
         raise ValueError(f"review_prob must have length {n}, got {pi.size}")
     if interval not in ("adjusted", "wald"):
         raise ValueError(f"interval must be 'adjusted' or 'wald', got {interval!r}")
-    z = _z(confidence)
+    z = two_sided_z(confidence)
     raw = np.asarray(is_error, dtype=float)
     n_rev = int(d.sum())
     if raw.shape == (n,):

@@ -164,21 +164,16 @@ def _latest_critiques_by_strategy(store: Store, data: _Data) -> dict[str, tuple[
     Empty unless the store holds two strategies or more: the common single-strategy project then
     skips the grouped scan of the whole critiques table.
     """
-    strategies = [
-        r[0] for r in store.conn.execute("SELECT DISTINCT strategy FROM critiques ORDER BY strategy")
-    ]
+    strategies = [r[0] for r in store.distinct("critiques", "strategy")]
     if len(strategies) < 2 or data.n == 0:
         return {}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for strategy in strategies:
-        # SQLite's bare-column max(): error_prob comes from the row holding max(id) of each group.
-        rows = store.conn.execute(
-            "SELECT item_rowid, max(id), error_prob FROM critiques WHERE strategy = ? AND error_prob IS NOT NULL"
-            " GROUP BY item_rowid",
-            (strategy,),
-        ).fetchall()
-        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        probs = np.fromiter((r[2] for r in rows), dtype=float, count=len(rows))
+        latest = store.latest(
+            "critiques", ("error_prob",), "strategy = ? AND error_prob IS NOT NULL", (strategy,)
+        )
+        rowids = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
+        probs = np.fromiter((v[0] for v in latest.values()), dtype=float, count=len(latest))
         # iter_current orders items by rowid, so a sorted search maps rowids to item indexes.
         pos = np.minimum(np.searchsorted(data.rowids, rowids), data.n - 1)
         found = data.rowids[pos] == rowids
@@ -448,7 +443,7 @@ def _overview(store: Store, data: _Data) -> str:
     reviewed = int(data.reviewed.sum())
     pending = int((data.selected & ~data.reviewed).sum())
     gold = int((data.gold >= 0).sum())
-    rounds = store.conn.execute("SELECT count(DISTINCT round) FROM selections").fetchone()[0]
+    rounds = store.last_round()
 
     def stage(name: str, done: bool, detail: str) -> str:
         mark = "done" if done else "todo"
@@ -513,15 +508,8 @@ def _usage_table(store: Store) -> str:
             acc[f] += float(run[f] or 0)
     total = {k: sum(s[k] for s in by_stage.values()) for k in ("runs", *fields)}
     models = {
-        "annotate": [
-            r[0] for r in store.conn.execute("SELECT DISTINCT model FROM annotations ORDER BY model")
-        ],
-        "critique": [
-            f"{m} ({s})"
-            for m, s in store.conn.execute(
-                "SELECT DISTINCT model, strategy FROM critiques ORDER BY model, strategy"
-            )
-        ],
+        "annotate": [r[0] for r in store.distinct("annotations", "model")],
+        "critique": [f"{m} ({s})" for m, s in store.distinct("critiques", "model, strategy")],
     }
 
     def row(name: str, s: dict[str, float]) -> list[str]:
@@ -978,12 +966,7 @@ def _reviewers(store: Store, data: _Data) -> str:
     agree_critic = share(human == proposed, proposed >= 0)
     has_gold = bool((gold >= 0).any())
     agree_gold = share(human == gold, gold >= 0)
-    totals = {
-        reviewer: (n, sources, duration)
-        for reviewer, n, sources, duration in store.conn.execute(
-            "SELECT reviewer, count(*), group_concat(DISTINCT source), avg(duration_ms) FROM reviews GROUP BY reviewer"
-        )
-    }
+    totals = {reviewer: (n, sources, duration) for reviewer, n, sources, duration in store.reviewer_totals()}
     rows = []
     for j, reviewer in enumerate(who.tolist()):
         n_all, sources, duration = totals.get(reviewer, (0, "", None))

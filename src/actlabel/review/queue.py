@@ -38,16 +38,6 @@ _CHUNK = 900  # SQLite's default limit on host parameters is 999
 # then, for the selected ones only, the latest critique's error_prob and whether any review exists.
 # MATERIALIZED keeps SQLite from folding the outer WHERE into the grouping, which would change
 # which row the bare column is read from.
-_SELECTED_SQL = """
-    WITH latest AS MATERIALIZED (
-        SELECT item_rowid, max(id) AS id, selected FROM selections GROUP BY item_rowid
-    )
-    SELECT latest.item_rowid,
-           (SELECT c.error_prob FROM critiques c WHERE c.item_rowid = latest.item_rowid
-             ORDER BY c.id DESC LIMIT 1),
-           EXISTS (SELECT 1 FROM reviews r WHERE r.item_rowid = latest.item_rowid)
-    FROM latest WHERE latest.selected = 1
-"""
 
 
 class UnknownItem(UserError):
@@ -121,7 +111,7 @@ class SelectedItem:
 
 def selected_items(store: Store) -> list[SelectedItem]:
     """Every item whose latest selection has `selected = 1`, in review order (most suspicious first)."""
-    rows = [SelectedItem(r, p, bool(rev)) for r, p, rev in store.conn.execute(_SELECTED_SQL)]
+    rows = [SelectedItem(r, p, bool(rev)) for r, p, rev in store.selected_for_review()]
     rows.sort(key=_priority)
     return rows
 
@@ -144,39 +134,23 @@ def text_fields(store: Store, data: dict[str, Any], image_path: str | None) -> l
 def load_items(store: Store, rowids: Sequence[int]) -> list[ReviewItem]:
     """Full review details for `rowids` (in that order; unknown rowids are left out), a few queries per chunk."""
     out: list[ReviewItem] = []
-    conn = store.conn
     for start in range(0, len(rowids), _CHUNK):
         chunk = list(rowids[start : start + _CHUNK])
-        marks = ",".join("?" * len(chunk))
-
-        def latest(table: str, cols: str, chunk: list[int] = chunk, marks: str = marks) -> dict[int, tuple]:
-            sql = f"SELECT item_rowid, max(id), {cols} FROM {table} WHERE item_rowid IN ({marks}) GROUP BY item_rowid"
-            return {row[0]: row[2:] for row in conn.execute(sql, chunk)}
-
-        items = {
-            row[0]: row
-            for row in conn.execute(
-                f"SELECT rowid, item_id, data, image_path, gold_label FROM items WHERE rowid IN ({marks})",
-                chunk,
-            )
-        }
-        annotations = latest("annotations", "label, confidence")
-        critiques = latest("critiques", "error_prob, proposed_label, rationale")
-        selections = latest("selections", "review_prob")
-        reviews = latest("reviews", "label, reviewer")
-        for rowid in chunk:
-            if rowid not in items:
-                continue
-            _, item_id, data, image_path, gold = items[rowid]
+        annotations = store.latest("annotations", ("label", "confidence"), rowids=chunk)
+        critiques = store.latest("critiques", ("error_prob", "proposed_label", "rationale"), rowids=chunk)
+        selections = store.latest("selections", ("review_prob",), rowids=chunk)
+        reviews = store.latest("reviews", ("label", "reviewer"), rowids=chunk)
+        for item in store.iter_items(chunk):
+            rowid = item.rowid
             label, confidence = annotations.get(rowid, (None, None))
             error_prob, proposed, rationale = critiques.get(rowid, (None, None, None))
             human, human_reviewer = reviews.get(rowid, (None, None))
             out.append(
                 ReviewItem(
                     rowid=rowid,
-                    item_id=item_id,
-                    fields=text_fields(store, json.loads(data), image_path),
-                    image_path=image_path,
+                    item_id=item.item_id,
+                    fields=text_fields(store, item.data, item.image_path),
+                    image_path=item.image_path,
                     machine_label=label,
                     machine_confidence=confidence,
                     error_prob=error_prob,
@@ -185,7 +159,7 @@ def load_items(store: Store, rowids: Sequence[int]) -> list[ReviewItem]:
                     review_prob=selections.get(rowid, (None,))[0],
                     human_label=human,
                     human_reviewer=human_reviewer,
-                    gold_label=gold,
+                    gold_label=item.gold_label,
                 )
             )
     return out
@@ -252,8 +226,7 @@ class ReviewQueue:
 
     def image_path(self, rowid: int) -> str | None:
         with self._lock:
-            row = self.store.conn.execute("SELECT image_path FROM items WHERE rowid = ?", (rowid,)).fetchone()
-            return None if row is None else row[0]
+            return self.store.image_path_of(rowid)
 
     def current(self, reviewer: str) -> int | None:
         with self._lock:
