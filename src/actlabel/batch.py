@@ -42,7 +42,7 @@ import httpx
 
 from actlabel.errors import UserError
 from actlabel.models.base import ChatRequest, ChatResponse, ModelError, RetryableError
-from actlabel.models.retry import RetryPolicy
+from actlabel.models.retry import RetryPolicy, call_with_retry
 from actlabel.models.spec import FEATURES, ModelSpec
 from actlabel.store import Store
 
@@ -105,41 +105,28 @@ class BatchClient:
         self.policy = policy or RetryPolicy(max_attempts=5, base_delay=1.0, max_delay=30.0)
 
     async def _send(self, method: str, path: str, *, idempotent: bool = True, **kw: Any) -> httpx.Response:
-        from actlabel.models.openai_compat import _error_detail, one_line, status_error
+        from actlabel.models.openai_compat import http_error, one_line
 
-        attempt = 0
-        while True:
+        async def once() -> httpx.Response:
             for upload in (kw.get("files") or {}).values():
                 upload[1].seek(0)  # a retried upload sends the file from its start again
             try:
                 resp = await self._http.request(method, f"{self.base_url}{path}", **kw)
-                if resp.status_code >= 400:
-                    try:
-                        body = resp.json()
-                    except ValueError:
-                        body = None
-                    raise status_error(
-                        self.spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase)
-                    )
-                return resp
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: always safe to ask again.
-                error: RetryableError = RetryableError(
-                    f"{self.spec}: connection failed: {one_line(str(exc))}"
-                )
+                raise RetryableError(f"{self.spec}: connection failed: {one_line(str(exc))}") from None
             except httpx.TransportError as exc:
                 if not idempotent:
                     raise MaybeCreated(
                         f"{self.spec}: {method} {path} failed midway ({type(exc).__name__}); it may have "
                         "been created: run the same command again, the job is matched by its input file"
                     ) from None
-                error = RetryableError(f"{self.spec}: {method} {path} failed: {type(exc).__name__}")
-            except RetryableError as exc:  # 429/5xx: the server answered, so it did not act
-                error = exc
-            attempt += 1
-            if attempt >= self.policy.max_attempts:
-                raise error
-            await asyncio.sleep(self.policy.delay(attempt - 1, error.retry_after, _RNG))
+                raise RetryableError(f"{self.spec}: {method} {path} failed: {type(exc).__name__}") from None
+            if resp.status_code >= 400:  # 429/5xx are retryable: the server answered, so it did not act
+                raise http_error(self.spec, resp)
+            return resp
+
+        return await call_with_retry(once, policy=self.policy, rng=_RNG)
 
     async def upload(self, fh: IO[bytes], filename: str) -> str:
         resp = await self._send(
