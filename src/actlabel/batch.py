@@ -296,48 +296,14 @@ class Job:
     request_count: int
 
 
-def _jobs(store: Store, where: str, args: tuple[Any, ...]) -> list[Job]:
-    rows = store.conn.execute(
-        "SELECT job_id, stage, spec, provider_batch_id, input_file_id, status, request_count "
-        f"FROM batch_jobs WHERE {where} ORDER BY job_id",
-        args,
-    ).fetchall()
-    return [Job(*r) for r in rows]
-
-
 def open_jobs(store: Store, stage: str, spec: str) -> list[Job]:
     """Jobs of this stage and model whose results are not in the store yet."""
-    return _jobs(
-        store,
-        "stage = ? AND spec = ? AND status NOT IN (?, ?, 'failed')",
-        (stage, spec, COLLECTED, ABANDONED),
-    )
+    return [Job(*row) for row in store.batch_jobs(stage, spec, exclude=(COLLECTED, ABANDONED, "failed"))]
 
 
 def online_keys(store: Store, spec: str) -> set[str]:
     """Keys a collected batch failed: the next run sends them online instead of batching again."""
-    return {
-        k
-        for (k,) in store.conn.execute(
-            "SELECT r.key FROM batch_requests r JOIN batch_jobs j ON j.job_id = r.job_id "
-            "WHERE j.spec = ? AND r.status = 'failed'",
-            (spec,),
-        )
-    }
-
-
-def _set_status(store: Store, job_id: int, status: str, provider_batch_id: str | None = None) -> None:
-    with store.transaction():
-        if provider_batch_id is None:
-            store.conn.execute(
-                "UPDATE batch_jobs SET status = ?, updated_at = ? WHERE job_id = ?",
-                (status, time.time(), job_id),
-            )
-        else:
-            store.conn.execute(
-                "UPDATE batch_jobs SET status = ?, provider_batch_id = ?, updated_at = ? WHERE job_id = ?",
-                (status, provider_batch_id, time.time(), job_id),
-            )
+    return store.failed_batch_keys(spec)
 
 
 # ---- submit, poll, collect ------------------------------------------------------------------------
@@ -357,36 +323,16 @@ async def submit(
     for i, chunk in enumerate(recorder.chunks):
         chunk.fh.flush()
         file_id = await client.upload(chunk.fh, f"actlabel-{stage}-{int(time.time())}-{i}.jsonl")
-        now = time.time()
-        with store.transaction():
-            cur = store.conn.execute(
-                "INSERT INTO batch_jobs (stage, spec, provider_batch_id, input_file_id, status, created_at, "
-                "updated_at, request_count, params) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
-                (
-                    stage,
-                    spec,
-                    file_id,
-                    CREATING,
-                    now,
-                    now,
-                    len(chunk.keys),
-                    json.dumps({"endpoint": ENDPOINT}),
-                ),
-            )
-            job_id = int(cur.lastrowid)
-            store.conn.executemany(
-                "INSERT INTO batch_requests (job_id, key, choices) VALUES (?, ?, ?)",
-                ((job_id, k, c) for k, c in chunk.keys),
-            )
+        job_id = store.add_batch_job(stage, spec, file_id, CREATING, chunk.keys, {"endpoint": ENDPOINT})
         try:
             batch = await client.create(file_id, {"actlabel_stage": stage, "actlabel_job": str(job_id)})
         except MaybeCreated:
             raise  # the job stays 'creating': the next run looks for its batch by input file
         except ModelError as exc:
             # The provider answered no (e.g. no batch API): nothing was created or paid.
-            _set_status(store, job_id, ABANDONED)
+            store.set_batch_job_status(job_id, ABANDONED)
             raise UserError(f"the provider refused the batch: {exc}") from None
-        _set_status(store, job_id, str(batch.get("status") or "validating"), str(batch["id"]))
+        store.set_batch_job_status(job_id, str(batch.get("status") or "validating"), str(batch["id"]))
         out.append(Submitted(str(batch["id"]), len(chunk.keys)))
     return out
 
@@ -407,9 +353,9 @@ async def _adopt(store: Store, client: BatchClient, job: Job) -> Job:
     """A job stored but maybe never created (the process died in between): find its batch."""
     found = await client.find_by_input_file(job.input_file_id)
     if found is None:
-        _set_status(store, job.job_id, ABANDONED)
+        store.set_batch_job_status(job.job_id, ABANDONED)
         return Job(job.job_id, job.stage, job.spec, "", job.input_file_id, ABANDONED, job.request_count)
-    _set_status(store, job.job_id, str(found.get("status")), str(found["id"]))
+    store.set_batch_job_status(job.job_id, str(found.get("status")), str(found["id"]))
     return Job(
         job.job_id,
         job.stage,
@@ -439,12 +385,7 @@ async def collect(store: Store, client: BatchClient, job: Job, batch: dict[str, 
 
     status = str(batch.get("status"))
     report = Collected(job.provider_batch_id, status)
-    submitted = {
-        k: c
-        for k, c in store.conn.execute(
-            "SELECT key, choices FROM batch_requests WHERE job_id = ?", (job.job_id,)
-        )
-    }
+    submitted = store.batch_request_choices(job.job_id)
     answers: dict[str, ChatResponse] = {}
     errors: dict[str, str] = {}
     if status == "failed":
@@ -455,11 +396,7 @@ async def collect(store: Store, client: BatchClient, job: Job, batch: dict[str, 
             for e in ((batch.get("errors") or {}).get("data") or [])
             if isinstance(e, dict)
         )
-        with store.transaction():
-            store.conn.execute(
-                "UPDATE batch_jobs SET status = 'failed', updated_at = ?, params = ? WHERE job_id = ?",
-                (time.time(), json.dumps({"endpoint": ENDPOINT, "errors": detail}), job.job_id),
-            )
+        store.set_batch_job_status(job.job_id, "failed", params={"endpoint": ENDPOINT, "errors": detail})
         report.failed, report.error = len(submitted), one_line(detail, 200)
         return report
     for file_field in ("output_file_id", "error_file_id"):
@@ -502,18 +439,8 @@ async def collect(store: Store, client: BatchClient, job: Job, batch: dict[str, 
                 response.usage.input_tokens,
                 response.usage.output_tokens,
             )
-        store.conn.executemany(
-            "UPDATE batch_requests SET status = 'ok' WHERE job_id = ? AND key = ?",
-            ((job.job_id, k) for k in answers),
-        )
-        store.conn.executemany(
-            "UPDATE batch_requests SET status = 'failed', error = ? WHERE job_id = ? AND key = ?",
-            ((e, job.job_id, k) for k, e in errors.items()),
-        )
-        store.conn.execute(
-            "UPDATE batch_jobs SET status = ?, updated_at = ? WHERE job_id = ?",
-            (COLLECTED, time.time(), job.job_id),
-        )
+        store.record_batch_answers(job.job_id, answers, errors)
+        store.set_batch_job_status(job.job_id, COLLECTED)
         # The batch's calls in the runs table, so status/report count them like online calls
         # (the stage that reads them back sees cache hits).
         run_id = store.start_run(
@@ -569,7 +496,7 @@ async def poll(
                 collected.append(await collect(store, client, job, batch))
                 continue
             if status != job.status:
-                _set_status(store, job.job_id, status)
+                store.set_batch_job_status(job.job_id, status)
             counts = batch.get("request_counts") or {}
             done = int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
             waiting.append(

@@ -912,6 +912,87 @@ class Store:
             f"SELECT count(*) FROM {table} {('WHERE ' + where) if where else ''}"
         ).fetchone()[0]
 
+    # ---- provider batch jobs (batch.py) ------------------------------------------------------
+    def add_batch_job(
+        self,
+        stage: str,
+        spec: str,
+        input_file_id: str,
+        status: str,
+        requests: Sequence[tuple[str, str | None]],
+        params: dict[str, Any],
+    ) -> int:
+        """Store a job and its (cache key, choices) requests before the provider is asked to run
+        it, so a restarted process finds it; returns its job_id."""
+        now = time.time()
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO batch_jobs (stage, spec, provider_batch_id, input_file_id, status, created_at, "
+                "updated_at, request_count, params) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
+                (stage, spec, input_file_id, status, now, now, len(requests), json.dumps(params)),
+            )
+            job_id = int(cur.lastrowid)
+            self.conn.executemany(
+                "INSERT INTO batch_requests (job_id, key, choices) VALUES (?, ?, ?)",
+                ((job_id, k, c) for k, c in requests),
+            )
+        return job_id
+
+    def batch_jobs(self, stage: str, spec: str, *, exclude: Sequence[str] = ()) -> list[tuple]:
+        """(job_id, stage, spec, provider_batch_id, input_file_id, status, request_count) of the
+        jobs of a stage and model whose status is not in `exclude`, oldest first."""
+        marks = ",".join("?" * len(exclude))
+        return self.conn.execute(
+            "SELECT job_id, stage, spec, provider_batch_id, input_file_id, status, request_count FROM batch_jobs "
+            f"WHERE stage = ? AND spec = ? AND status NOT IN ({marks}) ORDER BY job_id",
+            (stage, spec, *exclude),
+        ).fetchall()
+
+    def set_batch_job_status(
+        self,
+        job_id: int,
+        status: str,
+        provider_batch_id: str | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        sets, args = ["status = ?", "updated_at = ?"], [status, time.time()]
+        if provider_batch_id is not None:
+            sets.append("provider_batch_id = ?")
+            args.append(provider_batch_id)
+        if params is not None:
+            sets.append("params = ?")
+            args.append(json.dumps(params))
+        with self.transaction():
+            self.conn.execute(f"UPDATE batch_jobs SET {', '.join(sets)} WHERE job_id = ?", (*args, job_id))
+
+    def batch_request_choices(self, job_id: int) -> dict[str, str | None]:
+        """cache key -> the constrained choices of each request of a job."""
+        return dict(self.conn.execute("SELECT key, choices FROM batch_requests WHERE job_id = ?", (job_id,)))
+
+    def record_batch_answers(self, job_id: int, answered: Iterable[str], errors: dict[str, str]) -> None:
+        """Which requests of a collected job the provider answered, and why the others failed."""
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE batch_requests SET status = 'ok' WHERE job_id = ? AND key = ?",
+                ((job_id, k) for k in answered),
+            )
+            self.conn.executemany(
+                "UPDATE batch_requests SET status = 'failed', error = ? WHERE job_id = ? AND key = ?",
+                ((e, job_id, k) for k, e in errors.items()),
+            )
+
+    def failed_batch_keys(self, spec: str) -> set[str]:
+        """Cache keys a collected batch of this model failed."""
+        return {
+            k
+            for (k,) in self.conn.execute(
+                "SELECT r.key FROM batch_requests r JOIN batch_jobs j ON j.job_id = r.job_id "
+                "WHERE j.spec = ? AND r.status = 'failed'",
+                (spec,),
+            )
+        }
+
     # ---- the current state of every item, for export / status / report ---------------------
     CURRENT_COLUMNS = CurrentRow._fields
 
