@@ -219,6 +219,15 @@ class CurrentRow(NamedTuple):
     image_path: str | None
 
 
+@dataclass(frozen=True)
+class LeaseRefused:
+    """Why an item could not be leased: `holder` holds it until `expires_at`, or, with holder
+    None, the item has a review already."""
+
+    holder: str | None
+    expires_at: float | None
+
+
 def _current_record(alias: str, table: str) -> str:
     """The join condition that keeps, for each item `i`, its latest record of `table`: an index
     lookup on (item_rowid, id), which streams where a joined GROUP BY subquery was materialised
@@ -911,6 +920,59 @@ class Store:
         return self.conn.execute(
             f"SELECT count(*) FROM {table} {('WHERE ' + where) if where else ''}"
         ).fetchone()[0]
+
+    # ---- review leases (review/queue.py) -------------------------------------------------------
+    def take_lease(
+        self, rowid: int, reviewer: str, expires_at: float, now: float, *, refuse_reviewed: bool = True
+    ) -> LeaseRefused | None:
+        """Lease (or renew) an item for a reviewer, across processes; None when taken, else why not:
+        another reviewer's unexpired lease, or (with `refuse_reviewed`) a review already stored."""
+        with self.transaction() as conn:
+            if (
+                refuse_reviewed
+                and conn.execute("SELECT 1 FROM reviews WHERE item_rowid = ? LIMIT 1", (rowid,)).fetchone()
+            ):
+                return LeaseRefused(None, None)
+            cur = conn.execute(
+                "INSERT INTO leases (item_rowid, reviewer, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (item_rowid) DO UPDATE SET reviewer = excluded.reviewer, expires_at = excluded.expires_at"
+                " WHERE leases.reviewer = excluded.reviewer OR leases.expires_at <= ?",
+                (rowid, reviewer, expires_at, now),
+            )
+            if cur.rowcount == 1:
+                return None
+            holder, expires = conn.execute(
+                "SELECT reviewer, expires_at FROM leases WHERE item_rowid = ?", (rowid,)
+            ).fetchone()
+            return LeaseRefused(holder, expires)
+
+    def release_leases(self, held: Iterable[tuple[int, str]]) -> None:
+        """Give back the (rowid, reviewer) leases."""
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", held)
+
+    def save_leased_review(
+        self, rowid: int, label: str, reviewer: str, source: str, duration_ms: int | None, created_at: float
+    ) -> int | None:
+        """Append a review (`label` in its stored form) and give back the reviewer's lease, in one
+        transaction; the review id, or None when the item does not exist."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM items WHERE rowid = ?", (rowid,)).fetchone() is None:
+                return None
+            cur = conn.execute(
+                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (rowid, reviewer, label, source, duration_ms, created_at),
+            )
+            conn.execute("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", (rowid, reviewer))
+        return int(cur.lastrowid)
+
+    def last_reviewed_by(self, reviewer: str) -> int | None:
+        """The rowid of the item this reviewer answered last."""
+        row = self.conn.execute(
+            "SELECT item_rowid FROM reviews WHERE reviewer = ? ORDER BY id DESC LIMIT 1", (reviewer,)
+        ).fetchone()
+        return None if row is None else row[0]
 
     # ---- provider batch jobs (batch.py) ------------------------------------------------------
     def add_batch_job(

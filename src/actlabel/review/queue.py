@@ -273,36 +273,22 @@ class ReviewQueue:
     def _try_lease(self, rowid: int, reviewer: str, now: float, allow_reviewed: bool = False) -> bool:
         """Lease (or renew) `rowid` for the reviewer in the store; False if another process holds or reviewed it."""
         expires = now + self.lease_s
-        with self.store.transaction() as conn:
-            if (
-                not allow_reviewed
-                and conn.execute("SELECT 1 FROM reviews WHERE item_rowid = ? LIMIT 1", (rowid,)).fetchone()
-            ):
-                # Reviewed by another process since the queue was built.
-                if rowid in self._selected:
-                    self._done.add(rowid)
-                return False
-            cur = conn.execute(
-                "INSERT INTO leases (item_rowid, reviewer, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (item_rowid) DO UPDATE SET reviewer = excluded.reviewer, expires_at = excluded.expires_at"
-                " WHERE leases.reviewer = excluded.reviewer OR leases.expires_at <= ?",
-                (rowid, reviewer, expires, now),
-            )
-            if cur.rowcount != 1:
-                holder = conn.execute(
-                    "SELECT reviewer, expires_at FROM leases WHERE item_rowid = ?", (rowid,)
-                ).fetchone()
-                self._leases[rowid] = _Lease(holder[0], holder[1])
-                return False
-        self._leases[rowid] = _Lease(reviewer, expires)
-        return True
+        refused = self.store.take_lease(rowid, reviewer, expires, now, refuse_reviewed=not allow_reviewed)
+        if refused is None:
+            self._leases[rowid] = _Lease(reviewer, expires)
+            return True
+        if refused.holder is None:  # reviewed by another process since the queue was built
+            if rowid in self._selected:
+                self._done.add(rowid)
+        else:
+            self._leases[rowid] = _Lease(refused.holder, refused.expires_at)
+        return False
 
     def _release(self, rowid: int, reviewer: str) -> None:
         lease = self._leases.get(rowid)
         if lease is not None and lease.reviewer == reviewer:
             del self._leases[rowid]
-        with self.store.transaction() as conn:
-            conn.execute("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", (rowid, reviewer))
+        self.store.release_leases([(rowid, reviewer)])
 
     # ---- answers ----------------------------------------------------------------------------
     def save(
@@ -312,16 +298,9 @@ class ReviewQueue:
         label = self.store.review_label(rowid, label)  # a set, in a multi-label task
         with self._lock:
             now = self._clock()
-            with self.store.transaction() as conn:
-                if conn.execute("SELECT 1 FROM items WHERE rowid = ?", (rowid,)).fetchone() is None:
-                    raise UnknownItem(f"item {rowid} does not exist in this project")
-                cur = conn.execute(
-                    "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (rowid, reviewer, label, source, duration_ms, now),
-                )
-                review_id = int(cur.lastrowid)
-                conn.execute("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", (rowid, reviewer))
+            review_id = self.store.save_leased_review(rowid, label, reviewer, source, duration_ms, now)
+            if review_id is None:
+                raise UnknownItem(f"item {rowid} does not exist in this project")
             lease = self._leases.get(rowid)
             if lease is not None and lease.reviewer == reviewer:
                 del self._leases[rowid]
@@ -351,10 +330,8 @@ class ReviewQueue:
         with self._lock:
             if reviewer not in self._history:
                 # Nothing saved in this process (e.g. after a restart): fall back to the store.
-                row = self.store.conn.execute(
-                    "SELECT item_rowid FROM reviews WHERE reviewer = ? ORDER BY id DESC LIMIT 1", (reviewer,)
-                ).fetchone()
-                self._history[reviewer] = [row[0]] if row else []
+                last = self.store.last_reviewed_by(reviewer)
+                self._history[reviewer] = [] if last is None else [last]
             history = self._history[reviewer]
             current = self._current.get(reviewer, (None,))[0]
             while history:
@@ -372,8 +349,7 @@ class ReviewQueue:
         """Give back every lease this queue holds (on shutdown), so other processes can take the items."""
         with self._lock:
             held = [(rowid, lease.reviewer) for rowid, lease in self._leases.items()]
-            with self.store.transaction() as conn:
-                conn.executemany("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", held)
+            self.store.release_leases(held)
             self._leases.clear()
             self._current.clear()
 
