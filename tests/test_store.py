@@ -82,7 +82,7 @@ def test_named_queries_read_the_current_record_of_each_item(tmp_path: Path) -> N
     store.add_annotations(
         [
             ann | {"item_rowid": r0, "label": "a", "status": "ok", "confidence": 0.9},
-            ann | {"item_rowid": r0, "label": "b", "status": "ok", "confidence": 0.6},
+            ann | {"item_rowid": r0, "label": "b", "status": "ok", "confidence": 0.6, "probs": '{"b": 0.6}'},
             ann | {"item_rowid": r1, "label": "a", "status": "ok"},
             ann | {"item_rowid": r1, "label": None, "status": "failed", "error": "timeout"},
             ann | {"item_rowid": r2, "label": "b", "status": "ok", "run_id": 2},
@@ -91,6 +91,8 @@ def test_named_queries_read_the_current_record_of_each_item(tmp_path: Path) -> N
     current = store.current_annotations()
     assert list(current) == [r0, r2]  # r1's latest annotation failed: no machine label
     assert (current[r0].label, current[r0].confidence, current[r2].run_id) == ("b", 0.6, 2)
+    assert current[r0].probs is None and store.current_annotations(with_probs=True)[r0].probs == '{"b": 0.6}'
+    assert store.has_machine_labels()
     assert store.latest("annotations", ("label",), "status = ?", ("ok",)) == {
         r0: ("b",),
         r1: ("a",),
@@ -150,6 +152,7 @@ def test_named_queries_read_the_current_record_of_each_item(tmp_path: Path) -> N
         ("x2", "b", 0.4, 0, None),
     ]
     assert store.gold_labels() == {r1: "a", r2: "a"}
+    assert store.gold_and_machine_labels() == [("a", "b")]  # r1's machine label failed
     store.close()
 
 

@@ -358,7 +358,7 @@ async def critique_async(
             raise UserError(f"the {strategy} critic uses no chat model; drop --model")
         if limit is not None and limit < 1:
             raise UserError("--limit must be at least 1")
-        if not store.current_annotations():
+        if not store.has_machine_labels():
             raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
         return _critique_offline(store, strategy, None, limit=limit, seed=seed)
     name, members = parse_strategy(strategy)

@@ -164,7 +164,7 @@ def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
             "--refine relabels single-label tasks; a multi-label task's labels come from `annotate`"
         )
     names = list(task.label_names)
-    current = store.current_annotations()
+    current = store.current_annotations(with_probs=True)
     if not current:
         raise UserError("no machine labels to refine: run `actlabel annotate` first")
     reviews = {r: lab for r, lab in reviews.items() if lab in names and r in current}

@@ -134,8 +134,7 @@ def label_max_tokens(names: Sequence[str]) -> int:
 
 def gold_accuracy(store: Store) -> tuple[float | None, int]:
     """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
-    gold = store.gold_labels()
-    pairs = [(gold[r], a.label) for r, a in store.current_annotations().items() if r in gold]
+    pairs = store.gold_and_machine_labels()
     if not pairs:
         return None, 0
     return sum(g == m for g, m in pairs) / len(pairs), len(pairs)

@@ -723,10 +723,12 @@ class Store:
                 out[row[0]] = row[2:]
         return out
 
-    def current_annotations(self) -> dict[int, CurrentAnnotation]:
-        """item_rowid -> its latest annotation, for the items where that one is ok (in rowid order)."""
+    def current_annotations(self, *, with_probs: bool = False) -> dict[int, CurrentAnnotation]:
+        """item_rowid -> its latest annotation, for the items where that one is ok (in rowid order).
+        `probs` is read only `with_probs`: the distributions are most of the table's bytes."""
+        probs = "a.probs" if with_probs else "NULL"
         rows = self.conn.execute(
-            "SELECT a.item_rowid, a.id, a.label, a.confidence, a.reasoning, a.model, a.probs, a.run_id "
+            f"SELECT a.item_rowid, a.id, a.label, a.confidence, a.reasoning, a.model, {probs}, a.run_id "
             "FROM annotations a JOIN (SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l "
             "ON a.id = l.id WHERE a.status = 'ok' ORDER BY a.item_rowid"
         )
@@ -767,6 +769,14 @@ class Store:
         """(reviewer, reviews, the sources they came through joined by commas, mean duration in ms)."""
         return self.conn.execute(
             "SELECT reviewer, count(*), group_concat(DISTINCT source), avg(duration_ms) FROM reviews GROUP BY reviewer"
+        ).fetchall()
+
+    def gold_and_machine_labels(self) -> list[tuple[str, str]]:
+        """(gold label, current machine label) of the items that have both."""
+        return self.conn.execute(
+            "SELECT i.gold_label, a.label FROM items i JOIN annotations a ON "
+            + _current_record("a", "annotations")
+            + " WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
         ).fetchall()
 
     def current_reviews(self, rowids: Sequence[int] | None = None) -> dict[int, str]:
