@@ -249,6 +249,11 @@ def _note(text: str, kind: str = "note") -> str:
     return str(_parts().note(Markup(text), kind))
 
 
+def _caption(text: str) -> str:
+    """A caption under a table or plot; `text` is plain text."""
+    return str(_parts().caption(text))
+
+
 def _needs_gold(what: str) -> str:
     return _note(
         f"<strong>Needs gold labels.</strong> {what} Gold labels come in with "
@@ -461,21 +466,17 @@ def _overview(store: Store, data: _Data) -> str:
     gold = int((data.gold >= 0).sum())
     rounds = store.last_round()
 
-    def stage(name: str, done: bool, detail: str) -> str:
-        mark = "done" if done else "todo"
-        return f'<li class="{mark}"><strong>{esc(name)}</strong><span>{esc(detail)}</span></li>'
-
-    stages = "".join(
+    stages = _parts().stages(
         [
-            stage("import", n > 0, f"{_int(n)} items"),
-            stage(
+            ("import", n > 0, f"{_int(n)} items"),
+            (
                 "annotate",
                 n > 0 and annotated == n,
                 f"{_int(annotated)} of {_int(n)}" + (f", {_int(failed)} failed" if failed else ""),
             ),
-            stage("critique", annotated > 0 and critiqued >= annotated, f"{_int(critiqued)} items"),
-            stage("select", rounds > 0, f"{_int(selected)} selected, {rounds} round{'s' * (rounds != 1)}"),
-            stage("review", selected > 0 and pending == 0, f"{_int(reviewed)} reviewed"),
+            ("critique", annotated > 0 and critiqued >= annotated, f"{_int(critiqued)} items"),
+            ("select", rounds > 0, f"{_int(selected)} selected, {rounds} round{'s' * (rounds != 1)}"),
+            ("review", selected > 0 and pending == 0, f"{_int(reviewed)} reviewed"),
         ]
     )
     labels = data.names[: data.n_task_labels]
@@ -485,7 +486,7 @@ def _overview(store: Store, data: _Data) -> str:
             (
                 "labels",
                 f"{len(labels)}: "
-                + ", ".join(f"<code>{esc(x)}</code>" for x in labels[:40])
+                + str(_parts().codes(labels[:40]))
                 + (f" and {len(labels) - 40} more" if len(labels) > 40 else ""),
             ),
             ("gold labels", f"{_int(gold)} items" if gold else "none imported"),
@@ -494,7 +495,7 @@ def _overview(store: Store, data: _Data) -> str:
             ("selected but not reviewed", _int(pending)),
         ]
     )
-    out = [f'<ol class="stages">{stages}</ol>', headline]
+    out = [str(stages), headline]
     if pending:
         out.append(
             _note(
@@ -640,7 +641,7 @@ def _accuracy(data: _Data) -> str:
         )
         out += [
             img,
-            f'<p class="caption">{esc(caption)}</p>',
+            _caption(caption),
             _per_class_table(data, gold_mask, data.gold, True),
         ]
         return "".join(out)
@@ -670,7 +671,7 @@ def _accuracy(data: _Data) -> str:
         )
     )
     img, caption = _confusion_heatmap(data.names, data.human[rev], data.machine[rev], "human", "machine")
-    out += [img, f'<p class="caption">{esc(caption)}</p>', _per_class_table(data, rev, data.human, False)]
+    out += [img, _caption(caption), _per_class_table(data, rev, data.human, False)]
     return "".join(out)
 
 
@@ -1051,7 +1052,7 @@ def _downstream(store: Store) -> str:
     out = [_table(headers, body, numeric=numeric)]
     note = payload.get("note") if isinstance(payload, dict) else None
     if note:
-        out.append(f'<p class="caption">{esc(str(note))}</p>')
+        out.append(_caption(str(note)))
     return "".join(out)
 
 
