@@ -113,7 +113,10 @@ def main() -> None:
                 lambda i: [task.examples[j] for j in nearest(item_vec[i], ex_vec, 3)]
             ),
             "fixed + similar 3 reviewed": variant(
-                lambda i: list(task.examples) + [rev_examples[j] for j in nearest(item_vec[i], item_vec[rev_idx], 3)]
+                lambda i: (
+                    list(task.examples)
+                    + [rev_examples[j] for j in nearest(item_vec[i], item_vec[rev_idx], 3)]
+                )
             ),
             "similar 9 of examples + reviewed": variant(
                 lambda i: [both_examples[j] for j in nearest(item_vec[i], both_vec, 9)]
@@ -134,7 +137,9 @@ def main() -> None:
                 elapsed = annotate_s
             calls = max(1, after["calls"] - before["calls"])
             evaluated = (
-                after["prompt_tokens"] - before["prompt_tokens"] - (after["reused_tokens"] - before["reused_tokens"])
+                after["prompt_tokens"]
+                - before["prompt_tokens"]
+                - (after["reused_tokens"] - before["reused_tokens"])
             ) / calls
             row = {
                 "variant": name,

@@ -281,3 +281,37 @@ def test_cli_batch_twice(project: Project) -> None:
         assert srv.calls == 0
     with Project(root) as again:
         assert_labelled_once(again.store)
+
+
+def test_batch_client_retries_transient_failures_and_says_when_it_gave_up() -> None:
+    import asyncio
+
+    import httpx
+
+    from actlabel.batch import BatchClient
+    from actlabel.models.base import RetryableError
+    from actlabel.models.openai_compat import OpenAICompatBackend
+    from actlabel.models.retry import RetryPolicy
+
+    answers = iter([httpx.Response(503, json={"error": {"message": "overloaded"}})] * 2)
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return next(answers, httpx.Response(200, json={"id": "batch_1", "status": "completed"}))
+
+    async def retrieve(attempts: int) -> dict:
+        client = BatchClient(
+            OpenAICompatBackend("m", base_url="http://provider.test/v1", client="httpx"),
+            policy=RetryPolicy(max_attempts=attempts, base_delay=0.0, max_delay=0.0),
+        )
+        client._http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        try:
+            return await client.retrieve("batch_1")
+        finally:
+            await client._http.aclose()
+
+    assert asyncio.run(retrieve(3))["status"] == "completed" and len(seen) == 3
+    answers = iter([httpx.Response(503, json={"error": {"message": "overloaded"}})] * 5)
+    with pytest.raises(RetryableError, match=r"overloaded.*\(gave up after 2 attempts\)"):
+        asyncio.run(retrieve(2))

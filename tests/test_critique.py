@@ -216,6 +216,29 @@ def test_malformed_critic_answers_are_retried_then_failed_with_raw_text(annotate
     assert result.failed == 1 and result.done == len(TWEETS) - 1
 
 
+def test_status_counts_the_current_critique_of_each_item(annotated: Project) -> None:
+    """A re-run that repairs the failures replaces them: status counts each item's current
+    critique, not every failed record ever written."""
+    broken = {TWEETS[0][0], TWEETS[3][0]}
+
+    def failing(body):
+        return "no idea" if tweet_of(body) in broken else critic_responder(body)
+
+    with OpenAICompatServer(responder=failing) as srv:
+        first = critique(
+            annotated.store, model=MODEL, base_url=srv.base_url, strategy="naive", progress=False
+        )
+    assert first.failed == len(broken)
+    assert annotated.status().critiqued.failed == len(broken)
+    with OpenAICompatServer(responder=critic_responder) as srv:
+        again = critique(
+            annotated.store, model=MODEL, base_url=srv.base_url, strategy="naive", progress=False
+        )
+    assert again.done == len(broken) and again.failed == 0
+    status = annotated.status()
+    assert (status.critiqued.done, status.critiqued.failed, status.critiqued.left) == (len(TWEETS), 0, 0)
+
+
 def test_white_box_strategies_need_token_probabilities(annotated: Project) -> None:
     for strategy in ("logit", "cot-logit", "cot-ppl"):
         with pytest.raises(UserError, match="token probabilities"):

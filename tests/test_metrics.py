@@ -46,6 +46,29 @@ def test_auroc_matches_pairwise_definition_with_ties() -> None:
     assert math.isnan(error_detection_auroc(np.array([0.1, 0.2]), np.array([1, 1])))
 
 
+def _mann_whitney_auroc(e: np.ndarray, y: np.ndarray) -> float:
+    """The rank form actlabel computed AUROC with before it used scikit-learn."""
+    order = np.argsort(e, kind="mergesort")
+    xs = e[order]
+    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
+    ranks = np.empty(e.size)
+    ranks[order] = np.repeat((bounds[:-1] + bounds[1:] + 1) / 2.0, np.diff(bounds))
+    n1 = int(y.sum())
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * (y.size - n1)))
+
+
+def test_auroc_gives_the_figures_of_the_rank_form_and_nan_for_one_class() -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n = int(rng.integers(2, 2000))
+        e = rng.integers(0, 20, n) / 19.0 if trial % 2 else rng.random(n)
+        y = rng.random(n) < 0.1 + 0.6 * e
+        if 0 < y.sum() < n:
+            assert error_detection_auroc(e, y) == pytest.approx(_mann_whitney_auroc(e, y), abs=1e-9)
+    assert math.isnan(error_detection_auroc(np.array([0.3, 0.7]), np.array([0, 0])))
+    assert math.isnan(error_detection_auroc(np.array([0.5]), np.array([1])))
+
+
 def test_ece_hand_example_and_reliability_table() -> None:
     prob = np.array([0.05, 0.15, 0.12, 0.95, 1.0])
     outcome = np.array([0, 1, 0, 1, 1])
@@ -122,6 +145,30 @@ def test_platt_recovers_a_logistic_recalibration() -> None:
     # separable data stays finite thanks to Platt's smoothed targets
     sep = PlattCalibrator().fit(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1]))
     assert math.isfinite(sep.coef_) and sep.predict(np.array([0.9]))[0] < 1.0
+
+
+def test_platt_agrees_with_sklearn_logistic_regression_on_platts_targets() -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from actlabel.logistic import logit, sigmoid
+
+    rng = np.random.default_rng(6)
+    e = rng.random(3000)
+    y = rng.random(e.size) < sigmoid(1.5 * logit(e) - 0.5)
+    w = rng.random(e.size) + 0.2
+    ours = PlattCalibrator().fit(e, y, sample_weight=w)
+    # Platt's smoothed targets as two weighted rows per item, one of each class
+    n_pos, n_neg = w[y].sum(), w[~y].sum()
+    t = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    s = logit(e, ours.eps)
+    ref = LogisticRegression(C=1 / ours.reg, tol=1e-12, max_iter=1000).fit(
+        np.r_[s, s][:, None],
+        np.r_[np.ones(e.size), np.zeros(e.size)],
+        sample_weight=np.r_[w * t, w * (1 - t)],
+    )
+    grid = np.linspace(0.01, 0.99, 99)
+    expected = sigmoid(ref.coef_[0, 0] * logit(grid, ours.eps) + ref.intercept_[0])
+    np.testing.assert_allclose(ours.predict(grid), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["isotonic", "platt"])

@@ -258,3 +258,31 @@ def test_report_survives_odd_but_legal_states(tmp_path: Path) -> None:
     assert "No selection yet" in page
     assert number(page, "abs") == "n/a"
     project.close()
+
+
+def test_item_text_with_markup_is_escaped_in_the_report(tmp_path: Path) -> None:
+    text = "<script>alert('item')</script> & more"
+    path = write_csv(tmp_path / "items.csv", [{"text": text}, {"text": "plain"}])
+    project = Project.init(tmp_path / "p", ["a", "b"])
+    project.import_file(path, text_columns=["text"])
+    store = project.store
+    items = list(store.iter_items())
+    store.add_annotations(
+        {"item_rowid": it.rowid, "run_id": 1, "model": "m", "label": "a", "status": "ok"} for it in items
+    )
+    store.add_critiques(
+        {
+            "item_rowid": it.rowid,
+            "run_id": 2,
+            "model": "c",
+            "strategy": "cot",
+            "error_prob": 0.9,
+            "status": "ok",
+        }
+        for it in items
+    )
+    page = render_report(store)
+    assert "<script" not in page
+    # the suspicious-items table shows the text, escaped
+    assert html.escape(text) in page
+    project.close()

@@ -72,6 +72,90 @@ def test_latest_record_wins_and_old_records_stay(tmp_path: Path) -> None:
     assert store.count("reviews") == 2
 
 
+def test_named_queries_read_the_current_record_of_each_item(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "p", make_task())
+    run = store.start_run("import")
+    with store.transaction():
+        store.insert_items([(f"x{i}", '{"text": "t"}', None, "a" if i else None) for i in range(3)], run)
+    r0, r1, r2 = store.item_rowids()
+    ann = {"model": "m", "run_id": 1}
+    store.add_annotations(
+        [
+            ann | {"item_rowid": r0, "label": "a", "status": "ok", "confidence": 0.9},
+            ann | {"item_rowid": r0, "label": "b", "status": "ok", "confidence": 0.6, "probs": '{"b": 0.6}'},
+            ann | {"item_rowid": r1, "label": "a", "status": "ok"},
+            ann | {"item_rowid": r1, "label": None, "status": "failed", "error": "timeout"},
+            ann | {"item_rowid": r2, "label": "b", "status": "ok", "run_id": 2},
+        ]
+    )
+    current = store.current_annotations()
+    assert list(current) == [r0, r2]  # r1's latest annotation failed: no machine label
+    assert (current[r0].label, current[r0].confidence, current[r2].run_id) == ("b", 0.6, 2)
+    assert current[r0].probs is None and store.current_annotations(with_probs=True)[r0].probs == '{"b": 0.6}'
+    assert store.has_machine_labels()
+    assert store.latest("annotations", ("label",), "status = ?", ("ok",)) == {
+        r0: ("b",),
+        r1: ("a",),
+        r2: ("b",),
+    }
+    assert store.latest("annotations", ("status",), rowids=[r1, r2]) == {r1: ("failed",), r2: ("ok",)}
+    assert store.current_status_counts("annotations") == {"ok": 2, "failed": 1}
+    assert store.run_status_counts("annotations", 1) == {"ok": 3, "failed": 1}
+
+    crit = {"model": "c", "run_id": 3, "strategy": "naive"}
+    store.add_critiques(
+        [
+            crit | {"item_rowid": r0, "error_prob": None, "status": "failed"},
+            crit | {"item_rowid": r0, "error_prob": 0.2, "status": "ok"},
+            crit | {"item_rowid": r1, "error_prob": 0.7, "status": "ok"},
+            crit | {"item_rowid": r1, "error_prob": None, "status": "failed"},
+            crit | {"item_rowid": r2, "error_prob": 0.4, "status": "ok", "strategy": "cot"},
+        ]
+    )
+    # r0's failure was replaced; r1's latest critique failed, so it has no error_prob to select by
+    assert store.current_status_counts("critiques") == {"ok": 2, "failed": 1}
+    assert store.latest_critiques(("error_prob",), strategy="naive") == {r0: (0.2,), r1: (0.7,)}
+    assert store.latest_critiques(("status",), strategy="naive", ok_only=False) == {
+        r0: ("ok",),
+        r1: ("failed",),
+    }
+    assert store.latest_critiques_per_critic(("error_prob",)) == {
+        ("naive", "c"): {r0: (0.2,), r1: (0.7,)},
+        ("cot", "c"): {r2: (0.4,)},
+    }
+    assert list(store.critics_newest_first()) == [("cot", "c"), ("naive", "c"), ("naive", "c")]
+
+    assert store.last_round() == 0
+    sel = {"run_id": 4, "round": 1}
+    store.add_selections(
+        [
+            sel | {"item_rowid": r0, "selected": 1, "review_prob": 0.5},
+            sel | {"item_rowid": r1, "selected": 1, "review_prob": 0.25},
+            sel | {"item_rowid": r2, "selected": 0, "review_prob": 0.1},
+            sel | {"item_rowid": r1, "selected": 0, "review_prob": 1.0, "round": 2},
+        ]
+    )
+    assert store.last_round() == 2
+    assert store.selected_now() == {r0}
+    assert store.selected_now([r1, r2]) == set()
+    assert store.current_selections()[r1] == (False, 1.0)
+    assert store.current_selections(chosen_only=True)[r1] == (True, 0.25)
+    store.add_review(r0, "a", reviewer="ann", source="web")
+    store.add_review(r0, "b", reviewer="bob", source="web")
+    assert store.current_reviews() == {r0: "b"} and store.reviewed_count() == 1
+    assert store.selected_for_review() == [(r0, 0.2, True)]
+
+    rows = [r for batch in store.iter_current_rows() for r in batch]
+    assert [(r.item_id, r.machine_label, r.error_prob, r.selected, r.human_label) for r in rows] == [
+        ("x0", "b", 0.2, 1, "b"),
+        ("x1", None, None, 0, None),
+        ("x2", "b", 0.4, 0, None),
+    ]
+    assert store.gold_labels() == {r1: "a", r2: "a"}
+    assert store.gold_and_machine_labels() == [("a", "b")]  # r1's machine label failed
+    store.close()
+
+
 def test_failed_transaction_rolls_back(tmp_path: Path) -> None:
     store = Store.create(tmp_path / "p", make_task())
     run = store.start_run("import")

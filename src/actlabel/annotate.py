@@ -234,13 +234,12 @@ def finish_label_model(
     from actlabel import label_model as lm
 
     names = list(store.task.label_names)
-    rows = store.conn.execute(
-        "SELECT item_rowid, probs FROM annotations WHERE run_id = ? AND status = 'ok' AND probs IS NOT NULL",
-        (run_id,),
-    ).fetchall()
+    rows = store.latest(
+        "annotations", ("probs",), "run_id = ? AND status = 'ok' AND probs IS NOT NULL", (run_id,)
+    )
     if not rows:
         return None
-    raw = {r: json.loads(p) for r, p in rows}
+    raw = {r: json.loads(p) for r, (p,) in rows.items()}
     llm = lm.safe_log(np.array([[raw[r][n] for n in names] for r in raw]))
     log_prior = np.log(lm.pool_prior(np.exp(llm)))
     if zero.example_llm_logp is not None and zero.example_logq is not None:
@@ -598,12 +597,8 @@ async def _annotate_llm(
             on_error=on_error,
         )
         run.ended_by(engine)
-    failed_rows = store.conn.execute(
-        "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'failed'", (run_id,)
-    ).fetchone()[0]
-    ok_rows = store.conn.execute(
-        "SELECT count(*) FROM annotations WHERE run_id = ? AND status = 'ok'", (run_id,)
-    ).fetchone()[0]
+    counts = store.run_status_counts("annotations", run_id)
+    failed_rows, ok_rows = counts.get("failed", 0), counts.get("ok", 0)
     if zero is not None:
         finish_label_model(store, zero, run_id, settings, model_name)
     result.done, result.failed = ok_rows, failed_rows

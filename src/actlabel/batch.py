@@ -40,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, Generic, TypeVar
 
 from actlabel.errors import UserError
 from actlabel.models.base import ChatRequest, ChatResponse, ModelError, RetryableError
-from actlabel.models.retry import RetryPolicy
+from actlabel.models.retry import RetryPolicy, call_with_retry
 from actlabel.models.spec import FEATURES, ModelSpec
 from actlabel.store import Store
 
@@ -109,41 +109,28 @@ class BatchClient:
     async def _send(self, method: str, path: str, *, idempotent: bool = True, **kw: Any) -> httpx.Response:
         import httpx
 
-        from actlabel.models.openai_compat import _error_detail, one_line, status_error
+        from actlabel.models.openai_compat import http_error, one_line
 
-        attempt = 0
-        while True:
+        async def once() -> httpx.Response:
             for upload in (kw.get("files") or {}).values():
                 upload[1].seek(0)  # a retried upload sends the file from its start again
             try:
                 resp = await self._http.request(method, f"{self.base_url}{path}", **kw)
-                if resp.status_code >= 400:
-                    try:
-                        body = resp.json()
-                    except ValueError:
-                        body = None
-                    raise status_error(
-                        self.spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase)
-                    )
-                return resp
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the server: always safe to ask again.
-                error: RetryableError = RetryableError(
-                    f"{self.spec}: connection failed: {one_line(str(exc))}"
-                )
+                raise RetryableError(f"{self.spec}: connection failed: {one_line(str(exc))}") from None
             except httpx.TransportError as exc:
                 if not idempotent:
                     raise MaybeCreated(
                         f"{self.spec}: {method} {path} failed midway ({type(exc).__name__}); it may have "
                         "been created: run the same command again, the job is matched by its input file"
                     ) from None
-                error = RetryableError(f"{self.spec}: {method} {path} failed: {type(exc).__name__}")
-            except RetryableError as exc:  # 429/5xx: the server answered, so it did not act
-                error = exc
-            attempt += 1
-            if attempt >= self.policy.max_attempts:
-                raise error
-            await asyncio.sleep(self.policy.delay(attempt - 1, error.retry_after, _RNG))
+                raise RetryableError(f"{self.spec}: {method} {path} failed: {type(exc).__name__}") from None
+            if resp.status_code >= 400:  # 429/5xx are retryable: the server answered, so it did not act
+                raise http_error(self.spec, resp)
+            return resp
+
+        return await call_with_retry(once, policy=self.policy, rng=_RNG)
 
     async def upload(self, fh: IO[bytes], filename: str) -> str:
         resp = await self._send(
@@ -313,48 +300,14 @@ class Job:
     request_count: int
 
 
-def _jobs(store: Store, where: str, args: tuple[Any, ...]) -> list[Job]:
-    rows = store.conn.execute(
-        "SELECT job_id, stage, spec, provider_batch_id, input_file_id, status, request_count "
-        f"FROM batch_jobs WHERE {where} ORDER BY job_id",
-        args,
-    ).fetchall()
-    return [Job(*r) for r in rows]
-
-
 def open_jobs(store: Store, stage: str, spec: str) -> list[Job]:
     """Jobs of this stage and model whose results are not in the store yet."""
-    return _jobs(
-        store,
-        "stage = ? AND spec = ? AND status NOT IN (?, ?, 'failed')",
-        (stage, spec, COLLECTED, ABANDONED),
-    )
+    return [Job(*row) for row in store.batch_jobs(stage, spec, exclude=(COLLECTED, ABANDONED, "failed"))]
 
 
 def online_keys(store: Store, spec: str) -> set[str]:
     """Keys a collected batch failed: the next run sends them online instead of batching again."""
-    return {
-        k
-        for (k,) in store.conn.execute(
-            "SELECT r.key FROM batch_requests r JOIN batch_jobs j ON j.job_id = r.job_id "
-            "WHERE j.spec = ? AND r.status = 'failed'",
-            (spec,),
-        )
-    }
-
-
-def _set_status(store: Store, job_id: int, status: str, provider_batch_id: str | None = None) -> None:
-    with store.transaction():
-        if provider_batch_id is None:
-            store.conn.execute(
-                "UPDATE batch_jobs SET status = ?, updated_at = ? WHERE job_id = ?",
-                (status, time.time(), job_id),
-            )
-        else:
-            store.conn.execute(
-                "UPDATE batch_jobs SET status = ?, provider_batch_id = ?, updated_at = ? WHERE job_id = ?",
-                (status, provider_batch_id, time.time(), job_id),
-            )
+    return store.failed_batch_keys(spec)
 
 
 # ---- submit, poll, collect ------------------------------------------------------------------------
@@ -374,36 +327,16 @@ async def submit(
     for i, chunk in enumerate(recorder.chunks):
         chunk.fh.flush()
         file_id = await client.upload(chunk.fh, f"actlabel-{stage}-{int(time.time())}-{i}.jsonl")
-        now = time.time()
-        with store.transaction():
-            cur = store.conn.execute(
-                "INSERT INTO batch_jobs (stage, spec, provider_batch_id, input_file_id, status, created_at, "
-                "updated_at, request_count, params) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
-                (
-                    stage,
-                    spec,
-                    file_id,
-                    CREATING,
-                    now,
-                    now,
-                    len(chunk.keys),
-                    json.dumps({"endpoint": ENDPOINT}),
-                ),
-            )
-            job_id = int(cur.lastrowid)
-            store.conn.executemany(
-                "INSERT INTO batch_requests (job_id, key, choices) VALUES (?, ?, ?)",
-                ((job_id, k, c) for k, c in chunk.keys),
-            )
+        job_id = store.add_batch_job(stage, spec, file_id, CREATING, chunk.keys, {"endpoint": ENDPOINT})
         try:
             batch = await client.create(file_id, {"actlabel_stage": stage, "actlabel_job": str(job_id)})
         except MaybeCreated:
             raise  # the job stays 'creating': the next run looks for its batch by input file
         except ModelError as exc:
             # The provider answered no (e.g. no batch API): nothing was created or paid.
-            _set_status(store, job_id, ABANDONED)
+            store.set_batch_job_status(job_id, ABANDONED)
             raise UserError(f"the provider refused the batch: {exc}") from None
-        _set_status(store, job_id, str(batch.get("status") or "validating"), str(batch["id"]))
+        store.set_batch_job_status(job_id, str(batch.get("status") or "validating"), str(batch["id"]))
         out.append(Submitted(str(batch["id"]), len(chunk.keys)))
     return out
 
@@ -424,9 +357,9 @@ async def _adopt(store: Store, client: BatchClient, job: Job) -> Job:
     """A job stored but maybe never created (the process died in between): find its batch."""
     found = await client.find_by_input_file(job.input_file_id)
     if found is None:
-        _set_status(store, job.job_id, ABANDONED)
+        store.set_batch_job_status(job.job_id, ABANDONED)
         return Job(job.job_id, job.stage, job.spec, "", job.input_file_id, ABANDONED, job.request_count)
-    _set_status(store, job.job_id, str(found.get("status")), str(found["id"]))
+    store.set_batch_job_status(job.job_id, str(found.get("status")), str(found["id"]))
     return Job(
         job.job_id,
         job.stage,
@@ -456,12 +389,7 @@ async def collect(store: Store, client: BatchClient, job: Job, batch: dict[str, 
 
     status = str(batch.get("status"))
     report = Collected(job.provider_batch_id, status)
-    submitted = {
-        k: c
-        for k, c in store.conn.execute(
-            "SELECT key, choices FROM batch_requests WHERE job_id = ?", (job.job_id,)
-        )
-    }
+    submitted = store.batch_request_choices(job.job_id)
     answers: dict[str, ChatResponse] = {}
     errors: dict[str, str] = {}
     if status == "failed":
@@ -472,11 +400,7 @@ async def collect(store: Store, client: BatchClient, job: Job, batch: dict[str, 
             for e in ((batch.get("errors") or {}).get("data") or [])
             if isinstance(e, dict)
         )
-        with store.transaction():
-            store.conn.execute(
-                "UPDATE batch_jobs SET status = 'failed', updated_at = ?, params = ? WHERE job_id = ?",
-                (time.time(), json.dumps({"endpoint": ENDPOINT, "errors": detail}), job.job_id),
-            )
+        store.set_batch_job_status(job.job_id, "failed", params={"endpoint": ENDPOINT, "errors": detail})
         report.failed, report.error = len(submitted), one_line(detail, 200)
         return report
     for file_field in ("output_file_id", "error_file_id"):
@@ -519,18 +443,8 @@ async def collect(store: Store, client: BatchClient, job: Job, batch: dict[str, 
                 response.usage.input_tokens,
                 response.usage.output_tokens,
             )
-        store.conn.executemany(
-            "UPDATE batch_requests SET status = 'ok' WHERE job_id = ? AND key = ?",
-            ((job.job_id, k) for k in answers),
-        )
-        store.conn.executemany(
-            "UPDATE batch_requests SET status = 'failed', error = ? WHERE job_id = ? AND key = ?",
-            ((e, job.job_id, k) for k, e in errors.items()),
-        )
-        store.conn.execute(
-            "UPDATE batch_jobs SET status = ?, updated_at = ? WHERE job_id = ?",
-            (COLLECTED, time.time(), job.job_id),
-        )
+        store.record_batch_answers(job.job_id, answers, errors)
+        store.set_batch_job_status(job.job_id, COLLECTED)
         # The batch's calls in the runs table, so status/report count them like online calls
         # (the stage that reads them back sees cache hits).
         run_id = store.start_run(
@@ -586,7 +500,7 @@ async def poll(
                 collected.append(await collect(store, client, job, batch))
                 continue
             if status != job.status:
-                _set_status(store, job.job_id, status)
+                store.set_batch_job_status(job.job_id, status)
             counts = batch.get("request_counts") or {}
             done = int(counts.get("completed") or 0) + int(counts.get("failed") or 0)
             waiting.append(

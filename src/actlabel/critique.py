@@ -52,9 +52,7 @@ from actlabel.critics.base import (
     Strategy,
     Target,
     Verdict,
-    current_annotations,
     is_derived,
-    latest_reviews,
     load_targets,
     raw_annotation_id,
 )
@@ -151,7 +149,7 @@ def default_strategy(store: Store) -> str:
 
 
 def annotator_models(store: Store) -> Counter[str]:
-    return Counter(row[4] for row in current_annotations(store).values())
+    return Counter(a.model for a in store.current_annotations().values())
 
 
 def _llm_of(annotator: str) -> str | None:
@@ -276,19 +274,15 @@ def critique_auroc(store: Store, strategy: str, model: str | None = None) -> tup
     """(AUROC of the current critiques of `strategy` against gold errors, errors, items) or None."""
     from actlabel.metrics import error_detection_auroc
 
-    ann = current_annotations(store)
-    gold = dict(
-        store.conn.execute("SELECT rowid, gold_label FROM items WHERE gold_label IS NOT NULL").fetchall()
-    )
-    where = "status = 'ok' AND strategy = ?" + (" AND model = ?" if model else "")
-    args = (strategy, model) if model else (strategy,)
+    ann = store.current_annotations()
+    gold = store.gold_labels()
     e, y = [], []
-    for rowid, _id, err, raw in store.conn.execute(
-        f"SELECT item_rowid, max(id), error_prob, raw FROM critiques WHERE {where} GROUP BY item_rowid", args
-    ):
-        if rowid in gold and rowid in ann and raw_annotation_id(raw) in (None, ann[rowid][0]):
+    for rowid, (err, raw) in store.latest_critiques(
+        ("error_prob", "raw"), strategy=strategy, model=model or None
+    ).items():
+        if rowid in gold and rowid in ann and raw_annotation_id(raw) in (None, ann[rowid].id):
             e.append(err)
-            y.append(gold[rowid] != ann[rowid][1])
+            y.append(gold[rowid] != ann[rowid].label)
     if not y or all(y) or not any(y):
         return None, int(sum(y)), len(y)
     return error_detection_auroc(np.array(e), np.array(y)), int(sum(y)), len(y)
@@ -311,14 +305,12 @@ def _pending(
     and model is ok, judged the current machine label, and used the current prompt templates."""
     # Same model name, any endpoint URL: a model moved to another host is still the same critic.
     name = ModelSpec.parse(model).bare
-    latest = {
-        rowid: (status, raw)
-        for rowid, _id, status, raw in store.conn.execute(
-            "SELECT item_rowid, max(id), status, raw FROM critiques WHERE strategy = ? AND (model = ? OR model LIKE ?)"
-            " GROUP BY item_rowid",
-            (strategy, name, name + "@%"),
-        )
-    }
+    latest = store.latest(
+        "critiques",
+        ("status", "raw"),
+        "strategy = ? AND (model = ? OR model LIKE ?)",
+        (strategy, name, name + "@%"),
+    )
     todo, skipped = [], 0
     for t in targets:
         status, raw = latest.get(t.item.rowid, (None, None))
@@ -366,7 +358,7 @@ async def critique_async(
             raise UserError(f"the {strategy} critic uses no chat model; drop --model")
         if limit is not None and limit < 1:
             raise UserError("--limit must be at least 1")
-        if not current_annotations(store):
+        if not store.has_machine_labels():
             raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
         return _critique_offline(store, strategy, None, limit=limit, seed=seed)
     name, members = parse_strategy(strategy)
@@ -376,7 +368,7 @@ async def critique_async(
         )
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1")
-    if not _has_machine_labels(store):
+    if not store.has_machine_labels():
         raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
     if name in OFFLINE_STRATEGIES:
         if model or backend is not None or backend_options:
@@ -520,11 +512,7 @@ async def _critique_llm(
                 "(rewritten each run); calibrate them on reviewed items to read them as probabilities"
             )
         run.ended_by(engine)
-    counts = dict(
-        store.conn.execute(
-            "SELECT status, count(*) FROM critiques WHERE run_id = ? GROUP BY status", (run_id,)
-        ).fetchall()
-    )
+    counts = store.run_status_counts("critiques", run_id)
     result.failed = counts.get("failed", 0)
     result.done = len(deferred) if strategy.deferred else counts.get("ok", 0)
     result.left = len(todo) - result.done - result.failed + left_after_limit
@@ -548,11 +536,9 @@ def _finish_deferred(
     fresh_rows = {t.item.rowid for t, _ in fresh}
     by_rowid = {t.item.rowid: t for t in targets}
     earlier: list[tuple[Target, Verdict]] = []
-    for rowid, _id, raw, proposed, rationale in store.conn.execute(
-        "SELECT item_rowid, max(id), raw, proposed_label, rationale FROM critiques "
-        "WHERE strategy = ? AND model = ? AND status = 'ok' GROUP BY item_rowid",
-        (strategy.name, model_name),
-    ):
+    for rowid, (raw, proposed, rationale) in store.latest_critiques(
+        ("raw", "proposed_label", "rationale"), strategy=strategy.name, model=model_name
+    ).items():
         t = by_rowid.get(rowid)
         if t is None or rowid in fresh_rows:
             continue
@@ -572,18 +558,6 @@ def _finish_deferred(
             _ok_record(t, run_id, model_name, strategy.name, v, templates) for t, v in everything
         )
     return len(everything)
-
-
-def _has_machine_labels(store: Store) -> bool:
-    """Whether some item's latest annotation is ok: stops at the first (loading every current
-    annotation for this took a dict of the whole table at 1M items)."""
-    return (
-        store.conn.execute(
-            "SELECT 1 FROM annotations a WHERE a.status = 'ok' AND "
-            "a.id = (SELECT max(id) FROM annotations WHERE item_rowid = a.item_rowid) LIMIT 1"
-        ).fetchone()
-        is not None
-    )
 
 
 def _critique_confidence(store: Store, name: str, *, limit: int | None) -> CritiqueResult:
@@ -655,12 +629,7 @@ class CalibrationResult:
 
 
 def _latest_critic(store: Store, strategy: str | None) -> tuple[str, str]:
-    sql = "SELECT strategy, model FROM critiques WHERE status = 'ok'"
-    args: tuple = ()
-    if strategy:
-        sql += " AND strategy = ?"
-        args = (strategy,)
-    for s, m in store.conn.execute(sql + " ORDER BY id DESC", args):
+    for s, m in store.critics_newest_first(strategy):
         if not s.endswith(CALIBRATED_SUFFIX):
             return s, m
     if strategy:
@@ -699,26 +668,19 @@ def calibrate(
         if model is None
         else (strategy or _latest_critic(store, None)[0], model)
     )
-    ann = current_annotations(store)
+    ann = store.current_annotations()
     rows = [
         (rowid, float(e), proposed, rationale, raw)
-        for rowid, _id, e, proposed, rationale, raw in store.conn.execute(
-            "SELECT item_rowid, max(id), error_prob, proposed_label, rationale, raw FROM critiques "
-            "WHERE status = 'ok' AND strategy = ? AND model = ? GROUP BY item_rowid",
-            (name, critic_model),
-        )
-        if rowid in ann and raw_annotation_id(raw) in (None, ann[rowid][0])
+        for rowid, (e, proposed, rationale, raw) in store.latest_critiques(
+            ("error_prob", "proposed_label", "rationale", "raw"), strategy=name, model=critic_model
+        ).items()
+        if rowid in ann and raw_annotation_id(raw) in (None, ann[rowid].id)
     ]
     if not rows:
         raise UserError(f"no current {name} critiques by {critic_model} to calibrate")
-    reviews = latest_reviews(store)
-    pis = {
-        r[0]: r[2]
-        for r in store.conn.execute(
-            "SELECT item_rowid, max(id), review_prob FROM selections GROUP BY item_rowid"
-        )
-    }
-    rev = [(e, reviews[r] != ann[r][1], pis.get(r)) for r, e, *_ in rows if r in reviews]
+    reviews = store.current_reviews()
+    pis = {r: pi for r, (_selected, pi) in store.current_selections().items()}
+    rev = [(e, reviews[r] != ann[r].label, pis.get(r)) for r, e, *_ in rows if r in reviews]
     wrong = sum(y for _e, y, _p in rev)
     if len(rev) < MIN_CALIBRATION_REVIEWS or wrong == 0 or wrong == len(rev):
         raise UserError(

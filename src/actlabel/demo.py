@@ -235,16 +235,12 @@ def _learn_from_reviews(project: Project, progress: bool) -> None:
     from actlabel.refine import MIN_REVIEWS, refine_labels
 
     store = project.store
-    reviewed = store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0]
+    reviewed = store.reviewed_count()
     if reviewed >= MIN_REVIEWS:
         _say(progress, "refining the machine labels with the reviews so far")
         _say(progress, str(refine_labels(store, progress=progress)))
     _say(progress, "training the critic on the reviews so far")
     _say(progress, str(critique(store, strategy="learned", progress=progress)))
-
-
-def _reviewed(project: Project) -> int:
-    return int(project.store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
 
 
 def _main_budget(project: Project, max_budget: str) -> int:
@@ -261,11 +257,6 @@ def _main_budget(project: Project, max_budget: str) -> int:
     target = min(cap, recommended_budget(project.store))
     project.store.set_meta("demo_budget", str(target))
     return target
-
-
-def _rounds(project: Project) -> int:
-    row = project.store.conn.execute("SELECT max(round) FROM selections").fetchone()
-    return int(row[0] or 0)
 
 
 def _train_features(
@@ -458,20 +449,24 @@ def run_demo(
         _say(progress, str(annotate(store, model=model, progress=progress)))
         # Before the pilot only: once reviews refine the labels, the learned critic takes over (an
         # LLM critic re-run on the refined labels would pay for new calls on every re-run).
-        if llm_critic and spec.kind != "image" and _rounds(project) == 0:
+        if llm_critic and spec.kind != "image" and project.store.last_round() == 0:
             _say(progress, f"criticizing with the embedded LLM ({llm_critic})")
             _say(progress, str(critique(store, model=model, strategy=llm_critic, progress=progress)))
-        if _rounds(project) == 0:
+        if project.store.last_round() == 0:
             _say(progress, str(select_for_review(store, budget="auto", seed=seed)))
         _review(project, progress, seed)
-        if _rounds(project) == 1:
+        if project.store.last_round() == 1:
             _learn_from_reviews(project, progress)
         target = _main_budget(project, max_budget)
-        while _rounds(project) <= rounds and _reviewed(project) < target:
-            left_rounds = rounds + 1 - _rounds(project)
-            size = max(1, -(-(target - _reviewed(project)) // left_rounds))
+        while project.store.last_round() <= rounds and project.store.reviewed_count() < target:
+            left_rounds = rounds + 1 - project.store.last_round()
+            size = max(1, -(-(target - project.store.reviewed_count()) // left_rounds))
             main_round = select_for_review(
-                store, budget=str(size), rule="threshold", uniform=UNIFORM_SHARE, seed=seed + _rounds(project)
+                store,
+                budget=str(size),
+                rule="threshold",
+                uniform=UNIFORM_SHARE,
+                seed=seed + project.store.last_round(),
             )
             _say(progress, str(main_round))
             _review(project, progress, seed)

@@ -26,12 +26,17 @@ loss at lam = 1 lands above full machine labels for every rule at 10% and 20%, t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from actlabel.logistic import sigmoid
 from actlabel.loss import act_loss, ppi_lambda
+
+if TYPE_CHECKING:  # pragma: no cover - typing only; torch is optional
+    import torch
 
 LossKind = Literal["tuned", "clip", "exact"]
 LOSSES: tuple[str, ...] = ("tuned", "clip", "exact")
@@ -137,6 +142,42 @@ class _ACTModel:
         raise NotImplementedError
 
 
+def _fit_linear(
+    torch,  # noqa: ANN001 - the module, imported by the caller (torch is optional)
+    x: torch.Tensor,
+    outputs: int,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    l2: float,
+    max_iter: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(coef, intercept) of the linear map x @ coef + intercept minimising objective(logits) +
+    l2 |coef|^2 by full-batch L-BFGS (strong Wolfe), from zeros; the best finite point seen wins."""
+    torch.manual_seed(seed)
+    w = torch.zeros(x.shape[1], outputs, dtype=torch.float32, requires_grad=True)
+    b = torch.zeros(outputs, dtype=torch.float32, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, line_search_fn="strong_wolfe")
+    best = [math.inf, w.detach().clone(), b.detach().clone()]
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = objective(x @ w + b) + l2 * (w * w).sum()
+        loss.backward()
+        value = float(loss.detach())
+        if math.isfinite(value) and value < best[0]:
+            best[:] = [value, w.detach().clone(), b.detach().clone()]
+        return loss
+
+    try:
+        opt.step(closure)
+    except IndexError:
+        # torch's strong-Wolfe search fails this way when the loss runs off to -inf, which
+        # the exact loss can (docs/statistics.md section 3a): keep the best finite point
+        pass
+    return best[1].numpy(), best[2].numpy()
+
+
 @dataclass
 class LinearACTClassifier(_ACTModel):
     """scikit-learn style: parameters in the constructor, `fit` learns `coef_` and `intercept_`."""
@@ -144,30 +185,15 @@ class LinearACTClassifier(_ACTModel):
     max_iter: int = 100
 
     def _fit(self, torch, x, m, h, d, pi, *, lam: float, clip: bool):  # noqa: ANN001, ANN202
-        torch.manual_seed(self.seed)
-        w = torch.zeros(x.shape[1], self.n_classes, dtype=torch.float32, requires_grad=True)
-        b = torch.zeros(self.n_classes, dtype=torch.float32, requires_grad=True)
-        opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
-
-        best = [math.inf, w.detach().clone(), b.detach().clone()]
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = self._objective(torch, x @ w + b, m, h, d, pi, lam, clip) + self.l2 * (w * w).sum()
-            loss.backward()
-            value = float(loss.detach())
-            if math.isfinite(value) and value < best[0]:
-                best[:] = [value, w.detach().clone(), b.detach().clone()]
-            return loss
-
-        try:
-            opt.step(closure)
-        except IndexError:
-            # torch's strong-Wolfe search fails this way when the loss runs off to -inf, which
-            # the exact loss can (docs/statistics.md section 3a): keep the best finite point
-            pass
-        self.coef_ = best[1].numpy()
-        self.intercept_ = best[2].numpy()
+        self.coef_, self.intercept_ = _fit_linear(
+            torch,
+            x,
+            self.n_classes,
+            lambda logits: self._objective(torch, logits, m, h, d, pi, lam, clip),
+            l2=self.l2,
+            max_iter=self.max_iter,
+            seed=self.seed,
+        )
         return self
 
     def _logits_std(self, xs: np.ndarray) -> np.ndarray:
@@ -214,45 +240,24 @@ class LinearACTMultiLabel:
             h = torch.as_tensor(np.where(d_np[:, None], human_labels, 0), dtype=torch.float32)
             d = torch.as_tensor(d_np)
             pi = torch.as_tensor(np.asarray(review_prob, dtype=float), dtype=torch.float32)
-            torch.manual_seed(self.seed)
-            w = torch.zeros(x.shape[1], self.n_labels, requires_grad=True)
-            b = torch.zeros(self.n_labels, requires_grad=True)
-            opt = torch.optim.LBFGS([w, b], max_iter=self.max_iter, line_search_fn="strong_wolfe")
-            best = [math.inf, w.detach().clone(), b.detach().clone()]
-
-            def closure() -> torch.Tensor:
-                opt.zero_grad()
-                loss = (
-                    act_bce_loss(
-                        x @ w + b,
-                        m,
-                        h,
-                        d,
-                        pi,
-                        lam=self.lam,
-                        max_weight=self.max_weight,
-                        clip=self.loss == "clip",
-                    )
-                    + self.l2 * (w * w).sum()
-                )
-                loss.backward()
-                value = float(loss.detach())
-                if math.isfinite(value) and value < best[0]:
-                    best[:] = [value, w.detach().clone(), b.detach().clone()]
-                return loss
-
-            try:
-                opt.step(closure)
-            except IndexError:  # the exact loss run off to -inf (see LinearACTClassifier)
-                pass
-            self.coef_, self.intercept_ = best[1].numpy(), best[2].numpy()
+            self.coef_, self.intercept_ = _fit_linear(
+                torch,
+                x,
+                self.n_labels,
+                lambda logits: act_bce_loss(
+                    logits, m, h, d, pi, lam=self.lam, max_weight=self.max_weight, clip=self.loss == "clip"
+                ),
+                l2=self.l2,
+                max_iter=self.max_iter,
+                seed=self.seed,
+            )
             return self
         finally:
             torch.set_num_threads(threads)
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         z = ((np.asarray(features, dtype=float) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
-        return 1.0 / (1.0 + np.exp(-z))
+        return sigmoid(z)
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         return (self.predict_proba(features) >= 0.5).astype(np.int8)

@@ -104,6 +104,45 @@ def review_weights(
 # PyTorch
 
 
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+
+
+def _torch_review_weights(d: torch.Tensor, pi: torch.Tensor, max_weight: float | None) -> torch.Tensor:
+    """w_i = d_i / pi_i, capped at max_weight. pi is replaced by 1 where not reviewed so that no
+    inf appears (inf * 0 = NaN in the loss and its gradient)."""
+    import torch
+
+    pi_safe = torch.where(d, pi, torch.ones_like(pi))
+    w = torch.where(d, 1.0 / pi_safe, torch.zeros_like(pi))
+    return w if max_weight is None else w.clamp(max=max_weight)
+
+
+def _act_terms(
+    loss_m: torch.Tensor, loss_h: torch.Tensor, differs: torch.Tensor, w: torch.Tensor, lam: float, clip: bool
+) -> torch.Tensor:
+    """lam * l_m + (l_h - lam * l_m) * w per term; with `clip`, where the human label differs the
+    machine weight lam * (1 - w) is floored at 0 and the human weight is w, elsewhere the machine
+    label (confirmed) keeps its exact weight lam * (1 - w) + w."""
+    import torch
+
+    if not clip:
+        return lam * loss_m + (loss_h - lam * loss_m) * w
+    wm = torch.where(differs, (lam * (1.0 - w)).clamp(min=0.0), lam * (1.0 - w) + w)
+    wh = torch.where(differs, w, torch.zeros_like(w))
+    return wm * loss_m + wh * loss_h
+
+
+def _reduce(per_item: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return per_item
+    if reduction == "sum":
+        return per_item.sum()
+    b = per_item.shape[0]
+    return per_item.sum() / b if b > 0 else per_item.sum()
+
+
 def act_loss(
     logits: torch.Tensor,
     machine_labels: torch.Tensor,
@@ -139,8 +178,7 @@ def act_loss(
 
     lam = _check_lam(lam)
     max_weight = _check_max_weight(max_weight)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _check_reduction(reduction)
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
     b, k = logits.shape
@@ -176,27 +214,14 @@ def act_loss(
             raise ValueError(
                 f"review_prob {float(pi[i])!r} at index {i} must be in [0, 1] and > 0 when reviewed"
             )
-    # Unreviewed items: substitute the machine label (a valid class) and weight 1 for pi so that
-    # nothing computed on them is NaN/inf; their weight is set to exactly 0 below.
+    # Unreviewed items: substitute the machine label (a valid class) so that nothing computed on
+    # them is NaN/inf; their weight is exactly 0.
     h_safe = torch.where(d, h, m)
-    pi_safe = torch.where(d, pi, torch.ones_like(pi))
-    w = torch.where(d, 1.0 / pi_safe, torch.zeros_like(pi))
-    if max_weight is not None:
-        w = w.clamp(max=max_weight)
+    w = _torch_review_weights(d, pi, max_weight)
     loss_m = F.cross_entropy(logits, m, reduction="none")
     loss_h = F.cross_entropy(logits, h_safe, reduction="none")
-    if clip:
-        # per label: machine weight lam (1 - w) (+ w if h == m), human weight w (h != m)
-        wm = torch.where(d & (h_safe != m), (lam * (1.0 - w)).clamp(min=0.0), lam * (1.0 - w) + w)
-        wh = torch.where(d & (h_safe != m), w, torch.zeros_like(w))
-        per_item = wm * loss_m + wh * loss_h
-    else:
-        per_item = lam * loss_m + (loss_h - lam * loss_m) * w
-    if reduction == "none":
-        return per_item
-    if reduction == "sum":
-        return per_item.sum()
-    return per_item.sum() / b if b > 0 else per_item.sum()
+    per_item = _act_terms(loss_m, loss_h, d & (h_safe != m), w, lam, clip)
+    return _reduce(per_item, reduction)
 
 
 def act_bce_loss(
@@ -233,8 +258,7 @@ def act_bce_loss(
 
     lam = _check_lam(lam)
     max_weight = _check_max_weight(max_weight)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _check_reduction(reduction)
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (batch, labels), got {tuple(logits.shape)}")
     b, k = logits.shape
@@ -260,25 +284,11 @@ def act_bce_loss(
     if bool(bad_pi.any()):
         i = int(torch.nonzero(bad_pi)[0])
         raise ValueError(f"review_prob {float(pi[i])!r} at index {i} must be in [0, 1] and > 0 when reviewed")
-    pi_safe = torch.where(d, pi, torch.ones_like(pi))
-    w = torch.where(d, 1.0 / pi_safe, torch.zeros_like(pi))
-    if max_weight is not None:
-        w = w.clamp(max=max_weight)
-    w = w[:, None]
+    w = _torch_review_weights(d, pi, max_weight)[:, None]
     loss_m = F.binary_cross_entropy_with_logits(logits, m, reduction="none")
     loss_h = F.binary_cross_entropy_with_logits(logits, h, reduction="none")
-    if clip:
-        differs = d[:, None] & (h != m)
-        wm = torch.where(differs, (lam * (1.0 - w)).clamp(min=0.0), lam * (1.0 - w) + w)
-        wh = torch.where(differs, w, torch.zeros_like(w))
-        per_item = (wm * loss_m + wh * loss_h).mean(dim=1)
-    else:
-        per_item = (lam * loss_m + (loss_h - lam * loss_m) * w).mean(dim=1)
-    if reduction == "none":
-        return per_item
-    if reduction == "sum":
-        return per_item.sum()
-    return per_item.sum() / b if b > 0 else per_item.sum()
+    per_item = _act_terms(loss_m, loss_h, d[:, None] & (h != m), w, lam, clip).mean(dim=1)
+    return _reduce(per_item, reduction)
 
 
 # ----------------------------------------------------------------------------------------------

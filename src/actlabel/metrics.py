@@ -1,11 +1,12 @@
 """Metrics for ACT: how good the critic is, what the review budget bought, and what errors remain.
 
-Pure NumPy functions (arrays in, floats or small dataclasses out).  Definitions follow
+Pure functions over arrays (arrays in, floats or small dataclasses out), on NumPy and, for AUROC
+and isotonic calibration, scikit-learn (imported when first used: `status` never pays for it).  Definitions follow
 PAPER.md "Metrics"; formulas are in each docstring and derived in docs/statistics.md.
 
 * critic quality: :func:`error_detection_auroc`, :func:`expected_calibration_error`,
-  :func:`reliability_diagram`, calibration by :func:`fit_calibrator` (isotonic / Platt, NumPy
-  only) and :func:`ece_before_after`;
+  :func:`reliability_diagram`, calibration by :func:`fit_calibrator` (isotonic / Platt) and
+  :func:`ece_before_after`;
 * budget value: :func:`annotation_quality_gain` (AQG), :func:`annotation_budget_saving` (ABS),
   :func:`budget_curve`, :func:`random_budget_curve`, :func:`oracle_budget_curve`;
 * what is left: :func:`residual_error_estimate`, a prediction-powered, design-unbiased estimate of
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Literal
 
 import numpy as np
+
+from actlabel.logistic import logit, sigmoid, two_sided_z
 
 # ----------------------------------------------------------------------------------------------
 # validation helpers
@@ -65,34 +67,19 @@ def _weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
     return w
 
 
-def _z(confidence: float) -> float:
-    if not (0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
-
-
 # ----------------------------------------------------------------------------------------------
 # critic quality
-
-
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get the average of the ranks they span."""
-    n = x.size
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    bounds = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1], True])
-    avg = (bounds[:-1] + bounds[1:] + 1) / 2.0  # mean of ranks start+1 .. end
-    ranks = np.empty(n)
-    ranks[order] = np.repeat(avg, np.diff(bounds))
-    return ranks
 
 
 def error_detection_auroc(error_prob: np.ndarray, is_error: np.ndarray) -> float:
     """AUROC of ``error_prob`` as a detector of machine errors (m_i != true label).
 
-    Mann-Whitney form: AUROC = (sum of ranks of errors - n1 (n1 + 1) / 2) / (n1 n0), average ranks
-    for ties, i.e. P(e_error > e_correct) + 0.5 P(tie).  NaN when only one class is present.
+    P(e_error > e_correct) + 0.5 P(tie), by scikit-learn's ``roc_auc_score`` (the area under the
+    ROC curve equals this Mann-Whitney form).  NaN when only one class is present, where
+    scikit-learn would raise.
     """
+    from sklearn.metrics import roc_auc_score
+
     e = np.asarray(error_prob, dtype=float)
     if e.ndim != 1 or (~np.isfinite(e)).any():
         raise ValueError("error_prob must be a 1-D array of finite numbers")
@@ -101,8 +88,7 @@ def error_detection_auroc(error_prob: np.ndarray, is_error: np.ndarray) -> float
     n0 = y.size - n1
     if n1 == 0 or n0 == 0:
         return float("nan")
-    ranks = _average_ranks(e)
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
+    return float(roc_auc_score(y, e))
 
 
 @dataclass(frozen=True)
@@ -173,11 +159,12 @@ def expected_calibration_error(
 
 
 class IsotonicCalibrator:
-    """Monotone (non-decreasing) map from error_prob to P(error), fitted by pool-adjacent-violators.
+    """Monotone (non-decreasing) map from error_prob to P(error): scikit-learn's
+    ``IsotonicRegression`` (pool-adjacent-violators).
 
     PAV minimises sum_i w_i (y_i - f(x_i))^2 over non-decreasing f.  Prediction interpolates
-    linearly between the fitted points (like scikit-learn's ``IsotonicRegression``) and is
-    constant beyond the fitted range.  Learned state: ``x_thresholds_``, ``y_thresholds_``.
+    linearly between the fitted points and is constant beyond the fitted range.  Learned state:
+    ``x_thresholds_``, ``y_thresholds_``.
     """
 
     def __init__(self, y_min: float = 0.0, y_max: float = 1.0) -> None:
@@ -187,6 +174,8 @@ class IsotonicCalibrator:
     def fit(
         self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
     ) -> IsotonicCalibrator:
+        from sklearn.isotonic import IsotonicRegression
+
         x = _prob_array(error_prob, "error_prob")
         y = _bool_array(outcome, "outcome", x.size).astype(float)
         w = _weights(sample_weight, x.size)
@@ -194,38 +183,11 @@ class IsotonicCalibrator:
         x, y, w = x[keep], y[keep], w[keep]
         if x.size == 0:
             raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
-        # Pool equal x first: PAV needs one value per distinct x.
-        ux, inv = np.unique(x, return_inverse=True)
-        wsum = np.bincount(inv, weights=w)
-        ymean = np.bincount(inv, weights=w * y) / wsum
-        # Pool adjacent violators with a stack of blocks (value, weight, first index, last index).
-        vals: list[float] = []
-        wts: list[float] = []
-        starts: list[int] = []
-        ends: list[int] = []
-        for i in range(ux.size):
-            v, wt, s = float(ymean[i]), float(wsum[i]), i
-            while vals and vals[-1] >= v:
-                pv, pw = vals.pop(), wts.pop()
-                s = starts.pop()
-                ends.pop()
-                v = (pv * pw + v * wt) / (pw + wt)
-                wt = pw + wt
-            vals.append(v)
-            wts.append(wt)
-            starts.append(s)
-            ends.append(i)
-        xs: list[float] = []
-        ys: list[float] = []
-        for v, s, e in zip(vals, starts, ends, strict=True):
-            v = min(max(v, self.y_min), self.y_max)
-            xs.append(float(ux[s]))
-            ys.append(v)
-            if e != s:
-                xs.append(float(ux[e]))
-                ys.append(v)
-        self.x_thresholds_ = np.asarray(xs)
-        self.y_thresholds_ = np.asarray(ys)
+        fitted = IsotonicRegression(y_min=self.y_min, y_max=self.y_max, out_of_bounds="clip").fit(
+            x, y, sample_weight=w
+        )
+        self.x_thresholds_ = np.asarray(fitted.X_thresholds_, dtype=float)
+        self.y_thresholds_ = np.asarray(fitted.y_thresholds_, dtype=float)
         return self
 
     def predict(self, error_prob: np.ndarray) -> np.ndarray:
@@ -245,6 +207,11 @@ class PlattCalibrator:
     t- = 1/(N- + 2) (which keeps the fit finite on separable data) and a small ridge
     ``reg/2 * ((a - 1)^2 + b^2)`` pulling towards "trust the critic as is".
     Learned state: ``coef_`` (a), ``intercept_`` (b), ``n_iter_``.
+
+    Not scikit-learn's ``LogisticRegression``: that one penalises towards a = 0 and cannot be
+    told the prior a = 1, so where the reviewed error_probs barely vary (all alike, say) it
+    would flatten the critic instead of trusting it. Elsewhere both agree to 1e-6
+    (tests/test_metrics.py).
     """
 
     def __init__(self, reg: float = 1e-6, max_iter: int = 100, tol: float = 1e-10, eps: float = 1e-6) -> None:
@@ -252,10 +219,6 @@ class PlattCalibrator:
         self.max_iter = max_iter
         self.tol = tol
         self.eps = eps
-
-    def _logit(self, e: np.ndarray) -> np.ndarray:
-        e = np.clip(e, self.eps, 1.0 - self.eps)
-        return np.log(e) - np.log1p(-e)
 
     def fit(
         self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
@@ -265,7 +228,7 @@ class PlattCalibrator:
         w = _weights(sample_weight, x.size)
         if w.sum() <= 0:
             raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
-        s = self._logit(x)
+        s = logit(x, self.eps)
         n_pos, n_neg = float(w[y].sum()), float(w[~y].sum())
         t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
         z = np.stack([s, np.ones_like(s)], axis=1)
@@ -283,7 +246,7 @@ class PlattCalibrator:
         n_iter = 0
         while n_iter < self.max_iter:
             n_iter += 1
-            p = 0.5 * (1.0 + np.tanh(0.5 * (z @ theta)))
+            p = sigmoid(z @ theta)
             grad = z.T @ (w * (p - t)) + self.reg * (theta - prior)
             hess = (z * (w * p * (1 - p))[:, None]).T @ z + self.reg * np.eye(2)
             step = np.linalg.solve(hess + 1e-12 * np.eye(2), grad)
@@ -309,8 +272,8 @@ class PlattCalibrator:
     def predict(self, error_prob: np.ndarray) -> np.ndarray:
         if not hasattr(self, "coef_"):
             raise ValueError("PlattCalibrator is not fitted yet: call fit first")
-        s = self._logit(_prob_array(error_prob, "error_prob"))
-        return 0.5 * (1.0 + np.tanh(0.5 * (self.coef_ * s + self.intercept_)))
+        s = logit(_prob_array(error_prob, "error_prob"), self.eps)
+        return sigmoid(self.coef_ * s + self.intercept_)
 
     __call__ = predict
 
@@ -706,7 +669,7 @@ def residual_error_estimate(
         raise ValueError(f"review_prob must have length {n}, got {pi.size}")
     if interval not in ("adjusted", "wald"):
         raise ValueError(f"interval must be 'adjusted' or 'wald', got {interval!r}")
-    z = _z(confidence)
+    z = two_sided_z(confidence)
     raw = np.asarray(is_error, dtype=float)
     n_rev = int(d.sum())
     if raw.shape == (n,):

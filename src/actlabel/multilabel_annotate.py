@@ -43,6 +43,7 @@ import numpy as np
 
 from actlabel import multilabel, prompting
 from actlabel.errors import UserError
+from actlabel.logistic import logit, sigmoid
 from actlabel.models.base import ChatRequest, ChatResponse, ModelError
 from actlabel.models.retry import ParseFailure, call_with_parse
 from actlabel.stages import failed_record, gold_accuracy, pending_items, settings_key, stage_run
@@ -146,8 +147,7 @@ def rate_matched(p_yes: np.ndarray, rates: np.ndarray) -> tuple[np.ndarray, np.n
     """(shifted probabilities, per-label thresholds t_l): see the module docstring."""
     p = np.clip(np.asarray(p_yes, dtype=float), 1e-6, 1 - 1e-6)
     t = np.clip(np.array([np.quantile(p[:, j], 1.0 - rates[j]) for j in range(p.shape[1])]), 1e-6, 1 - 1e-6)
-    logit = np.log(p / (1 - p)) - np.log(t / (1 - t))
-    return 1.0 / (1.0 + np.exp(-logit)), t
+    return sigmoid(logit(p, 1e-6) - logit(t, 1e-6)), t
 
 
 def finish_rate_matching(store: Store, model: str, settings: str, run_id: int) -> str | None:
@@ -157,8 +157,11 @@ def finish_rate_matching(store: Store, model: str, settings: str, run_id: int) -
     if rates is None:
         return None
     names = store.task.label_names
-    done = {rid for rid, params in store.conn.execute("SELECT run_id, params FROM runs WHERE stage = 'annotate'")
-            if json.loads(params).get("settings") == settings}  # fmt: skip
+    done = {
+        run["run_id"]
+        for run in store.runs("annotate")
+        if json.loads(run["params"]).get("settings") == settings
+    }
     raw_p: dict[int, np.ndarray] = {}
     for rowid, (status, run, raw) in store.latest("annotations", ("status", "run_id", "raw")).items():
         if status == "ok" and run in done:
@@ -224,11 +227,7 @@ async def annotate_sets_llm(store: Store, stack: Any, *, concurrency: int, cap: 
             usage=stack.usage, cap=cap, progress=progress, label="annotate", on_error=on_error,
         )  # fmt: skip
         run.ended_by(engine)
-    counts = dict(
-        store.conn.execute(
-            "SELECT status, count(*) FROM annotations WHERE run_id = ? GROUP BY status", (run_id,)
-        )
-    )
+    counts = store.run_status_counts("annotations", run_id)
     if rate_matching and counts.get("ok"):
         finish_rate_matching(store, stack.spec, settings, run_id)
     result.done, result.failed = counts.get("ok", 0), counts.get("failed", 0)

@@ -38,10 +38,6 @@ def default_strategy(model: str | None, reviewed: int) -> str | None:
     return "learned" if embedded and reviewed > 0 else None
 
 
-def _reviewed(store: Store) -> int:
-    return int(store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
-
-
 def run_pipeline(
     store: Store,
     *,
@@ -75,7 +71,7 @@ def run_pipeline(
         "max_total_tokens": max_total_tokens, "limit": limit, "progress": progress,
     }  # fmt: skip
     lines = [str(annotate(store, model=model, cot=cot, **shared))]
-    reviewed = _reviewed(store)
+    reviewed = store.reviewed_count()
     multi = store.task.multi_label  # refine and the learned critic are single-label; its critic is per-label
     if not multi and reviewed >= MIN_REVIEWS and (model is None or ModelSpec.parse(model).can("embedded")):
         lines.append(str(refine_labels(store, progress=progress)))
@@ -108,12 +104,12 @@ def run_pipeline(
             raise UserError(f"--budget: {exc}") from None
         plan["total"] = int(total)
         store.set_meta(PLAN_META, json.dumps(plan))
-    left = plan["total"] - _reviewed(store)
-    done_rounds = int(store.conn.execute("SELECT count(DISTINCT round) FROM selections").fetchone()[0])
+    left = plan["total"] - store.reviewed_count()
+    done_rounds = store.last_round()
     main_rounds_done = done_rounds - (1 if auto else 0)
     rounds_left = max(1, plan["rounds"] - main_rounds_done)
     if left <= 0:
-        lines.append(f"budget spent: {_reviewed(store)} of {plan['total']} planned reviews done")
+        lines.append(f"budget spent: {store.reviewed_count()} of {plan['total']} planned reviews done")
         return "\n".join(lines)
     size = -(-left // rounds_left)
     lines.append(

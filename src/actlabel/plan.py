@@ -295,9 +295,7 @@ def _critic_estimate(
 ) -> StageEstimate:
     task = store.task
     n = store.count_items()
-    machine = dict(
-        store.conn.execute("SELECT item_rowid, label FROM annotations WHERE status = 'ok'").fetchall()
-    )
+    machine = {r: label for r, (label,) in store.latest("annotations", ("label",), "status = 'ok'").items()}
     with_images = critic.startswith("openai/")
     body = {
         "naive": "critic_naive",

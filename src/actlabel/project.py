@@ -246,25 +246,10 @@ class Project:
         ann_ok = ann_failed = crit_ok = crit_failed = sel = rev = sel_not_rev = gold = 0
         multi = store.task.multi_label
         gold_pairs: list[tuple[str, str]] = []  # (machine set, gold set) where both exist
-        for rows in store.iter_current():
+        for rows in store.iter_current_rows():
             for r in rows:
-                (
-                    _rowid,
-                    _iid,
-                    _data,
-                    gold_label,
-                    m_label,
-                    _conf,
-                    a_status,
-                    e_prob,
-                    _p,
-                    _rat,
-                    selected,
-                    _pi,
-                    human,
-                    _rv,
-                    _img,
-                ) = r
+                gold_label, m_label, a_status = r.gold_label, r.machine_label, r.annotation_status
+                selected, human = r.selected, r.human_label
                 if a_status == "ok":
                     ann_ok += 1
                     if multi:
@@ -275,7 +260,7 @@ class Project:
                         machine[m_label] += 1
                 elif a_status == "failed":
                     ann_failed += 1
-                if e_prob is not None:
+                if r.error_prob is not None:
                     crit_ok += 1
                 if selected:
                     sel += 1
@@ -290,7 +275,7 @@ class Project:
                     final[label] += 1
                 if gold_label is not None:
                     gold += 1
-        crit_failed = store.count("critiques", "status = 'failed'")
+        crit_failed = store.current_status_counts("critiques").get("failed", 0)
         runs = store.runs()
         usage = {
             k: sum(float(r[k] or 0) for r in runs)

@@ -23,7 +23,7 @@ from actlabel import label_model as lm
 from actlabel import prompting
 from actlabel.annotate import distribution_record
 from actlabel.errors import UserError
-from actlabel.store import Store
+from actlabel.store import CurrentAnnotation, Store
 
 #: fewer reviews than this teach the probe nothing reliable
 MIN_REVIEWS = 10
@@ -51,23 +51,6 @@ class RefineSummary:
                 f"accuracy vs gold {self.accuracy_before:.3f} -> {self.accuracy_after:.3f} ({self.gold_items} items)"
             )
         return " | ".join(parts)
-
-
-def _latest_ok_annotations(store: Store) -> dict[int, tuple[str, str | None, str, int]]:
-    """rowid -> (label, probs JSON, model, run_id) of the latest annotation, where it is ok."""
-    rows = store.conn.execute(
-        "SELECT a.item_rowid, a.label, a.probs, a.model, a.run_id, a.status FROM annotations a JOIN "
-        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.id = a.id"
-    ).fetchall()
-    return {r[0]: (r[1], r[2], r[3], r[4]) for r in rows if r[5] == "ok"}
-
-
-def _latest_reviews(store: Store) -> dict[int, str]:
-    rows = store.conn.execute(
-        "SELECT r.item_rowid, r.label FROM reviews r JOIN "
-        "(SELECT item_rowid, max(id) AS id FROM reviews GROUP BY item_rowid) l ON l.id = r.id"
-    ).fetchall()
-    return dict(rows)
 
 
 def _features(store: Store, items: list[Any], example_rows: list[Any]) -> tuple[np.ndarray, np.ndarray, str]:
@@ -103,10 +86,8 @@ def _features(store: Store, items: list[Any], example_rows: list[Any]) -> tuple[
 
 def _base_params(store: Store) -> dict[str, Any]:
     """The label-model parameters and settings of the latest annotate run that has them."""
-    for (params,) in store.conn.execute(
-        "SELECT params FROM runs WHERE stage = 'annotate' ORDER BY run_id DESC"
-    ).fetchall():
-        p = json.loads(params)
+    for run in reversed(store.runs("annotate")):
+        p = json.loads(run["params"])
         if p.get("settings"):
             return p
     return {}
@@ -119,7 +100,7 @@ class Refinement:
     rowids: list[int]
     items: list[Any]
     probs: np.ndarray
-    current: dict[int, tuple[str, str | None, str, int]]
+    current: dict[int, CurrentAnnotation]
     reviewed_rows: list[int]
     how: str
     label_model: dict[str, Any]
@@ -129,9 +110,9 @@ class Refinement:
 def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
     started = time.monotonic()
     names = list(store.task.label_names)
-    reviews = {r: lab for r, lab in _latest_reviews(store).items() if lab in names}
+    reviews = {r: lab for r, lab in store.current_reviews().items() if lab in names}
     ref = refined_distributions(store, reviews)
-    models = {ref.current[r][2] for r in ref.rowids}
+    models = {ref.current[r].model for r in ref.rowids}
     base_model = models.pop() if len(models) == 1 else "mixed annotators"
     base_model = base_model.split("+refined(")[0]
     run_id = store.start_run(
@@ -147,11 +128,11 @@ def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
     )
     model_name = f"{base_model}+refined({len(ref.reviewed_rows)} reviews)"
     records = [
-        distribution_record(r, run_id, model_name, names, ref.probs[i], "refined", ref.current[r][1])
+        distribution_record(r, run_id, model_name, names, ref.probs[i], "refined", ref.current[r].probs)
         for i, r in enumerate(ref.rowids)
     ]
-    changed = sum(rec["label"] != ref.current[rec["item_rowid"]][0] for rec in records)
-    before = _gold_accuracy(ref.items, [ref.current[r][0] for r in ref.rowids])
+    changed = sum(rec["label"] != ref.current[rec["item_rowid"]].label for rec in records)
+    before = _gold_accuracy(ref.items, [ref.current[r].label for r in ref.rowids])
     store.add_annotations(records)
     store.finish_run(run_id, "done", None)
     after = _gold_accuracy(ref.items, [rec["label"] for rec in records])
@@ -170,12 +151,8 @@ def refine_labels(store: Store, *, progress: bool = True) -> RefineSummary:
 def unrefined_labels(store: Store) -> dict[int, str]:
     """rowid -> the latest ok machine label that no review informed (the annotate run's own,
     label-model pass included): the "machine labels alone" baseline."""
-    rows = store.conn.execute(
-        "SELECT a.item_rowid, a.label FROM annotations a JOIN (SELECT item_rowid, max(id) AS id "
-        "FROM annotations WHERE status = 'ok' AND model NOT LIKE '%+refined(%' GROUP BY item_rowid) l "
-        "ON l.id = a.id"
-    ).fetchall()
-    return dict(rows)
+    latest = store.latest("annotations", ("label",), "status = 'ok' AND model NOT LIKE '%+refined(%'")
+    return {r: label for r, (label,) in latest.items()}
 
 
 def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
@@ -187,7 +164,7 @@ def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
             "--refine relabels single-label tasks; a multi-label task's labels come from `annotate`"
         )
     names = list(task.label_names)
-    current = _latest_ok_annotations(store)
+    current = store.current_annotations(with_probs=True)
     if not current:
         raise UserError("no machine labels to refine: run `actlabel annotate` first")
     reviews = {r: lab for r, lab in reviews.items() if lab in names and r in current}
@@ -202,7 +179,7 @@ def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
     x, ex_x, feature_names = _features(store, items, examples)
     if len(ex_x) == 0:
         examples = []
-    probs = [json.loads(current[r][1]) if current[r][1] else None for r in rowids]
+    probs = [json.loads(current[r].probs) if current[r].probs else None for r in rowids]
     have_probs = all(p is not None for p in probs)
     llm_logp = lm.safe_log(np.array([[p[n] for n in names] for p in probs])) if have_probs else None
     base = _base_params(store)

@@ -14,6 +14,7 @@ back to human reviews where that is meaningful.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -25,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
+from markupsafe import Markup
 from matplotlib.figure import Figure
 
 from actlabel import metrics
@@ -164,21 +167,16 @@ def _latest_critiques_by_strategy(store: Store, data: _Data) -> dict[str, tuple[
     Empty unless the store holds two strategies or more: the common single-strategy project then
     skips the grouped scan of the whole critiques table.
     """
-    strategies = [
-        r[0] for r in store.conn.execute("SELECT DISTINCT strategy FROM critiques ORDER BY strategy")
-    ]
+    strategies = [r[0] for r in store.distinct("critiques", "strategy")]
     if len(strategies) < 2 or data.n == 0:
         return {}
     out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for strategy in strategies:
-        # SQLite's bare-column max(): error_prob comes from the row holding max(id) of each group.
-        rows = store.conn.execute(
-            "SELECT item_rowid, max(id), error_prob FROM critiques WHERE strategy = ? AND error_prob IS NOT NULL"
-            " GROUP BY item_rowid",
-            (strategy,),
-        ).fetchall()
-        rowids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        probs = np.fromiter((r[2] for r in rows), dtype=float, count=len(rows))
+        latest = store.latest(
+            "critiques", ("error_prob",), "strategy = ? AND error_prob IS NOT NULL", (strategy,)
+        )
+        rowids = np.fromiter(latest.keys(), dtype=np.int64, count=len(latest))
+        probs = np.fromiter((v[0] for v in latest.values()), dtype=float, count=len(latest))
         # iter_current orders items by rowid, so a sorted search maps rowids to item indexes.
         pos = np.minimum(np.searchsorted(data.rowids, rowids), data.n - 1)
         found = data.rowids[pos] == rowids
@@ -207,6 +205,29 @@ def _short(label: str, width: int = 18) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
+def _escaped(value: Any) -> Any:
+    """Every value the templates print, escaped as html.escape does (&quot; and &#x27;, where
+    markupsafe writes &#34; and &#39;): the same bytes the report always had. Markup passes as is."""
+    return value if hasattr(value, "__html__") else Markup(esc(str(value)))
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("actlabel", "templates"),
+        autoescape=True,
+        finalize=_escaped,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+
+
+@functools.cache
+def _parts() -> Any:
+    """The macros of templates/report_parts.html."""
+    return _templates().get_template("report_parts.html").module
+
+
 def _table(
     headers: Sequence[str],
     rows: Iterable[Sequence[Any]],
@@ -215,27 +236,22 @@ def _table(
     row_classes: Sequence[str] | None = None,
 ) -> str:
     """An HTML table; every cell is escaped (callers pass plain text, never markup)."""
-    num = set(numeric)
-    head = "".join(f"<th{' class=num' if i in num else ''}>{esc(str(h))}</th>" for i, h in enumerate(headers))
-    body = []
-    for k, row in enumerate(rows):
-        cls = f' class="{row_classes[k]}"' if row_classes and row_classes[k] else ""
-        cells = "".join(
-            f"<td{' class=num' if i in num else ''}>{esc(str(c))}</td>" for i, c in enumerate(row)
-        )
-        body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return str(_parts().table(list(headers), [list(r) for r in rows], set(numeric), row_classes))
 
 
 def _kv(pairs: Iterable[tuple[str, str]]) -> str:
     """A two-column key/value table for headline numbers (values are already-escaped markup)."""
-    rows = "".join(f"<tr><th>{esc(k)}</th><td>{v}</td></tr>" for k, v in pairs)
-    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+    return str(_parts().kv([(k, Markup(v)) for k, v in pairs]))
 
 
 def _note(text: str, kind: str = "note") -> str:
     """A callout; `text` is markup (callers escape the data inside it)."""
-    return f'<div class="{kind}">{text}</div>'
+    return str(_parts().note(Markup(text), kind))
+
+
+def _caption(text: str) -> str:
+    """A caption under a table or plot; `text` is plain text."""
+    return str(_parts().caption(text))
 
 
 def _needs_gold(what: str) -> str:
@@ -251,7 +267,7 @@ def _png(fig: Figure, alt: str) -> str:
     # Software metadata would carry matplotlib's URL into the file; it says nothing useful here.
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}"></figure>'
+    return str(_parts().figure(alt, data))
 
 
 def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Any]:
@@ -448,23 +464,19 @@ def _overview(store: Store, data: _Data) -> str:
     reviewed = int(data.reviewed.sum())
     pending = int((data.selected & ~data.reviewed).sum())
     gold = int((data.gold >= 0).sum())
-    rounds = store.conn.execute("SELECT count(DISTINCT round) FROM selections").fetchone()[0]
+    rounds = store.last_round()
 
-    def stage(name: str, done: bool, detail: str) -> str:
-        mark = "done" if done else "todo"
-        return f'<li class="{mark}"><strong>{esc(name)}</strong><span>{esc(detail)}</span></li>'
-
-    stages = "".join(
+    stages = _parts().stages(
         [
-            stage("import", n > 0, f"{_int(n)} items"),
-            stage(
+            ("import", n > 0, f"{_int(n)} items"),
+            (
                 "annotate",
                 n > 0 and annotated == n,
                 f"{_int(annotated)} of {_int(n)}" + (f", {_int(failed)} failed" if failed else ""),
             ),
-            stage("critique", annotated > 0 and critiqued >= annotated, f"{_int(critiqued)} items"),
-            stage("select", rounds > 0, f"{_int(selected)} selected, {rounds} round{'s' * (rounds != 1)}"),
-            stage("review", selected > 0 and pending == 0, f"{_int(reviewed)} reviewed"),
+            ("critique", annotated > 0 and critiqued >= annotated, f"{_int(critiqued)} items"),
+            ("select", rounds > 0, f"{_int(selected)} selected, {rounds} round{'s' * (rounds != 1)}"),
+            ("review", selected > 0 and pending == 0, f"{_int(reviewed)} reviewed"),
         ]
     )
     labels = data.names[: data.n_task_labels]
@@ -474,7 +486,7 @@ def _overview(store: Store, data: _Data) -> str:
             (
                 "labels",
                 f"{len(labels)}: "
-                + ", ".join(f"<code>{esc(x)}</code>" for x in labels[:40])
+                + str(_parts().codes(labels[:40]))
                 + (f" and {len(labels) - 40} more" if len(labels) > 40 else ""),
             ),
             ("gold labels", f"{_int(gold)} items" if gold else "none imported"),
@@ -483,7 +495,7 @@ def _overview(store: Store, data: _Data) -> str:
             ("selected but not reviewed", _int(pending)),
         ]
     )
-    out = [f'<ol class="stages">{stages}</ol>', headline]
+    out = [str(stages), headline]
     if pending:
         out.append(
             _note(
@@ -513,15 +525,8 @@ def _usage_table(store: Store) -> str:
             acc[f] += float(run[f] or 0)
     total = {k: sum(s[k] for s in by_stage.values()) for k in ("runs", *fields)}
     models = {
-        "annotate": [
-            r[0] for r in store.conn.execute("SELECT DISTINCT model FROM annotations ORDER BY model")
-        ],
-        "critique": [
-            f"{m} ({s})"
-            for m, s in store.conn.execute(
-                "SELECT DISTINCT model, strategy FROM critiques ORDER BY model, strategy"
-            )
-        ],
+        "annotate": [r[0] for r in store.distinct("annotations", "model")],
+        "critique": [f"{m} ({s})" for m, s in store.distinct("critiques", "model, strategy")],
     }
 
     def row(name: str, s: dict[str, float]) -> list[str]:
@@ -636,7 +641,7 @@ def _accuracy(data: _Data) -> str:
         )
         out += [
             img,
-            f'<p class="caption">{esc(caption)}</p>',
+            _caption(caption),
             _per_class_table(data, gold_mask, data.gold, True),
         ]
         return "".join(out)
@@ -666,7 +671,7 @@ def _accuracy(data: _Data) -> str:
         )
     )
     img, caption = _confusion_heatmap(data.names, data.human[rev], data.machine[rev], "human", "machine")
-    out += [img, f'<p class="caption">{esc(caption)}</p>', _per_class_table(data, rev, data.human, False)]
+    out += [img, _caption(caption), _per_class_table(data, rev, data.human, False)]
     return "".join(out)
 
 
@@ -978,12 +983,7 @@ def _reviewers(store: Store, data: _Data) -> str:
     agree_critic = share(human == proposed, proposed >= 0)
     has_gold = bool((gold >= 0).any())
     agree_gold = share(human == gold, gold >= 0)
-    totals = {
-        reviewer: (n, sources, duration)
-        for reviewer, n, sources, duration in store.conn.execute(
-            "SELECT reviewer, count(*), group_concat(DISTINCT source), avg(duration_ms) FROM reviews GROUP BY reviewer"
-        )
-    }
+    totals = {reviewer: (n, sources, duration) for reviewer, n, sources, duration in store.reviewer_totals()}
     rows = []
     for j, reviewer in enumerate(who.tolist()):
         n_all, sources, duration = totals.get(reviewer, (0, "", None))
@@ -1052,58 +1052,12 @@ def _downstream(store: Store) -> str:
     out = [_table(headers, body, numeric=numeric)]
     note = payload.get("note") if isinstance(payload, dict) else None
     if note:
-        out.append(f'<p class="caption">{esc(str(note))}</p>')
+        out.append(_caption(str(note)))
     return "".join(out)
 
 
 # ----------------------------------------------------------------------------------------------
 # the page
-
-CSS = """
-:root { --fg: #1f2328; --muted: #59636e; --line: #d8dee4; --bg: #ffffff; --panel: #f6f8fa;
-        --accent: #4c72b0; --warn-bg: #fff8e1; --warn-line: #e3b341; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--panel); color: var(--fg);
-       font: 15px/1.5 -apple-system, "Segoe UI", "Helvetica Neue", Arial, sans-serif; }
-header { background: #24292f; color: #fff; padding: 22px 32px; }
-header h1 { margin: 0 0 4px; font-size: 24px; }
-header p { margin: 0; color: #c9d1d9; font-size: 13px; }
-nav { background: var(--bg); border-bottom: 1px solid var(--line); padding: 8px 32px; font-size: 13px; }
-nav a { color: var(--accent); text-decoration: none; margin-right: 16px; }
-main { max-width: 1100px; margin: 0 auto; padding: 16px 24px 48px; }
-section { background: var(--bg); border: 1px solid var(--line); border-radius: 8px; padding: 8px 24px 20px;
-          margin: 18px 0; }
-h2 { font-size: 19px; border-bottom: 1px solid var(--line); padding-bottom: 6px; }
-h2 .n { color: var(--muted); font-weight: normal; margin-right: 6px; }
-h3 { font-size: 15px; margin: 20px 0 8px; }
-table { border-collapse: collapse; margin: 10px 0; font-size: 13.5px; }
-th, td { padding: 5px 10px; border-bottom: 1px solid var(--line); text-align: left; vertical-align: top; }
-thead th { background: var(--panel); font-weight: 600; }
-tbody tr:nth-child(even) { background: #fbfcfd; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
-tbody tr.wrong { background: #fdf0f0; }
-tr.total td { font-weight: 600; border-top: 2px solid var(--line); }
-table.kv th { font-weight: normal; color: var(--muted); width: 330px; background: none; }
-table.kv td { font-variant-numeric: tabular-nums; }
-table.kv span[id] { font-weight: 600; }
-code { background: var(--panel); border-radius: 4px; padding: 1px 5px; font-size: 12.5px; }
-figure { margin: 12px 0 4px; }
-figure img { max-width: 100%; height: auto; }
-.caption { color: var(--muted); font-size: 12.5px; margin: 4px 0 10px; }
-.note, .warn { border-left: 4px solid var(--line); background: var(--panel); padding: 8px 14px;
-               margin: 10px 0; border-radius: 0 6px 6px 0; }
-.warn { border-left-color: var(--warn-line); background: var(--warn-bg); }
-.scroll { overflow-x: auto; }
-.scroll td:nth-child(2), .scroll td:nth-child(6) { min-width: 220px; }
-ol.stages { display: flex; flex-wrap: wrap; gap: 8px; list-style: none; padding: 0; margin: 14px 0; }
-ol.stages li { border: 1px solid var(--line); border-radius: 6px; padding: 6px 12px; min-width: 150px; }
-ol.stages li strong { display: block; font-size: 13px; text-transform: capitalize; }
-ol.stages li span { font-size: 12.5px; color: var(--muted); }
-ol.stages li.done { border-color: #8fd19e; background: #f0fbf2; }
-ol.stages li.done strong::before { content: "\\2713  "; color: #2da44e; }
-ol.stages li.todo strong::before { content: "\\25CB  "; color: var(--muted); }
-details summary { cursor: pointer; color: var(--accent); margin: 8px 0; }
-"""
 
 _SECTIONS: list[tuple[str, str]] = [
     ("overview", "Overview"),
@@ -1226,23 +1180,15 @@ def render_report(store: Store) -> str:
             k: (v if k in ("overview", "downstream") else (lambda: "<p>No items yet.</p>"))
             for k, v in builders.items()
         }
-    sections = []
-    for number, (key, title) in enumerate(_SECTIONS, 1):
-        sections.append(
-            f'<section id="{key}"><h2><span class="n">{number}.</span>{esc(title)}</h2>{builders[key]()}</section>'
-        )
-    nav = "".join(f'<a href="#{key}">{esc(title)}</a>' for key, title in _SECTIONS)
-    project = esc(store.root.resolve().name or str(store.root))
-    generated = time.strftime("%Y-%m-%d %H:%M", time.localtime())
     return (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>actlabel report: {project}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>actlabel report: {project}</h1>"
-        f"<p>{esc(str(store.root.resolve()))} &middot; generated {generated} &middot; "
-        "ACT: annotation with critical thinking</p></header>"
-        f"<nav>{nav}</nav><main>{''.join(sections)}</main></body></html>\n"
+        _templates()
+        .get_template("report.html")
+        .render(
+            project=store.root.resolve().name or str(store.root),
+            root=str(store.root.resolve()),
+            generated=time.strftime("%Y-%m-%d %H:%M", time.localtime()),
+            sections=[(key, title, Markup(builders[key]())) for key, title in _SECTIONS],
+        )
     )
 
 

@@ -40,6 +40,8 @@ from typing import Literal
 
 import numpy as np
 
+from actlabel.logistic import sigmoid, two_sided_z
+
 Rule = Literal["threshold", "exponential", "normalized"]
 Design = Literal["pivotal", "systematic"]
 DESIGNS: tuple[str, ...] = ("pivotal", "systematic")
@@ -183,11 +185,6 @@ def _threshold_probs(e: np.ndarray, budget: int, rng: np.random.Generator) -> tu
     return pi, float(e[order[budget - 1]])
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # tanh form: no overflow warnings for large |x|
-    return 0.5 * (1.0 + np.tanh(0.5 * x))
-
-
 def _exponential_probs(e: np.ndarray, budget: int, beta: float) -> tuple[np.ndarray, float]:
     """pi_i = sigmoid(beta * (e_i - alpha)) with sum pi = B; alpha by safeguarded Newton."""
     n = e.size
@@ -205,7 +202,7 @@ def _exponential_probs(e: np.ndarray, budget: int, beta: float) -> tuple[np.ndar
     hi = float(e.max()) + 60.0 / beta
     alpha = float(np.sort(e)[n - budget])  # the threshold rule's tau: a good first guess
     for _ in range(200):
-        pi = _sigmoid(beta * (e - alpha))
+        pi = sigmoid(beta * (e - alpha))
         total = float(pi.sum())
         if total > budget:
             lo = alpha
@@ -219,7 +216,7 @@ def _exponential_probs(e: np.ndarray, budget: int, beta: float) -> tuple[np.ndar
         alpha = step if lo < step < hi else 0.5 * (lo + hi)
         if hi - lo < 1e-13 * max(1.0, abs(hi)):
             break
-    return _sigmoid(beta * (e - hi)), hi
+    return sigmoid(beta * (e - hi)), hi
 
 
 def _normalized_probs(e: np.ndarray, budget: int) -> tuple[np.ndarray, float]:
@@ -638,14 +635,6 @@ def budget_from_spec(spec: str | int, n_items: int) -> int:
     raise ValueError(f"budget {text.strip()!r} is not a percentage like '20%' or a whole number like '500'")
 
 
-def _z(confidence: float) -> float:
-    from statistics import NormalDist
-
-    if not (0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
-    return NormalDist().inv_cdf(0.5 + confidence / 2.0)
-
-
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion.
 
@@ -655,7 +644,7 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
         raise ValueError(f"trials must be > 0, got {trials}")
     if not (0 <= successes <= trials):
         raise ValueError(f"successes must be in [0, {trials}], got {successes}")
-    z = _z(confidence)
+    z = two_sided_z(confidence)
     p = successes / trials
     denom = 1.0 + z * z / trials
     center = (p + z * z / (2 * trials)) / denom

@@ -89,8 +89,7 @@ def current_state(store: Store) -> CurrentState:
 
 
 def _next_round(store: Store) -> int:
-    row = store.conn.execute("SELECT max(round) FROM selections").fetchone()
-    return int(row[0] or 0) + 1
+    return store.last_round() + 1
 
 
 def _error_probs_for_selection(state: CurrentState) -> np.ndarray:

@@ -133,14 +133,10 @@ def label_max_tokens(names: Sequence[str]) -> int:
 
 def gold_accuracy(store: Store) -> tuple[float | None, int]:
     """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
-    rows = store.conn.execute(
-        "SELECT i.gold_label, a.label FROM items i JOIN "
-        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.item_rowid = i.rowid "
-        "JOIN annotations a ON a.id = l.id WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
-    ).fetchall()
-    if not rows:
+    pairs = store.gold_and_machine_labels()
+    if not pairs:
         return None, 0
-    return sum(g == m for g, m in rows) / len(rows), len(rows)
+    return sum(g == m for g, m in pairs) / len(pairs), len(pairs)
 
 
 # ---- one stage run: its `runs` row and its result -----------------------------------------------
@@ -270,15 +266,9 @@ def settings_key(model: str, cot: bool, templates: str, label_model: int | None 
 def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
     """(rowids to annotate in rowid order, how many are skipped as already done with `settings`)."""
     run_settings = {
-        run_id: json.loads(params).get("settings")
-        for run_id, params in store.conn.execute("SELECT run_id, params FROM runs WHERE stage = 'annotate'")
+        run["run_id"]: json.loads(run["params"]).get("settings") for run in store.runs("annotate")
     }
-    latest = {
-        rowid: (status, run_id)
-        for rowid, _id, status, run_id in store.conn.execute(
-            "SELECT item_rowid, max(id), status, run_id FROM annotations GROUP BY item_rowid"
-        )
-    }
+    latest = store.latest("annotations", ("status", "run_id"))
     todo, skipped = [], 0
     for rowid in store.item_rowids():
         status, run_id = latest.get(rowid, (None, None))
@@ -295,10 +285,7 @@ def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[
 def task_modalities(store: Store) -> tuple[bool, bool]:
     """(has text, has images) over the imported items."""
     task = store.task
-    has_images = bool(
-        task.image_column
-        or store.conn.execute("SELECT 1 FROM items WHERE image_path IS NOT NULL LIMIT 1").fetchone()
-    )
+    has_images = bool(task.image_column or store.has_images())
     has_text = bool(task.text_columns)
     if not has_text and not task.image_column:
         has_text = True  # items imported without declared roles: their fields are text

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from actlabel.errors import NotAProject, ProjectBusy, UserError
 from actlabel.task import Task
@@ -29,6 +29,9 @@ BUSY_TIMEOUT_S = 30.0
 CACHE_FLUSH_ROWS = 256
 CACHE_FLUSH_SECONDS = 1.0
 _PUT_CALL = "INSERT OR REPLACE INTO model_calls VALUES (?, ?, ?, ?, ?, ?)"
+STAGE_TABLES = frozenset({"annotations", "critiques", "selections", "reviews"})
+#: rowids bound per `IN (...)`: under SQLite's default limit of 999 variables
+_IN_CHUNK = 900
 
 # Each entry moves the schema from version i to i+1. Never edit a shipped entry: append a new one.
 MIGRATIONS: list[str] = [
@@ -185,6 +188,61 @@ class Item:
     def text(self) -> str:
         """All text fields joined; single-field tasks get the field as is."""
         return "\n".join(str(v) for k, v in self.data.items() if k != "__image__" and v is not None)
+
+
+@dataclass(frozen=True)
+class CurrentAnnotation:
+    """An item's current machine label: its latest annotation record, when that one is ok."""
+
+    id: int
+    label: str
+    confidence: float | None
+    reasoning: str | None
+    model: str
+    probs: str | None
+    run_id: int
+
+
+class CurrentRow(NamedTuple):
+    """One item with the latest record of every stage (`Store.iter_current`)."""
+
+    rowid: int
+    item_id: str
+    data: str
+    gold_label: str | None
+    machine_label: str | None
+    machine_confidence: float | None
+    annotation_status: str | None
+    error_prob: float | None
+    proposed_label: str | None
+    critic_rationale: str | None
+    selected: int | None
+    review_prob: float | None
+    human_label: str | None
+    reviewer: str | None
+    image_path: str | None
+
+
+@dataclass(frozen=True)
+class LeaseRefused:
+    """Why an item could not be leased: `holder` holds it until `expires_at`, or, with holder
+    None, the item has a review already."""
+
+    holder: str | None
+    expires_at: float | None
+
+
+def _current_record(alias: str, table: str) -> str:
+    """The join condition that keeps, for each item `i`, its latest record of `table`: an index
+    lookup on (item_rowid, id), which streams where a joined GROUP BY subquery was materialised
+    whole in memory (temp_store=MEMORY) and grew with the project (bench/bench_scale.py)."""
+    return f"{alias}.id = (SELECT max(id) FROM {table} WHERE item_rowid = i.rowid)"
+
+
+#: Which critique feeds selection, and so status, export and the report: an item's latest
+#: critique record of any strategy and model. A failed one leaves the item without error_prob, so
+#: selection asks for a new critique instead of falling back to an older one.
+SELECTION_CRITIQUE = _current_record("c", "critiques")
 
 
 class ResponseCache:
@@ -512,6 +570,20 @@ class Store:
                 out[item_id] = (data, gold)
         return out
 
+    def gold_labels(self) -> dict[int, str]:
+        """rowid -> gold label, for the items imported with one."""
+        return dict(self.conn.execute("SELECT rowid, gold_label FROM items WHERE gold_label IS NOT NULL"))
+
+    def has_images(self) -> bool:
+        return (
+            self.conn.execute("SELECT 1 FROM items WHERE image_path IS NOT NULL LIMIT 1").fetchone()
+            is not None
+        )
+
+    def image_path_of(self, rowid: int) -> str | None:
+        row = self.conn.execute("SELECT image_path FROM items WHERE rowid = ?", (rowid,)).fetchone()
+        return None if row is None else row[0]
+
     def count_items(self) -> int:
         return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
 
@@ -657,13 +729,231 @@ class Store:
             raise UserError(f"item {item_rowid}: review label {label!r} is not one of the task's labels")
         return label
 
-    def latest(self, table: str, columns: Sequence[str], where: str = "") -> dict[int, tuple]:
-        """item_rowid -> the chosen columns of its latest record in `table` (SQLite's bare-column max())."""
-        if table not in {"annotations", "critiques", "selections", "reviews"}:
+    # ---- the current record of each item ----------------------------------------------------
+    # Records are appended, so "the current X of an item" is always its record with the highest id
+    # among those a query admits. Every module asks for it here, by name, instead of writing the
+    # GROUP BY itself.
+
+    def latest(
+        self,
+        table: str,
+        columns: Sequence[str],
+        where: str | None = None,
+        params: Sequence[Any] = (),
+        rowids: Sequence[int] | None = None,
+    ) -> dict[int, tuple]:
+        """item_rowid -> the chosen columns of its latest record in `table` among those matching
+        `where` (SQL with `?` bound to `params`), for every item or only `rowids`.
+
+        SQLite's bare-column max(): the other columns come from the row holding max(id)."""
+        if table not in STAGE_TABLES:
             raise ValueError(f"unknown stage table {table!r}")
         cols = ", ".join(columns)
-        sql = f"SELECT item_rowid, max(id), {cols} FROM {table} {('WHERE ' + where) if where else ''} GROUP BY item_rowid"
-        return {row[0]: row[2:] for row in self.conn.execute(sql)}
+        conditions = [where] if where else []
+        if rowids is None:
+            sql = f"SELECT item_rowid, max(id), {cols} FROM {table}"
+            if conditions:
+                sql += " WHERE " + " AND ".join(conditions)
+            return {row[0]: row[2:] for row in self.conn.execute(sql + " GROUP BY item_rowid", tuple(params))}
+        out: dict[int, tuple] = {}
+        rowids = list(rowids)
+        for start in range(0, len(rowids), _IN_CHUNK):
+            chunk = rowids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT item_rowid, max(id), {cols} FROM {table} WHERE " + " AND ".join(
+                [*conditions, f"item_rowid IN ({marks})"]
+            )
+            for row in self.conn.execute(sql + " GROUP BY item_rowid", (*params, *chunk)):
+                out[row[0]] = row[2:]
+        return out
+
+    def current_annotations(self, *, with_probs: bool = False) -> dict[int, CurrentAnnotation]:
+        """item_rowid -> its latest annotation, for the items where that one is ok (in rowid order).
+        `probs` is read only `with_probs`: the distributions are most of the table's bytes."""
+        probs = "a.probs" if with_probs else "NULL"
+        rows = self.conn.execute(
+            f"SELECT a.item_rowid, a.id, a.label, a.confidence, a.reasoning, a.model, {probs}, a.run_id "
+            "FROM annotations a JOIN (SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l "
+            "ON a.id = l.id WHERE a.status = 'ok' ORDER BY a.item_rowid"
+        )
+        return {r[0]: CurrentAnnotation(*r[1:]) for r in rows}
+
+    def iter_current_annotations(
+        self, *, limit: int | None = None, batch: int = 20000
+    ) -> Iterator[list[tuple]]:
+        """Batches of (rowid, annotation id, label, confidence, probs, gold_label) for the items
+        whose latest annotation is ok, in rowid order, streamed: memory is one batch at any size."""
+        sql = (
+            "SELECT i.rowid, a.id, a.label, a.confidence, a.probs, i.gold_label FROM items i "
+            f"JOIN annotations a ON {_current_record('a', 'annotations')} WHERE a.status = 'ok' ORDER BY i.rowid"
+        )
+        cur = self.conn.execute(sql + (f" LIMIT {int(limit)}" if limit is not None else ""))
+        while rows := cur.fetchmany(batch):
+            yield rows
+
+    def annotations_by_id(self, ids: Iterable[int], columns: Sequence[str]) -> dict[int, tuple]:
+        """annotation id -> `columns` of that record (a critic reading what its target's annotation stored)."""
+        ids = [int(i) for i in ids]
+        cols = ", ".join(columns)
+        out: dict[int, tuple] = {}
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                {
+                    r[0]: r[1:]
+                    for r in self.conn.execute(
+                        f"SELECT id, {cols} FROM annotations WHERE id IN ({marks})", chunk
+                    )
+                }
+            )
+        return out
+
+    def reviewer_totals(self) -> list[tuple[str, int, str, float | None]]:
+        """(reviewer, reviews, the sources they came through joined by commas, mean duration in ms)."""
+        return self.conn.execute(
+            "SELECT reviewer, count(*), group_concat(DISTINCT source), avg(duration_ms) FROM reviews GROUP BY reviewer"
+        ).fetchall()
+
+    def gold_and_machine_labels(self) -> list[tuple[str, str]]:
+        """(gold label, current machine label) of the items that have both."""
+        return self.conn.execute(
+            "SELECT i.gold_label, a.label FROM items i JOIN annotations a ON "
+            + _current_record("a", "annotations")
+            + " WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
+        ).fetchall()
+
+    def current_reviews(self, rowids: Sequence[int] | None = None) -> dict[int, str]:
+        """item_rowid -> the label of its latest review (the human label)."""
+        return {r: v[0] for r, v in self.latest("reviews", ("label",), rowids=rowids).items()}
+
+    def current_selections(self, *, chosen_only: bool = False) -> dict[int, tuple[bool, float]]:
+        """item_rowid -> (selected, review_prob) of its latest selection record; with `chosen_only`,
+        of its latest record that selected it (the probability it was reviewed with)."""
+        where = "selected = 1" if chosen_only else None
+        return {
+            r: (bool(selected), pi)
+            for r, (selected, pi) in self.latest("selections", ("selected", "review_prob"), where).items()
+        }
+
+    def selected_now(self, rowids: Sequence[int] | None = None) -> set[int]:
+        """The items whose latest selection record chose them for review."""
+        return {
+            r
+            for r, (selected,) in self.latest("selections", ("selected",), rowids=rowids).items()
+            if selected
+        }
+
+    def selected_for_review(self) -> list[tuple[int, float | None, bool]]:
+        """(rowid, error_prob of its selection critique, whether it has a review) of every item
+        whose latest selection record chose it."""
+        return [
+            (rowid, e, bool(reviewed))
+            for rowid, e, reviewed in self.conn.execute(
+                """
+                WITH latest AS MATERIALIZED (
+                    SELECT item_rowid AS rowid, max(id) AS id, selected FROM selections GROUP BY item_rowid
+                )
+                SELECT i.rowid, c.error_prob, EXISTS (SELECT 1 FROM reviews r WHERE r.item_rowid = i.rowid)
+                FROM latest i LEFT JOIN critiques c ON """
+                + SELECTION_CRITIQUE
+                + " WHERE i.selected = 1"
+            )
+        ]
+
+    def latest_critiques(
+        self,
+        columns: Sequence[str],
+        *,
+        strategy: str | None = None,
+        model: str | None = None,
+        ok_only: bool = True,
+    ) -> dict[int, tuple]:
+        """item_rowid -> `columns` of its latest critique by `strategy` (and `model`), ok ones only
+        unless `ok_only` is false. Not the selection's critique: see `current_critique_counts`."""
+        conditions, params = (["status = 'ok'"] if ok_only else []), []
+        if strategy is not None:
+            conditions.append("strategy = ?")
+            params.append(strategy)
+        if model is not None:
+            conditions.append("model = ?")
+            params.append(model)
+        return self.latest("critiques", columns, " AND ".join(conditions) or None, params)
+
+    def latest_critiques_per_critic(self, columns: Sequence[str]) -> dict[tuple[str, str], dict[int, tuple]]:
+        """(strategy, model) -> item_rowid -> `columns` of its latest ok critique with an error_prob
+        by that critic: every critic's own current opinion (ensembles, learned features)."""
+        cols = ", ".join(columns)
+        out: dict[tuple[str, str], dict[int, tuple]] = {}
+        for row in self.conn.execute(
+            f"SELECT item_rowid, max(id), strategy, model, {cols} FROM critiques "
+            "WHERE status = 'ok' AND error_prob IS NOT NULL GROUP BY item_rowid, strategy, model"
+        ):
+            out.setdefault((row[2], row[3]), {})[row[0]] = row[4:]
+        return out
+
+    def critics_newest_first(self, strategy: str | None = None) -> Iterator[tuple[str, str]]:
+        """(strategy, model) of every ok critique record (only `strategy`'s, when given), newest first."""
+        sql = "SELECT strategy, model FROM critiques WHERE status = 'ok'"
+        args = (strategy,) if strategy else ()
+        if strategy:
+            sql += " AND strategy = ?"
+        yield from self.conn.execute(sql + " ORDER BY id DESC", args)
+
+    def has_machine_labels(self) -> bool:
+        """Whether some item's latest annotation is ok: stops at the first (loading every current
+        annotation for this took a dict of the whole table at 1M items)."""
+        return (
+            self.conn.execute(
+                "SELECT 1 FROM items i JOIN annotations a ON "
+                + _current_record("a", "annotations")
+                + " WHERE a.status = 'ok' LIMIT 1"
+            ).fetchone()
+            is not None
+        )
+
+    def current_status_counts(self, table: str) -> dict[str, int]:
+        """status -> how many items have a latest record in `table` (annotations or critiques) with
+        that status. For critiques this is the selection's critique (SELECTION_CRITIQUE): an older
+        failed record that a later one replaced does not count."""
+        if table not in {"annotations", "critiques"}:
+            raise ValueError(f"unknown stage table {table!r}")
+        current = SELECTION_CRITIQUE if table == "critiques" else _current_record("c", table)
+        return dict(
+            self.conn.execute(
+                f"SELECT c.status, count(*) FROM items i JOIN {table} c ON {current} GROUP BY c.status"
+            ).fetchall()
+        )
+
+    def run_status_counts(self, table: str, run_id: int) -> dict[str, int]:
+        """status -> how many records one annotate or critique run wrote."""
+        if table not in {"annotations", "critiques"}:
+            raise ValueError(f"unknown stage table {table!r}")
+        return dict(
+            self.conn.execute(
+                f"SELECT status, count(*) FROM {table} WHERE run_id = ? GROUP BY status", (run_id,)
+            )
+        )
+
+    def last_record_id(self, table: str) -> int:
+        """The id of the newest record in a stage table, 0 when empty: changes whenever it grows."""
+        if table not in STAGE_TABLES:
+            raise ValueError(f"unknown stage table {table!r}")
+        return int(self.conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
+
+    def reviewed_count(self) -> int:
+        """How many items have a human label."""
+        return int(self.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
+
+    def last_round(self) -> int:
+        """The latest selection round (rounds are numbered 1, 2, ... without gaps), 0 before any."""
+        return int(self.conn.execute("SELECT max(round) FROM selections").fetchone()[0] or 0)
+
+    def distinct(self, table: str, columns: str) -> list[tuple]:
+        """The distinct values of `columns` in a stage table, sorted (which models, which strategies)."""
+        if table not in STAGE_TABLES:
+            raise ValueError(f"unknown stage table {table!r}")
+        return self.conn.execute(f"SELECT DISTINCT {columns} FROM {table} ORDER BY {columns}").fetchall()
 
     def failure_reasons(self, table: str, run_id: int, top: int = 3) -> list[tuple[int, str]]:
         """(count, error) of the most common failures a stage run recorded, most common first."""
@@ -686,50 +976,167 @@ class Store:
             f"SELECT count(*) FROM {table} {('WHERE ' + where) if where else ''}"
         ).fetchone()[0]
 
+    # ---- review leases (review/queue.py) -------------------------------------------------------
+    def take_lease(
+        self, rowid: int, reviewer: str, expires_at: float, now: float, *, refuse_reviewed: bool = True
+    ) -> LeaseRefused | None:
+        """Lease (or renew) an item for a reviewer, across processes; None when taken, else why not:
+        another reviewer's unexpired lease, or (with `refuse_reviewed`) a review already stored."""
+        with self.transaction() as conn:
+            if (
+                refuse_reviewed
+                and conn.execute("SELECT 1 FROM reviews WHERE item_rowid = ? LIMIT 1", (rowid,)).fetchone()
+            ):
+                return LeaseRefused(None, None)
+            cur = conn.execute(
+                "INSERT INTO leases (item_rowid, reviewer, expires_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (item_rowid) DO UPDATE SET reviewer = excluded.reviewer, expires_at = excluded.expires_at"
+                " WHERE leases.reviewer = excluded.reviewer OR leases.expires_at <= ?",
+                (rowid, reviewer, expires_at, now),
+            )
+            if cur.rowcount == 1:
+                return None
+            holder, expires = conn.execute(
+                "SELECT reviewer, expires_at FROM leases WHERE item_rowid = ?", (rowid,)
+            ).fetchone()
+            return LeaseRefused(holder, expires)
+
+    def release_leases(self, held: Iterable[tuple[int, str]]) -> None:
+        """Give back the (rowid, reviewer) leases."""
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", held)
+
+    def save_leased_review(
+        self, rowid: int, label: str, reviewer: str, source: str, duration_ms: int | None, created_at: float
+    ) -> int | None:
+        """Append a review (`label` in its stored form) and give back the reviewer's lease, in one
+        transaction; the review id, or None when the item does not exist."""
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM items WHERE rowid = ?", (rowid,)).fetchone() is None:
+                return None
+            cur = conn.execute(
+                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (rowid, reviewer, label, source, duration_ms, created_at),
+            )
+            conn.execute("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", (rowid, reviewer))
+        return int(cur.lastrowid)
+
+    def last_reviewed_by(self, reviewer: str) -> int | None:
+        """The rowid of the item this reviewer answered last."""
+        row = self.conn.execute(
+            "SELECT item_rowid FROM reviews WHERE reviewer = ? ORDER BY id DESC LIMIT 1", (reviewer,)
+        ).fetchone()
+        return None if row is None else row[0]
+
+    # ---- provider batch jobs (batch.py) ------------------------------------------------------
+    def add_batch_job(
+        self,
+        stage: str,
+        spec: str,
+        input_file_id: str,
+        status: str,
+        requests: Sequence[tuple[str, str | None]],
+        params: dict[str, Any],
+    ) -> int:
+        """Store a job and its (cache key, choices) requests before the provider is asked to run
+        it, so a restarted process finds it; returns its job_id."""
+        now = time.time()
+        with self.transaction():
+            cur = self.conn.execute(
+                "INSERT INTO batch_jobs (stage, spec, provider_batch_id, input_file_id, status, created_at, "
+                "updated_at, request_count, params) VALUES (?, ?, '', ?, ?, ?, ?, ?, ?)",
+                (stage, spec, input_file_id, status, now, now, len(requests), json.dumps(params)),
+            )
+            job_id = int(cur.lastrowid)
+            self.conn.executemany(
+                "INSERT INTO batch_requests (job_id, key, choices) VALUES (?, ?, ?)",
+                ((job_id, k, c) for k, c in requests),
+            )
+        return job_id
+
+    def batch_jobs(self, stage: str, spec: str, *, exclude: Sequence[str] = ()) -> list[tuple]:
+        """(job_id, stage, spec, provider_batch_id, input_file_id, status, request_count) of the
+        jobs of a stage and model whose status is not in `exclude`, oldest first."""
+        marks = ",".join("?" * len(exclude))
+        return self.conn.execute(
+            "SELECT job_id, stage, spec, provider_batch_id, input_file_id, status, request_count FROM batch_jobs "
+            f"WHERE stage = ? AND spec = ? AND status NOT IN ({marks}) ORDER BY job_id",
+            (stage, spec, *exclude),
+        ).fetchall()
+
+    def set_batch_job_status(
+        self,
+        job_id: int,
+        status: str,
+        provider_batch_id: str | None = None,
+        *,
+        params: dict[str, Any] | None = None,
+    ) -> None:
+        sets, args = ["status = ?", "updated_at = ?"], [status, time.time()]
+        if provider_batch_id is not None:
+            sets.append("provider_batch_id = ?")
+            args.append(provider_batch_id)
+        if params is not None:
+            sets.append("params = ?")
+            args.append(json.dumps(params))
+        with self.transaction():
+            self.conn.execute(f"UPDATE batch_jobs SET {', '.join(sets)} WHERE job_id = ?", (*args, job_id))
+
+    def batch_request_choices(self, job_id: int) -> dict[str, str | None]:
+        """cache key -> the constrained choices of each request of a job."""
+        return dict(self.conn.execute("SELECT key, choices FROM batch_requests WHERE job_id = ?", (job_id,)))
+
+    def record_batch_answers(self, job_id: int, answered: Iterable[str], errors: dict[str, str]) -> None:
+        """Which requests of a collected job the provider answered, and why the others failed."""
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE batch_requests SET status = 'ok' WHERE job_id = ? AND key = ?",
+                ((job_id, k) for k in answered),
+            )
+            self.conn.executemany(
+                "UPDATE batch_requests SET status = 'failed', error = ? WHERE job_id = ? AND key = ?",
+                ((e, job_id, k) for k, e in errors.items()),
+            )
+
+    def failed_batch_keys(self, spec: str) -> set[str]:
+        """Cache keys a collected batch of this model failed."""
+        return {
+            k
+            for (k,) in self.conn.execute(
+                "SELECT r.key FROM batch_requests r JOIN batch_jobs j ON j.job_id = r.job_id "
+                "WHERE j.spec = ? AND r.status = 'failed'",
+                (spec,),
+            )
+        }
+
     # ---- the current state of every item, for export / status / report ---------------------
-    CURRENT_COLUMNS = (
-        "rowid",
-        "item_id",
-        "data",
-        "gold_label",
-        "machine_label",
-        "machine_confidence",
-        "annotation_status",
-        "error_prob",
-        "proposed_label",
-        "critic_rationale",
-        "selected",
-        "review_prob",
-        "human_label",
-        "reviewer",
-        "image_path",
-    )
+    CURRENT_COLUMNS = CurrentRow._fields
 
     def iter_current(self, batch: int = 10000) -> Iterator[list[tuple]]:
         """Batches of rows in CURRENT_COLUMNS order: each item with the latest record of every stage."""
-        sql = """
+        sql = f"""
             SELECT i.rowid, i.item_id, i.data, i.gold_label,
                    a.label, a.confidence, a.status,
                    c.error_prob, c.proposed_label, c.rationale,
                    s.selected, s.review_prob,
                    r.label, r.reviewer, i.image_path
             FROM items i
-            LEFT JOIN annotations a
-                   ON a.id = (SELECT max(id) FROM annotations WHERE item_rowid = i.rowid)
-            LEFT JOIN critiques c
-                   ON c.id = (SELECT max(id) FROM critiques WHERE item_rowid = i.rowid)
-            LEFT JOIN selections s
-                   ON s.id = (SELECT max(id) FROM selections WHERE item_rowid = i.rowid)
-            LEFT JOIN reviews r
-                   ON r.id = (SELECT max(id) FROM reviews WHERE item_rowid = i.rowid)
+            LEFT JOIN annotations a ON {_current_record("a", "annotations")}
+            LEFT JOIN critiques c ON {SELECTION_CRITIQUE}
+            LEFT JOIN selections s ON {_current_record("s", "selections")}
+            LEFT JOIN reviews r ON {_current_record("r", "reviews")}
             ORDER BY i.rowid
         """
-        # Each item's latest record by an index lookup (item_rowid, id) rather than joining
-        # GROUP BY subqueries: SQLite materialised those in memory (temp_store=MEMORY), so an
-        # export grew with the project (bench/bench_scale.py).
         cur = self.conn.execute(sql)
         while True:
             rows = cur.fetchmany(batch)
             if not rows:
                 return
             yield rows
+
+    def iter_current_rows(self, batch: int = 10000) -> Iterator[list[CurrentRow]]:
+        """`iter_current` with each row named (a NamedTuple: as cheap as the tuple it wraps)."""
+        make = CurrentRow._make
+        for rows in self.iter_current(batch):
+            yield [make(r) for r in rows]

@@ -169,15 +169,6 @@ def wrong_probability(response: ChatResponse) -> float:
     return prompting.normalized_probs(response.choice_logprobs, YES_NO)["no"]
 
 
-def logit(p: float, eps: float = 1e-4) -> float:
-    p = min(max(p, eps), 1.0 - eps)
-    return math.log(p / (1.0 - p))
-
-
-def sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
-
-
 # ---- what the store holds for critics --------------------------------------------------------
 
 #: strategies derived from other critiques: never members of an ensemble or features of another
@@ -185,40 +176,15 @@ DERIVED_SUFFIX = "+calibrated"
 DERIVED_STRATEGIES = ("ensemble",)
 
 
-def current_annotations(store: Store) -> dict[int, tuple[int, str, float | None, str | None, str]]:
-    """item rowid -> (annotation id, machine label, confidence, reasoning, annotator model) for
-    items whose latest annotation is ok."""
-    rows = store.conn.execute(
-        "SELECT a.item_rowid, a.id, a.label, a.confidence, a.reasoning, a.model FROM annotations a "
-        "JOIN (SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON a.id = l.id "
-        "WHERE a.status = 'ok' ORDER BY a.item_rowid"
-    )
-    return {r[0]: (r[1], r[2], r[3], r[4], r[5]) for r in rows}
-
-
 def load_targets(store: Store, rowids: Sequence[int] | None = None) -> list[Target]:
     """Targets (items with their current ok machine label), in rowid order."""
-    ann = current_annotations(store)
+    ann = store.current_annotations()
     wanted = list(ann) if rowids is None else [r for r in rowids if r in ann]
-    return [
-        Target(
-            item,
-            ann[item.rowid][0],
-            ann[item.rowid][1],
-            ann[item.rowid][2],
-            ann[item.rowid][3],
-            ann[item.rowid][4],
-        )
-        for item in store.iter_items(wanted)
-    ]
-
-
-def latest_reviews(store: Store) -> dict[int, str]:
-    """item rowid -> the latest human label."""
-    return {
-        r[0]: r[2]
-        for r in store.conn.execute("SELECT item_rowid, max(id), label FROM reviews GROUP BY item_rowid")
-    }
+    targets = []
+    for item in store.iter_items(wanted):
+        a = ann[item.rowid]
+        targets.append(Target(item, a.id, a.label, a.confidence, a.reasoning, a.model))
+    return targets
 
 
 def critic_scores(
@@ -230,14 +196,14 @@ def critic_scores(
     the item are left out: their error probability is about a label that is no longer there.
     """
     out: dict[tuple[str, str], dict[int, tuple[float, str | None]]] = {}
-    for rowid, _id, strategy, model, e, proposed, raw in store.conn.execute(
-        "SELECT item_rowid, max(id), strategy, model, error_prob, proposed_label, raw FROM critiques "
-        "WHERE status = 'ok' AND error_prob IS NOT NULL GROUP BY item_rowid, strategy, model"
-    ):
-        if annotation_ids is not None:
-            if rowid not in annotation_ids or raw_annotation_id(raw) not in (None, annotation_ids[rowid]):
-                continue
-        out.setdefault((strategy, model), {})[rowid] = (float(e), proposed)
+    for (strategy, model), latest in store.latest_critiques_per_critic(
+        ("error_prob", "proposed_label", "raw")
+    ).items():
+        for rowid, (e, proposed, raw) in latest.items():
+            if annotation_ids is not None:
+                if rowid not in annotation_ids or raw_annotation_id(raw) not in (None, annotation_ids[rowid]):
+                    continue
+            out.setdefault((strategy, model), {})[rowid] = (float(e), proposed)
     return out
 
 

@@ -27,16 +27,6 @@ from actlabel.store import Store
 MODEL = "annotator-confidence"
 BATCH = 20000
 
-#: each item's latest annotation by an index lookup, streamed (a GROUP BY subquery would be
-#: materialised whole in memory)
-_CURRENT = """
-    SELECT i.rowid, a.id, a.label, a.confidence, a.probs, i.gold_label
-    FROM items i
-    JOIN annotations a ON a.id = (SELECT max(id) FROM annotations WHERE item_rowid = i.rowid)
-    WHERE a.status = 'ok'
-    ORDER BY i.rowid
-"""
-
 
 @dataclass
 class ConfidenceInfo:
@@ -81,11 +71,7 @@ def confidence_batches(
     per batch two arrays, error_prob and whether the machine label is wrong, over the items with a
     gold label, for the AUROC (a tuple per item was 100 MB at 1M items)."""
     k = len(store.task.label_names)
-    cur = store.conn.execute(_CURRENT + (f" LIMIT {int(limit)}" if limit is not None else ""))
-    while True:
-        rows = cur.fetchmany(BATCH)
-        if not rows:
-            return
+    for rows in store.iter_current_annotations(limit=limit, batch=BATCH):
         records = []
         gold_e: list[float] = []
         gold_wrong: list[bool] = []

@@ -46,6 +46,7 @@ import numpy as np
 from actlabel.critics.base import Target, clip
 from actlabel.critics.content import content_features, example_features, reduce_dims
 from actlabel.errors import UserError
+from actlabel.logistic import logit, sigmoid
 from actlabel.store import Store
 
 #: folds of the cross-fitted label model
@@ -94,7 +95,7 @@ class ConsistencySignals:
             np.log(np.clip(self.own(self.label_model), EPS, 1.0)),
             np.log(np.clip(self.label_model.max(axis=1), EPS, 1.0)),
             np.log(np.clip(self.own(self.neighbours), EPS, 1.0)),
-            _logit(self.error_prob),
+            logit(self.error_prob),
         ]
         if self.pixels is not None:
             cols.append(np.log(np.clip(self.own(self.pixels), EPS, 1.0)))
@@ -109,14 +110,10 @@ class ConsistencySignals:
         )
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
 def annotator_probs(targets: Sequence[Target], store: Store, names: Sequence[str]) -> np.ndarray | None:
     """(n, K) the annotator's label distribution per item, or None when it gave no confidences."""
-    stored = _annotation_probs(store, [t.annotation_id for t in targets])
+    # Projects made before the `probs` column existed keep the distribution in `raw` only.
+    stored = store.annotations_by_id((t.annotation_id for t in targets), ("probs", "raw"))
     out = np.zeros((len(targets), len(names)))
     index = {n: k for k, n in enumerate(names)}
     have = False
@@ -136,26 +133,6 @@ def annotator_probs(targets: Sequence[Target], store: Store, names: Sequence[str
         else:
             out[i] = 1.0 / len(names)  # no evidence either way for this item
     return out if have else None
-
-
-def _annotation_probs(store: Store, ids: Sequence[int]) -> dict[int, tuple[str | None, str | None]]:
-    """annotation id -> (its `probs` column, its raw text). Projects made before the `probs`
-    column existed keep the distribution in `raw` only."""
-    import sqlite3
-
-    columns = {r[1] for r in store.conn.execute("PRAGMA table_info(annotations)")}
-    select = "id, probs, raw" if "probs" in columns else "id, NULL, raw"
-    out: dict[int, tuple[str | None, str | None]] = {}
-    ids = list(ids)
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        try:
-            rows = store.conn.execute(f"SELECT {select} FROM annotations WHERE id IN ({marks})", chunk)
-        except sqlite3.OperationalError as exc:  # a store schema this code does not know: say so
-            raise UserError(f"{store.root}: cannot read the annotations' probabilities: {exc}") from None
-        out.update({r[0]: (r[1], r[2]) for r in rows})
-    return out
 
 
 def _probs_in_raw(raw: str | None, index: dict[str, int]) -> np.ndarray | None:
@@ -294,15 +271,15 @@ def calibrate_to_count(raw: np.ndarray, expected: float) -> np.ndarray:
     """sigmoid(logit(raw) + b) with b chosen so the probabilities sum to `expected` (bisection)."""
     n = raw.size
     target = min(max(expected, 0.5), n - 0.5)
-    z = _logit(raw)
+    z = logit(raw)
     lo, hi = -30.0, 30.0
     for _ in range(80):
         mid = (lo + hi) / 2
-        if (1.0 / (1.0 + np.exp(-(z + mid)))).sum() < target:
+        if sigmoid(z + mid).sum() < target:
             lo = mid
         else:
             hi = mid
-    return 1.0 / (1.0 + np.exp(-(z + (lo + hi) / 2)))
+    return sigmoid(z + (lo + hi) / 2)
 
 
 def consistency_signals(

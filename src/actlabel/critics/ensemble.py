@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from actlabel.critics.base import Target, clip, critic_scores, is_derived, latest_reviews
+from actlabel.critics.base import Target, clip, critic_scores, is_derived
 from actlabel.errors import UserError
+from actlabel.logistic import logit, sigmoid
 from actlabel.store import Store
 
 STACK_MIN_REVIEWED = 30
@@ -53,11 +54,6 @@ def _matches(member: tuple[str, str], wanted: Sequence[str]) -> bool:
         if name == strategy and (not spec or spec == model):
             return True
     return False
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
 
 
 def ensemble_critique(
@@ -98,12 +94,12 @@ def ensemble_critique(
             hit = scores[key].get(t.item.rowid)
             if hit is not None:
                 E[i, j], P[i][j] = hit
-    Z = _logit(np.where(np.isfinite(E), E, 0.5))
+    Z = logit(np.where(np.isfinite(E), E, 0.5))
     Z[~np.isfinite(E)] = np.nan
     row_mean = np.nanmean(np.where(np.isfinite(Z), Z, np.nan), axis=1)
     row_mean = np.where(np.isfinite(row_mean), row_mean, 0.0)
     Zf = np.where(np.isfinite(Z), Z, row_mean[:, None])  # a missing member counts as the others' mean
-    reviews = latest_reviews(store)
+    reviews = store.current_reviews()
     reviewed = np.array([t.item.rowid in reviews for t in targets])
     y = np.array([reviews[t.item.rowid] != t.machine_label for t in targets if t.item.rowid in reviews])
     n_rev, n_wrong = int(reviewed.sum()), int(y.sum()) if y.size else 0
@@ -124,7 +120,7 @@ def ensemble_critique(
         e[reviewed] = oof
         rule = f"a logistic regression stacked on {n_rev} reviews"
     else:
-        e = 1.0 / (1.0 + np.exp(-row_mean))
+        e = sigmoid(row_mean)
         rule = "the mean of logits"
     model_name = f"ensemble/{len(candidates)}-critics"
     records = []

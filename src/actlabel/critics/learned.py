@@ -61,9 +61,9 @@ from actlabel.critics.base import (
     clip,
     critic_scores,
     is_derived,
-    latest_reviews,
 )
 from actlabel.critics.content import content_features, example_features, reduce_dims
+from actlabel.logistic import logit
 from actlabel.store import Store
 from actlabel.task import Task
 
@@ -114,11 +114,6 @@ def _fallback_line(reviewed: int, wrong: int) -> str:
     )
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-4, 1 - 1e-4)
-    return np.log(p / (1 - p))
-
-
 def side_features(
     store: Store, task: Task, targets: Sequence[Target], exclude: tuple[str, str] | None = None
 ) -> tuple[np.ndarray, list[str]]:
@@ -144,7 +139,7 @@ def side_features(
         e = np.array([scores.get(t.item.rowid, (np.nan, None))[0] for t in targets], dtype=float)
         if np.isfinite(e).mean() < MIN_COVERAGE:
             continue
-        z = _logit(np.where(np.isfinite(e), e, 0.5))
+        z = logit(np.where(np.isfinite(e), e, 0.5))
         z[~np.isfinite(e)] = z[np.isfinite(e)].mean()
         cols.append(z)
         names.append(f"{strategy} critic")
@@ -248,12 +243,7 @@ def review_weights(store: Store, rowids: Sequence[int]) -> tuple[np.ndarray, boo
     """(1/review_prob per reviewed row, capped; whether any weight differs from 1). The
     probability is that of the latest selection that chose the item; reviews no selection asked for
     count as probability 1."""
-    pis = {
-        r[0]: r[2]
-        for r in store.conn.execute(
-            "SELECT item_rowid, max(id), review_prob FROM selections WHERE selected = 1 GROUP BY item_rowid"
-        )
-    }
+    pis = {r: pi for r, (_selected, pi) in store.current_selections(chosen_only=True).items()}
     p = np.array([pis.get(r) or 1.0 for r in rowids], dtype=float)
     w = 1.0 / np.clip(p, 1e-9, 1.0)
     if w.size:
@@ -325,7 +315,7 @@ def learned_critique(
 
     task = store.task
     names = task.label_names
-    reviews = latest_reviews(store)
+    reviews = store.current_reviews()
     reviewed = np.array([t.item.rowid in reviews for t in targets])
     y = np.array([reviews[t.item.rowid] != t.machine_label for t in targets if t.item.rowid in reviews])
     n_rev, n_wrong = int(reviewed.sum()), int(y.sum())

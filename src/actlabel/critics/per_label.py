@@ -54,9 +54,9 @@ def per_label_critique(
     store: Store, targets: Sequence[Target], *, run_id: int
 ) -> tuple[list[dict[str, Any]], PerLabelInfo]:
     names = store.task.label_names
-    wanted = ",".join(str(int(t.annotation_id)) for t in targets)
-    rows = store.conn.execute(f"SELECT id, probs FROM annotations WHERE id IN ({wanted})") if targets else []
-    probs = dict(rows)
+    probs = {
+        i: p for i, (p,) in store.annotations_by_id((t.annotation_id for t in targets), ("probs",)).items()
+    }
     records, unscored, total = [], 0, 0.0
     for t in targets:
         raw = probs.get(t.annotation_id)

@@ -289,6 +289,15 @@ def _error_detail(body: Any, fallback: str) -> str:
     return fallback
 
 
+def http_error(spec: str, resp: httpx.Response) -> ModelError:
+    """The ModelError an HTTP error response stands for (status_error: retryable for 429 / 5xx)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    return status_error(spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase))
+
+
 def status_error(spec: str, status: int, headers: Any, detail: str) -> ModelError:
     """429/5xx (and a few other transient statuses) -> RetryableError; other 4xx -> ModelError."""
     msg = f"{spec}: HTTP {status}: {one_line(detail)}"
@@ -555,13 +564,7 @@ class OpenAICompatBackend:
                 f"{self.spec}: connection failed: {one_line(type(exc).__name__ + ' ' + str(exc))}"
             ) from None
         if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            raise status_error(
-                self.spec, resp.status_code, resp.headers, _error_detail(body, resp.reason_phrase)
-            )
+            raise http_error(self.spec, resp)
         try:
             return decode_body(resp.content)
         except ValueError:

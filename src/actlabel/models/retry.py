@@ -45,24 +45,23 @@ DEFAULT_POLICY = RetryPolicy()
 Sleep = Callable[[float], Awaitable[None]]
 
 
-async def chat_with_retry(
-    backend: Backend,
-    request: ChatRequest,
+async def call_with_retry(
+    call: Callable[[], Awaitable[T]],
     *,
     policy: RetryPolicy = DEFAULT_POLICY,
     rng: random.Random | None = None,
     sleep: Sleep = asyncio.sleep,
     on_retry: Callable[[RetryableError, float], None] | None = None,
-) -> ChatResponse:
-    """Call `backend.chat`, retrying RetryableError up to `policy.max_attempts` calls in total.
+) -> T:
+    """Await `call()`, calling again on RetryableError up to `policy.max_attempts` calls in total.
 
-    Raises the last RetryableError (it is a ModelError) when attempts run out; ModelError that is
-    not retryable (a 4xx, a refused model) is raised at once.
+    Raises the last RetryableError (it is a ModelError), its message ending "(gave up after N
+    attempts)", when attempts run out; any other exception is raised at once.
     """
     attempt = 0
     while True:
         try:
-            return await backend.chat(request)
+            return await call()
         except RetryableError as exc:
             attempt += 1
             if attempt >= policy.max_attempts:
@@ -73,6 +72,22 @@ async def chat_with_retry(
             if on_retry is not None:
                 on_retry(exc, wait)
             await sleep(wait)
+
+
+async def chat_with_retry(
+    backend: Backend,
+    request: ChatRequest,
+    *,
+    policy: RetryPolicy = DEFAULT_POLICY,
+    rng: random.Random | None = None,
+    sleep: Sleep = asyncio.sleep,
+    on_retry: Callable[[RetryableError, float], None] | None = None,
+) -> ChatResponse:
+    """`backend.chat(request)` through `call_with_retry`: a ModelError that is not retryable (a
+    4xx, a refused model) is raised at once."""
+    return await call_with_retry(
+        lambda: backend.chat(request), policy=policy, rng=rng, sleep=sleep, on_retry=on_retry
+    )
 
 
 class RetryingBackend:

@@ -299,8 +299,8 @@ def import_from_tool(store: Store, file: str | Path, fmt: str) -> ImportReviewsR
             raise UserError(f"{path}: {answer.where}: item {answer.item_id!r} is not in this project")
         rowids[answer.item_id] = rowid
 
-    current = _current_reviews(store, list(rowids.values()))
-    selected = _selected(store, list(rowids.values()))
+    current = store.latest("reviews", ("reviewer", "label", "source"), rowids=list(rowids.values()))
+    selected = store.selected_now(list(rowids.values()))
     records, unchanged, not_selected = [], 0, 0
     for answer in answers:
         rowid = rowids[answer.item_id]
@@ -535,31 +535,3 @@ def _argilla_answers(path: Path, data: Any, labels: set[str]) -> tuple[list[_Ans
         label = _label_from(value, labels, path, where)
         answers.append(_Answer(where, item_id, label, str(user) if user else "argilla", None))
     return answers, skipped, unanswered
-
-
-def _current_reviews(store: Store, rowids: list[int]) -> dict[int, tuple[str, str, str]]:
-    out: dict[int, tuple[str, str, str]] = {}
-    for start in range(0, len(rowids), 900):
-        chunk = rowids[start : start + 900]
-        marks = ",".join("?" * len(chunk))
-        for rowid, _, reviewer, label, source in store.conn.execute(
-            f"SELECT item_rowid, max(id), reviewer, label, source FROM reviews WHERE item_rowid IN ({marks})"
-            " GROUP BY item_rowid",
-            chunk,
-        ):
-            out[rowid] = (reviewer, label, source)
-    return out
-
-
-def _selected(store: Store, rowids: list[int]) -> set[int]:
-    out: set[int] = set()
-    for start in range(0, len(rowids), 900):
-        chunk = rowids[start : start + 900]
-        marks = ",".join("?" * len(chunk))
-        for rowid, _, selected in store.conn.execute(
-            f"SELECT item_rowid, max(id), selected FROM selections WHERE item_rowid IN ({marks}) GROUP BY item_rowid",
-            chunk,
-        ):
-            if selected:
-                out.add(rowid)
-    return out

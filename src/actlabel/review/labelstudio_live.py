@@ -196,10 +196,7 @@ def live_config(
 
 def data_version(store: Store) -> str:
     """Names the latest annotation and critique records: it changes when the predictions would."""
-    a, c = store.conn.execute(
-        "SELECT (SELECT max(id) FROM annotations), (SELECT max(id) FROM critiques)"
-    ).fetchone()
-    return f"a{a or 0}-c{c or 0}"
+    return f"a{store.last_record_id('annotations')}-c{store.last_record_id('critiques')}"
 
 
 def prediction_score(item: ReviewItem) -> float | None:
@@ -433,8 +430,8 @@ class LiveBackend:
     def _store(self, records: list[dict[str, Any]]) -> tuple[int, int, int]:
         """Append the new answers in one transaction; (stored, unchanged, stored for unselected items)."""
         rowids = sorted({r["item_rowid"] for r in records})
-        current = adapters._current_reviews(self.store, rowids)
-        selected = adapters._selected(self.store, rowids)
+        current = self.store.latest("reviews", ("reviewer", "label", "source"), rowids=rowids)
+        selected = self.store.selected_now(rowids)
         fresh, unchanged = [], 0
         for r in records:
             key = (r["reviewer"], r["label"], r["source"])

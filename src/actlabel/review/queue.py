@@ -38,16 +38,6 @@ _CHUNK = 900  # SQLite's default limit on host parameters is 999
 # then, for the selected ones only, the latest critique's error_prob and whether any review exists.
 # MATERIALIZED keeps SQLite from folding the outer WHERE into the grouping, which would change
 # which row the bare column is read from.
-_SELECTED_SQL = """
-    WITH latest AS MATERIALIZED (
-        SELECT item_rowid, max(id) AS id, selected FROM selections GROUP BY item_rowid
-    )
-    SELECT latest.item_rowid,
-           (SELECT c.error_prob FROM critiques c WHERE c.item_rowid = latest.item_rowid
-             ORDER BY c.id DESC LIMIT 1),
-           EXISTS (SELECT 1 FROM reviews r WHERE r.item_rowid = latest.item_rowid)
-    FROM latest WHERE latest.selected = 1
-"""
 
 
 class UnknownItem(UserError):
@@ -121,7 +111,7 @@ class SelectedItem:
 
 def selected_items(store: Store) -> list[SelectedItem]:
     """Every item whose latest selection has `selected = 1`, in review order (most suspicious first)."""
-    rows = [SelectedItem(r, p, bool(rev)) for r, p, rev in store.conn.execute(_SELECTED_SQL)]
+    rows = [SelectedItem(r, p, bool(rev)) for r, p, rev in store.selected_for_review()]
     rows.sort(key=_priority)
     return rows
 
@@ -144,39 +134,23 @@ def text_fields(store: Store, data: dict[str, Any], image_path: str | None) -> l
 def load_items(store: Store, rowids: Sequence[int]) -> list[ReviewItem]:
     """Full review details for `rowids` (in that order; unknown rowids are left out), a few queries per chunk."""
     out: list[ReviewItem] = []
-    conn = store.conn
     for start in range(0, len(rowids), _CHUNK):
         chunk = list(rowids[start : start + _CHUNK])
-        marks = ",".join("?" * len(chunk))
-
-        def latest(table: str, cols: str, chunk: list[int] = chunk, marks: str = marks) -> dict[int, tuple]:
-            sql = f"SELECT item_rowid, max(id), {cols} FROM {table} WHERE item_rowid IN ({marks}) GROUP BY item_rowid"
-            return {row[0]: row[2:] for row in conn.execute(sql, chunk)}
-
-        items = {
-            row[0]: row
-            for row in conn.execute(
-                f"SELECT rowid, item_id, data, image_path, gold_label FROM items WHERE rowid IN ({marks})",
-                chunk,
-            )
-        }
-        annotations = latest("annotations", "label, confidence")
-        critiques = latest("critiques", "error_prob, proposed_label, rationale")
-        selections = latest("selections", "review_prob")
-        reviews = latest("reviews", "label, reviewer")
-        for rowid in chunk:
-            if rowid not in items:
-                continue
-            _, item_id, data, image_path, gold = items[rowid]
+        annotations = store.latest("annotations", ("label", "confidence"), rowids=chunk)
+        critiques = store.latest("critiques", ("error_prob", "proposed_label", "rationale"), rowids=chunk)
+        selections = store.latest("selections", ("review_prob",), rowids=chunk)
+        reviews = store.latest("reviews", ("label", "reviewer"), rowids=chunk)
+        for item in store.iter_items(chunk):
+            rowid = item.rowid
             label, confidence = annotations.get(rowid, (None, None))
             error_prob, proposed, rationale = critiques.get(rowid, (None, None, None))
             human, human_reviewer = reviews.get(rowid, (None, None))
             out.append(
                 ReviewItem(
                     rowid=rowid,
-                    item_id=item_id,
-                    fields=text_fields(store, json.loads(data), image_path),
-                    image_path=image_path,
+                    item_id=item.item_id,
+                    fields=text_fields(store, item.data, item.image_path),
+                    image_path=item.image_path,
                     machine_label=label,
                     machine_confidence=confidence,
                     error_prob=error_prob,
@@ -185,7 +159,7 @@ def load_items(store: Store, rowids: Sequence[int]) -> list[ReviewItem]:
                     review_prob=selections.get(rowid, (None,))[0],
                     human_label=human,
                     human_reviewer=human_reviewer,
-                    gold_label=gold,
+                    gold_label=item.gold_label,
                 )
             )
     return out
@@ -252,8 +226,7 @@ class ReviewQueue:
 
     def image_path(self, rowid: int) -> str | None:
         with self._lock:
-            row = self.store.conn.execute("SELECT image_path FROM items WHERE rowid = ?", (rowid,)).fetchone()
-            return None if row is None else row[0]
+            return self.store.image_path_of(rowid)
 
     def current(self, reviewer: str) -> int | None:
         with self._lock:
@@ -300,36 +273,22 @@ class ReviewQueue:
     def _try_lease(self, rowid: int, reviewer: str, now: float, allow_reviewed: bool = False) -> bool:
         """Lease (or renew) `rowid` for the reviewer in the store; False if another process holds or reviewed it."""
         expires = now + self.lease_s
-        with self.store.transaction() as conn:
-            if (
-                not allow_reviewed
-                and conn.execute("SELECT 1 FROM reviews WHERE item_rowid = ? LIMIT 1", (rowid,)).fetchone()
-            ):
-                # Reviewed by another process since the queue was built.
-                if rowid in self._selected:
-                    self._done.add(rowid)
-                return False
-            cur = conn.execute(
-                "INSERT INTO leases (item_rowid, reviewer, expires_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (item_rowid) DO UPDATE SET reviewer = excluded.reviewer, expires_at = excluded.expires_at"
-                " WHERE leases.reviewer = excluded.reviewer OR leases.expires_at <= ?",
-                (rowid, reviewer, expires, now),
-            )
-            if cur.rowcount != 1:
-                holder = conn.execute(
-                    "SELECT reviewer, expires_at FROM leases WHERE item_rowid = ?", (rowid,)
-                ).fetchone()
-                self._leases[rowid] = _Lease(holder[0], holder[1])
-                return False
-        self._leases[rowid] = _Lease(reviewer, expires)
-        return True
+        refused = self.store.take_lease(rowid, reviewer, expires, now, refuse_reviewed=not allow_reviewed)
+        if refused is None:
+            self._leases[rowid] = _Lease(reviewer, expires)
+            return True
+        if refused.holder is None:  # reviewed by another process since the queue was built
+            if rowid in self._selected:
+                self._done.add(rowid)
+        else:
+            self._leases[rowid] = _Lease(refused.holder, refused.expires_at)
+        return False
 
     def _release(self, rowid: int, reviewer: str) -> None:
         lease = self._leases.get(rowid)
         if lease is not None and lease.reviewer == reviewer:
             del self._leases[rowid]
-        with self.store.transaction() as conn:
-            conn.execute("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", (rowid, reviewer))
+        self.store.release_leases([(rowid, reviewer)])
 
     # ---- answers ----------------------------------------------------------------------------
     def save(
@@ -339,16 +298,9 @@ class ReviewQueue:
         label = self.store.review_label(rowid, label)  # a set, in a multi-label task
         with self._lock:
             now = self._clock()
-            with self.store.transaction() as conn:
-                if conn.execute("SELECT 1 FROM items WHERE rowid = ?", (rowid,)).fetchone() is None:
-                    raise UnknownItem(f"item {rowid} does not exist in this project")
-                cur = conn.execute(
-                    "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (rowid, reviewer, label, source, duration_ms, now),
-                )
-                review_id = int(cur.lastrowid)
-                conn.execute("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", (rowid, reviewer))
+            review_id = self.store.save_leased_review(rowid, label, reviewer, source, duration_ms, now)
+            if review_id is None:
+                raise UnknownItem(f"item {rowid} does not exist in this project")
             lease = self._leases.get(rowid)
             if lease is not None and lease.reviewer == reviewer:
                 del self._leases[rowid]
@@ -378,10 +330,8 @@ class ReviewQueue:
         with self._lock:
             if reviewer not in self._history:
                 # Nothing saved in this process (e.g. after a restart): fall back to the store.
-                row = self.store.conn.execute(
-                    "SELECT item_rowid FROM reviews WHERE reviewer = ? ORDER BY id DESC LIMIT 1", (reviewer,)
-                ).fetchone()
-                self._history[reviewer] = [row[0]] if row else []
+                last = self.store.last_reviewed_by(reviewer)
+                self._history[reviewer] = [] if last is None else [last]
             history = self._history[reviewer]
             current = self._current.get(reviewer, (None,))[0]
             while history:
@@ -399,8 +349,7 @@ class ReviewQueue:
         """Give back every lease this queue holds (on shutdown), so other processes can take the items."""
         with self._lock:
             held = [(rowid, lease.reviewer) for rowid, lease in self._leases.items()]
-            with self.store.transaction() as conn:
-                conn.executemany("DELETE FROM leases WHERE item_rowid = ? AND reviewer = ?", held)
+            self.store.release_leases(held)
             self._leases.clear()
             self._current.clear()
 
