@@ -76,6 +76,9 @@ def main() -> None:
     ap.add_argument("--review", type=float, default=0.2, help="share of the pool reviewed (gold known)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default="/tmp/actlabel-bench-similar")
+    ap.add_argument(
+        "--variants", default="1,2,3,4", help="which of the four example choices, by number (see above)"
+    )
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     started = time.time()
@@ -122,8 +125,11 @@ def main() -> None:
                 lambda i: [both_examples[j] for j in nearest(item_vec[i], both_vec, 9)]
             ),
         }
+        wanted = {int(v) for v in args.variants.split(",")}
         results = []
-        for name, tasks in variants.items():
+        for number, (name, tasks) in enumerate(variants.items(), 1):
+            if number not in wanted:
+                continue
             stack = open_model(store, args.model, backend=backend)
             annotator = LLMAnnotator(store, stack, cot=False, max_parse_retries=1, cot_max_tokens=256)
             before = dict(backend.stats)
@@ -163,7 +169,7 @@ def main() -> None:
 def render(results, args, names, elapsed: float) -> str:
     cmd = (
         f"`python bench/bench_similar_examples.py --model {args.model} --size {args.size} "
-        f"--review {args.review} --seed {args.seed}`"
+        f"--review {args.review} --seed {args.seed} --variants {args.variants}`"
     )
     lines = [
         f"Command: {cmd} ({machine_line()}; {elapsed / 60:.1f} min)",
