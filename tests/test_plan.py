@@ -88,3 +88,42 @@ def test_plan_counts_tokens_with_the_llama_tokenizer(project: Project) -> None:
     out = plan(project.store, model="local/smollm2", strategy="logit")
     assert "llama.cpp tokenizer" in out and "$0 (local)" in out
     assert "<|im_start|>" not in out  # prompts are shown as turns, the template only counts tokens
+
+
+class VisionBackend:
+    """A backend kind plan.py has never heard of, declaring only its capabilities."""
+
+    supports_images = True
+    free = True
+
+
+class BlindBackend:
+    supports_images = False
+
+
+def test_plan_follows_the_capabilities_a_new_backend_declares(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    from actlabel.models import spec
+
+    folder = tmp_path / "images"
+    for label in ("cat", "dog"):
+        (folder / label).mkdir(parents=True)
+        for k in range(2):
+            Image.new("RGB", (8, 8), (40 * k, 90, 200)).save(folder / label / f"{k}.png")
+    proj = Project.init(tmp_path / "pets", ["cat", "dog"], instructions="Which animal?")
+    try:
+        proj.import_file(folder)
+        monkeypatch.setitem(spec.BACKENDS, "acmevision", f"{__name__}:VisionBackend")
+        monkeypatch.setitem(spec.BACKENDS, "acmeblind", f"{__name__}:BlindBackend")
+        seeing = plan(proj.store, model="acmevision/v1", strategy="cot")
+        blind = plan(proj.store, model="acmeblind/v1", strategy="cot")
+    finally:
+        proj.close()
+    annotator_prompt = seeing.split("--- annotator prompt")[1].split("\n---")[0]
+    critic_prompt = seeing.split("--- critic prompt")[1].split("\n---")[0]
+    assert "[image: " in annotator_prompt and "[image: " in critic_prompt
+    assert "[image: " not in blind
+    assert float(table_row(seeing, "annotate")[5][1:]) == 0.0 and "unknown price" in blind

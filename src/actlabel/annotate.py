@@ -50,7 +50,6 @@ from actlabel.models.retry import ParseFailure, call_with_parse
 from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
 from actlabel.models.usage import RunCap
 from actlabel.stages import (
-    COMPOSITE_PREFIX,
     COT_MAX_TOKENS,
     ModelStack,
     StageResult,
@@ -436,7 +435,7 @@ async def annotate_async(
             engine=engine, backend_options=backend_options, label_model=label_model,
         )  # fmt: skip
     spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
-    composite = spec.startswith(COMPOSITE_PREFIX)
+    composite = ModelSpec.parse(spec).is_composite
     llm_spec = ModelSpec.parse(spec).llm.text if composite else spec
     check_scale_options(llm_spec, batch=batch, wait=wait, engine=engine, workers=workers)
     if spec == IMAGE_ANNOTATOR_SPEC:
@@ -493,7 +492,7 @@ async def _annotate_sets(
     if spec == mla.FEATURE_ANNOTATOR_SPEC:
         result = AnnotateResult(model=spec, mode="few-shot features", multi_label=True)
         return mla.annotate_sets_features(store, limit=limit, progress=progress, result=result)
-    if spec.startswith(("features/", COMPOSITE_PREFIX)):
+    if ModelSpec.parse(spec).is_features or ModelSpec.parse(spec).is_composite:
         raise UserError(
             f"{spec} does not label multi-label tasks: use {mla.FEATURE_ANNOTATOR_SPEC} or an LLM"
         )
@@ -537,9 +536,7 @@ async def _annotate_llm(
             f"(omit --model) for the offline image annotator"
         )
     templates = prompting.templates_hash(prompting.ANNOTATE_TEMPLATES)
-    model_name = (
-        f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{stack.spec}" if composite else stack.spec
-    )
+    model_name = ModelSpec.composite(IMAGE_ANNOTATOR_SPEC, stack.spec).text if composite else stack.spec
     settings = settings_key(
         model_name, cot, templates, label_model=LABEL_MODEL_VERSION if label_model else None
     )

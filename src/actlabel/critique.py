@@ -62,7 +62,7 @@ from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import Backend, ModelError
 from actlabel.models.retry import ParseFailure
-from actlabel.models.spec import COMPOSITE, FEATURES, ModelSpec
+from actlabel.models.spec import ModelSpec
 from actlabel.stages import (
     ModelStack,
     StageResult,
@@ -143,8 +143,7 @@ def default_strategy(store: Store) -> str:
     if not counts:
         return DEFAULT_STRATEGY
     annotator = counts.most_common(1)[0][0]
-    parsed = ModelSpec.parse(annotator)
-    embedded = parsed.kind in (FEATURES, COMPOSITE) or parsed.can("embedded")
+    embedded = ModelSpec.parse(annotator).offline
     return EMBEDDED_DEFAULT_STRATEGY if embedded else DEFAULT_STRATEGY
 
 

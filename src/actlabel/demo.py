@@ -29,6 +29,7 @@ import numpy as np
 from actlabel import datasets
 from actlabel.errors import UserError
 from actlabel.models.features import IMAGE_ANNOTATOR_SPEC
+from actlabel.models.spec import ModelSpec
 from actlabel.project import Project
 from actlabel.store import DB_NAME
 from actlabel.task import Example, Label
@@ -431,11 +432,11 @@ def run_demo(
         model = {
             "text": DEMO_MODEL,
             "image": None,
-            "image+text": f"composite/{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{DEMO_MODEL}",
+            "image+text": ModelSpec.composite(IMAGE_ANNOTATOR_SPEC, DEMO_MODEL).text,
         }[spec.kind]
-    elif spec.kind == "image+text" and model.startswith("local/"):
-        model = f"composite/{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{model}"
-    elif spec.kind == "image" and model.startswith("local/"):
+    elif spec.kind == "image+text" and ModelSpec.parse(model).can("embedded"):
+        model = ModelSpec.composite(IMAGE_ANNOTATOR_SPEC, model).text
+    elif spec.kind == "image" and ModelSpec.parse(model).can("embedded"):
         raise UserError(f"the {spec.name} demo labels images with the offline image annotator; omit --model")
     from actlabel.annotate import annotate
     from actlabel.critique import critique

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from actlabel.models.spec import COMPOSITE, FEATURES, ModelSpec
+from actlabel.models.spec import ModelSpec
 from actlabel.store import Store
 
 PLAN_META = "run_plan"
@@ -33,8 +33,7 @@ def default_strategy(model: str | None, reviewed: int) -> str | None:
     default (consistency for embedded models, the paper's CoT critic for endpoints)."""
     if model is None:
         return "learned" if reviewed > 0 else None
-    spec = ModelSpec.parse(model)
-    embedded = spec.kind in (FEATURES, COMPOSITE) or spec.can("embedded")
+    embedded = ModelSpec.parse(model).offline
     return "learned" if embedded and reviewed > 0 else None
 
 

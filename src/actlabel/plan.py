@@ -23,7 +23,7 @@ from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import ImagePart, Message, ModelError
 from actlabel.models.spec import ModelSpec
 from actlabel.models.usage import PriceTable
-from actlabel.stages import COMPOSITE_PREFIX, COT_MAX_TOKENS, label_max_tokens, resolve_annotator
+from actlabel.stages import COT_MAX_TOKENS, label_max_tokens, resolve_annotator
 from actlabel.store import Item, Store
 
 SAMPLE_ITEMS = 200
@@ -63,7 +63,7 @@ class TokenCounter:
             try:
                 from actlabel.models.llama_worker import load_local
 
-                self._backend = load_local(spec.split("/", 1)[1], n_ctx=512)
+                self._backend = load_local(ModelSpec.parse(spec).path, n_ctx=512)
                 self.exact = True
             except (ModelError, ImportError):
                 self._backend = None  # the estimate still works, and says it is one
@@ -141,7 +141,7 @@ def plan(
         return _plan_sets(store, model=model, n=n)
     strategy_name, members = parse_strategy(strategy)
     annotator = resolve_annotator(store, model)
-    composite = annotator.startswith(COMPOSITE_PREFIX)
+    composite = ModelSpec.parse(annotator).is_composite
     llm_spec = ModelSpec.parse(annotator).llm
     llm = None if llm_spec is None else llm_spec.text
     critic = (critic_model or os.environ.get(CRITIC_MODEL_ENV, "").strip() or llm or DEFAULT_MODEL).strip()
@@ -169,7 +169,7 @@ def plan(
             )
             estimates.append(StageEstimate("annotate", annotator, 0, 0, 0, 0.0, "feature model"))
         else:
-            with_images = llm.startswith("openai/") and not composite
+            with_images = ModelSpec.parse(llm).can("supports_images") and not composite
             mode = (
                 "chain-of-thought, then `Answer: <label>`"
                 if cot
@@ -296,7 +296,7 @@ def _critic_estimate(
     task = store.task
     n = store.count_items()
     machine = {r: label for r, (label,) in store.latest("annotations", ("label",), "status = 'ok'").items()}
-    with_images = critic.startswith("openai/")
+    with_images = ModelSpec.parse(critic).can("supports_images")
     body = {
         "naive": "critic_naive",
         "cot": "critic_cot",

@@ -27,7 +27,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 COT_MAX_TOKENS = 256
-COMPOSITE_PREFIX = "composite/"
 
 
 @dataclass
@@ -297,18 +296,15 @@ def resolve_annotator(store: Store, model: str | None) -> str:
     has_text, has_images = task_modalities(store)
     spec = (model or DEFAULT_MODEL).strip()
     embedded_default = spec == DEFAULT_MODEL
-    if spec.startswith("features/"):
+    parsed = ModelSpec.parse(spec)
+    if parsed.is_features:
         if spec != IMAGE_ANNOTATOR_SPEC:
             raise UserError(f"unknown feature model {spec!r}: use {IMAGE_ANNOTATOR_SPEC}")
         if not has_images:
             raise UserError(f"{IMAGE_ANNOTATOR_SPEC} labels images, and this task has none")
         return spec
-    if spec.startswith(COMPOSITE_PREFIX):
+    if parsed.is_composite:
         return spec
     if has_images and embedded_default:
-        return (
-            IMAGE_ANNOTATOR_SPEC
-            if not has_text
-            else f"{COMPOSITE_PREFIX}{IMAGE_ANNOTATOR_SPEC.split('/')[1]}+{spec}"
-        )
+        return IMAGE_ANNOTATOR_SPEC if not has_text else ModelSpec.composite(IMAGE_ANNOTATOR_SPEC, spec).text
     return spec

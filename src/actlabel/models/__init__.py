@@ -27,6 +27,7 @@ from .base import (
 from .cache import CachedBackend, DictCache, ResponseCache, request_key
 from .retry import Parsed, ParseFailure, RetryingBackend, RetryPolicy, call_with_parse, chat_with_retry
 from .scripted import ScriptedBackend
+from .spec import ModelSpec
 from .usage import MeteredBackend, PriceTable, RunCap, RunUsage
 
 #: the model used when none is given (`local/default` resolves to llama_local.DEFAULT_LOCAL_MODEL)
@@ -54,11 +55,12 @@ def load_backend(
     prefix_reuse= for local; script=, latency=, faults= for scripted.
     """
     spec = (spec or "").strip()
-    kind, sep, name = spec.partition("/")
-    if not sep or not name:
+    parsed = ModelSpec.parse(spec)
+    kind, name = parsed.kind, parsed.path
+    if "/" not in spec or not name:
         raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")
     loader = _LOADERS.get(kind)
-    if kind != "openai" and base_url is not None:
+    if base_url is not None and not parsed.can("takes_base_url"):
         raise ModelError(f"--base-url applies to openai/NAME models only, not {spec!r}")
     if loader is None:
         raise ModelError(f"unknown model spec {spec!r}: {SPEC_HELP}")

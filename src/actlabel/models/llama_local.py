@@ -304,7 +304,9 @@ class LlamaBackend:
 
     supports_logprobs = True
     supports_images = False
-    embedded = True  # a capability (models/spec.py)
+    # capabilities (models/spec.py)
+    embedded = True
+    free = True
 
     def __init__(
         self,

@@ -109,7 +109,9 @@ class IsolatedLlamaBackend:
 
     supports_logprobs = True
     supports_images = False
-    embedded = True  # a capability (models/spec.py)
+    # capabilities (models/spec.py)
+    embedded = True
+    free = True
 
     def __init__(self, model_path: str | Path, *, spec: str | None = None, **opts: Any) -> None:
         self.model_path = Path(model_path)

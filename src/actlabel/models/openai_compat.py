@@ -325,6 +325,7 @@ class OpenAICompatBackend:
     # capabilities (models/spec.py)
     concurrent_calls = True
     batch_api = True
+    takes_base_url = True
 
     def __init__(
         self,

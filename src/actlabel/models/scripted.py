@@ -45,6 +45,7 @@ class ScriptedBackend:
 
     supports_logprobs: bool
     supports_images: bool
+    free = True  # a capability (models/spec.py)
 
     def __init__(
         self,

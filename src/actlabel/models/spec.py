@@ -9,6 +9,7 @@ looked up through BACKENDS, so a new backend is one class and one entry there.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,26 @@ CAPABILITIES = (
     "concurrent_calls",
     # has a provider batch API (batch.py)
     "batch_api",
-    # runs on this machine from weights in the project's cache: free, tuned by --n-ctx / --threads
+    # runs on this machine from weights in the project's cache, tuned by --n-ctx / --threads
     "embedded",
+    # calls cost nothing, so no price is looked up (usage.py)
+    "free",
+    # item and example images go into the prompt (plan renders them before any model is loaded)
+    "supports_images",
+    # served from an endpoint named by --base-url
+    "takes_base_url",
 )
+
+
+@functools.cache
+def _backend_class(kind: str) -> Any:
+    # cached: usage.py asks whether a spec is free on every call it prices
+    entry = BACKENDS.get(kind)
+    if entry is None:
+        return None
+    module, _, attr = entry.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
 
 COMPOSITE = "composite"
 FEATURES = "features"
@@ -58,6 +76,12 @@ class ModelSpec:
         return self.bare.partition("/")[2]
 
     @property
+    def path(self) -> str:
+        """Everything after `KIND/` as written, the endpoint included: what the kind's loader is
+        given (a local GGUF path may itself hold an @)."""
+        return self.text.partition("/")[2]
+
+    @property
     def text(self) -> str:
         return self.bare + (f"@{self.endpoint}" if self.endpoint is not None else "")
 
@@ -66,21 +90,32 @@ class ModelSpec:
         return self.kind == COMPOSITE
 
     @property
+    def is_features(self) -> bool:
+        return self.kind == FEATURES
+
+    @property
+    def offline(self) -> bool:
+        """Runs on this machine: an embedded backend, or an annotator built on the feature models
+        (a composite counts, for its image expert does)."""
+        return self.kind in (FEATURES, COMPOSITE) or self.can("embedded")
+
+    @classmethod
+    def composite(cls, image: str, llm: str) -> ModelSpec:
+        """The composite of the image annotator `image` (a features/ spec) pooled with `llm`."""
+        return cls.parse(f"{COMPOSITE}/{cls.parse(image).name}+{llm}")
+
+    @property
     def llm(self) -> ModelSpec | None:
         """The chat model inside an annotator spec: itself, a composite's text model, or None for the
         feature annotator."""
         if self.kind == FEATURES:
             return None
         if self.is_composite:
-            return ModelSpec.parse(self.text.split("+", 1)[1])
+            return ModelSpec.parse(self.text.partition("+")[2])
         return self
 
     def backend_class(self) -> Any:
-        entry = BACKENDS.get(self.kind)
-        if entry is None:
-            return None
-        module, _, attr = entry.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        return _backend_class(self.kind)
 
     def can(self, capability: str) -> bool:
         """Whether this spec's backend declares `capability` (one of CAPABILITIES)."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .base import Backend, ChatRequest, ChatResponse, ModelError
+from .spec import ModelSpec
 
 #: $ per 1M tokens (input, output); public list prices, edit `prices.json` when they change
 BUILTIN_PRICES: dict[str, tuple[float, float]] = {
@@ -39,13 +40,12 @@ BUILTIN_PRICES: dict[str, tuple[float, float]] = {
 }
 
 PRICE_FILES = ("prices.json", "prices.toml")
-FREE_BACKENDS = ("local/", "scripted/")
 
 
 def model_name(spec: str) -> str:
     """'openai/gpt-4o-mini@https://api.openai.com/v1' -> 'gpt-4o-mini'."""
-    name = spec.split("@", 1)[0]
-    return name.split("/", 1)[1] if "/" in name else name
+    parsed = ModelSpec.parse(spec)
+    return parsed.name if "/" in parsed.bare else parsed.bare
 
 
 def _parse_price(model: str, value: Any, source: str) -> tuple[float, float]:
@@ -89,10 +89,10 @@ class PriceTable:
 
     def price(self, spec: str) -> tuple[float, float] | None:
         """Price for a backend spec; (0, 0) for local models; None when unknown."""
-        if spec.startswith(FREE_BACKENDS):
+        parsed = ModelSpec.parse(spec)
+        if parsed.can("free"):
             return (0.0, 0.0)
-        bare = spec.split("@", 1)[0]
-        for name in (bare, model_name(spec)):
+        for name in (parsed.bare, model_name(spec)):
             if name in self.prices:
                 return self.prices[name]
         return None
