@@ -224,24 +224,19 @@ def _selected_unreviewed(project: Project) -> int:
 
 
 def _review(project: Project, progress: bool, seed: int) -> None:
-    from actlabel.review.simulate import simulate_review
-
     if _selected_unreviewed(project):
-        _say(progress, str(simulate_review(project.store, source="gold", error_rate=0.0, seed=seed)))
+        _say(progress, str(project.simulate_review(source="gold", error_rate=0.0, seed=seed)))
 
 
 def _learn_from_reviews(project: Project, progress: bool) -> None:
     """What every round of reviews teaches: relabel (cross-fitted), then retrain the critic."""
-    from actlabel.critique import critique
-    from actlabel.refine import MIN_REVIEWS, refine_labels
+    from actlabel.refine import MIN_REVIEWS
 
-    store = project.store
-    reviewed = store.reviewed_count()
-    if reviewed >= MIN_REVIEWS:
+    if project.store.reviewed_count() >= MIN_REVIEWS:
         _say(progress, "refining the machine labels with the reviews so far")
-        _say(progress, str(refine_labels(store, progress=progress)))
+        _say(progress, str(project.refine(progress=progress)))
     _say(progress, "training the critic on the reviews so far")
-    _say(progress, str(critique(store, strategy="learned", progress=progress)))
+    _say(progress, str(project.critique(strategy="learned", progress=progress)))
 
 
 def _main_budget(project: Project, max_budget: str) -> int:
@@ -438,23 +433,17 @@ def run_demo(
         model = ModelSpec.composite(IMAGE_ANNOTATOR_SPEC, model).text
     elif spec.kind == "image" and ModelSpec.parse(model).can("embedded"):
         raise UserError(f"the {spec.name} demo labels images with the offline image annotator; omit --model")
-    from actlabel.annotate import annotate
-    from actlabel.critique import critique
-    from actlabel.report import write_report
-    from actlabel.selection import select_for_review
-
-    with _open_or_create(root, spec, size, seed, progress) as project:
-        store = project.store
-        store.acquire_writer("demo")
+    # the stages below nest in this one lock: the demo is one writer from its first stage to the report
+    with _open_or_create(root, spec, size, seed, progress) as project, project.writing("demo"):
         _say(progress, "annotating every item with the embedded model")
-        _say(progress, str(annotate(store, model=model, progress=progress)))
+        _say(progress, str(project.annotate(model=model, progress=progress)))
         # Before the pilot only: once reviews refine the labels, the learned critic takes over (an
         # LLM critic re-run on the refined labels would pay for new calls on every re-run).
         if llm_critic and spec.kind != "image" and project.store.last_round() == 0:
             _say(progress, f"criticizing with the embedded LLM ({llm_critic})")
-            _say(progress, str(critique(store, model=model, strategy=llm_critic, progress=progress)))
+            _say(progress, str(project.critique(model=model, strategy=llm_critic, progress=progress)))
         if project.store.last_round() == 0:
-            _say(progress, str(select_for_review(store, budget="auto", seed=seed)))
+            _say(progress, str(project.select(budget="auto", seed=seed)))
         _review(project, progress, seed)
         if project.store.last_round() == 1:
             _learn_from_reviews(project, progress)
@@ -462,8 +451,7 @@ def run_demo(
         while project.store.last_round() <= rounds and project.store.reviewed_count() < target:
             left_rounds = rounds + 1 - project.store.last_round()
             size = max(1, -(-(target - project.store.reviewed_count()) // left_rounds))
-            main_round = select_for_review(
-                store,
+            main_round = project.select(
                 budget=str(size),
                 rule="threshold",
                 uniform=UNIFORM_SHARE,
@@ -473,7 +461,7 @@ def run_demo(
             _review(project, progress, seed)
             _learn_from_reviews(project, progress)
         table = _downstream(project, spec, root, seed, progress)
-        report = write_report(store, root / "report.html")
+        report = project.report(root / "report.html")
         status = project.status()
     elapsed = time.perf_counter() - started
     _print_summary(table, status, report, elapsed, progress)

@@ -409,81 +409,71 @@ def _run(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from actlabel.annotate import annotate
-    from actlabel.critique import critique
-    from actlabel.selection import select_for_review
-
     project = _open_project(root, task_labels, instructions, examples, multi_label=opts["multi_label"])
     try:
-        store = project.store
-        _check_roles(root, store.task, roles)
-        store.acquire_writer("label (DataFrame)")
-        table = _input_table(root, frame, roles, store.task.label_names if store.task.multi_label else None)
-        path = root / INPUT_FILE
-        pq.write_table(pa.table({k: pa.array(v, pa.string()) for k, v in table.items()}), path)
-        where = {"image_root": _image_root(table[roles.image])} if roles.image else {}
-        project.import_file(
-            path,
-            text_columns=roles.text,
-            image_column=roles.image,
-            id_column=roles.id,
-            gold_column=roles.gold,
-            **where,
-        )
-        item_ids = _item_ids(store, table, roles)
+        # one lock for the whole call: the stages below nest inside it, so no other writer can
+        # slip in between this import and the annotation of its rows
+        _check_roles(root, project.task, roles)
+        with project.writing("label (DataFrame)") as store:
+            multi = store.task.label_names if store.task.multi_label else None
+            table = _input_table(root, frame, roles, multi)
+            path = root / INPUT_FILE
+            pq.write_table(pa.table({k: pa.array(v, pa.string()) for k, v in table.items()}), path)
+            where = {"image_root": _image_root(table[roles.image])} if roles.image else {}
+            project.import_file(
+                path,
+                text_columns=roles.text,
+                image_column=roles.image,
+                id_column=roles.id,
+                gold_column=roles.gold,
+                **where,
+            )
+            item_ids = _item_ids(store, table, roles)
 
-        shared = {
-            "concurrency": opts["concurrency"],
-            "max_cost": opts["max_cost"],
-            "progress": opts["progress"],
-        }
-        model, critic = opts["model"], opts["critic_model"]
-        if opts["multi_label"]:
-            critic = None  # the per-label critic reads the annotator's probabilities: no model
-        elif critic is None and _model_kwargs(model).get("backend") is not None:
-            critic = model  # self-criticism, as with a spec: its name alone would not load it again
-        annotated = annotate(store, base_url=opts["base_url"], **_model_kwargs(model), **shared)
-        criticized = critique(
-            store,
-            base_url=opts["base_url"],
-            strategy=opts["strategy"],
-            seed=opts["seed"],
-            **_model_kwargs(critic),
-            **shared,
-        )
-        _check_critique(store, criticized, kept=opts["kept"])
-        summary = [str(annotated), str(criticized)]
-        if store.count("selections") == 0:
-            summary.append(
-                str(
-                    select_for_review(
-                        store,
-                        budget=opts["budget"],
-                        rule=opts["rule"],
-                        uniform=opts["uniform"],
-                        seed=opts["seed"],
-                    )
+            shared = {
+                "concurrency": opts["concurrency"],
+                "max_cost": opts["max_cost"],
+                "progress": opts["progress"],
+            }
+            model, critic = opts["model"], opts["critic_model"]
+            if opts["multi_label"]:
+                critic = None  # the per-label critic reads the annotator's probabilities: no model
+            elif critic is None and _model_kwargs(model).get("backend") is not None:
+                critic = model  # self-criticism, as with a spec: its name alone would not load it again
+            annotated = project.annotate(base_url=opts["base_url"], **_model_kwargs(model), **shared)
+            criticized = project.critique(
+                base_url=opts["base_url"],
+                strategy=opts["strategy"],
+                seed=opts["seed"],
+                **_model_kwargs(critic),
+                **shared,
+            )
+            _check_critique(project, criticized, kept=opts["kept"])
+            summary = [str(annotated), str(criticized)]
+            if store.count("selections") == 0:
+                selected = project.select(
+                    budget=opts["budget"], rule=opts["rule"], uniform=opts["uniform"], seed=opts["seed"]
                 )
-            )
-        else:
-            summary.append(
-                f"kept the selection already in {root} (select again with `actlabel select {root}`)"
-            )
-        columns = _output_columns(store, item_ids)
+                summary.append(str(selected))
+            else:
+                summary.append(
+                    f"kept the selection already in {root} (select again with `actlabel select {root}`)"
+                )
+            columns = _output_columns(store, item_ids)
         return columns, {"directory": str(root), "summary": summary}
     finally:
         project.close()
 
 
-def _check_critique(store: Any, result: Any, *, kept: bool) -> None:
+def _check_critique(project: Any, result: Any, *, kept: bool) -> None:
     """Selection needs an error probability for every labelled item: say why some have none."""
     if not getattr(result, "failed", 0) and not getattr(result, "stopped", None):
         return
-    reasons = store.failure_reasons("critiques", result.run_id, 1) if result.run_id else []
+    reasons = project.failure_reasons("critiques", result.run_id, 1) if result.run_id else []
     why = f" (most common: {reasons[0][1]})" if reasons else ""
     stopped = f"; stopped: {result.stopped}" if result.stopped else ""
     where = (
-        f"call label() again to retry only those (the rest is kept in {store.root})"
+        f"call label() again to retry only those (the rest is kept in {project.root})"
         if kept
         else "pass directory=... to keep the work done and retry only those"
     )
