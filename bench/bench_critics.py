@@ -343,7 +343,12 @@ def run_text(
         log(f"{name}: critic {strategy} on {limit or len(ids)} items")
         t = time.monotonic()
         res = critique(
-            store, model=model, strategy=strategy, limit=limit, progress=False, max_tokens=args.max_tokens
+            store,
+            model=model,
+            strategy=strategy,
+            limit=limit,
+            progress=False,
+            reasoning_tokens=args.max_tokens,
         )
         seconds = stage_seconds(store, "critique", strategy) or time.monotonic() - t
         log(f"{name}: {res.summary()}")

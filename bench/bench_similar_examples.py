@@ -131,7 +131,7 @@ def main() -> None:
             if number not in wanted:
                 continue
             stack = open_model(store, args.model, backend=backend)
-            annotator = LLMAnnotator(store, stack, cot=False, max_parse_retries=1, cot_max_tokens=256)
+            annotator = LLMAnnotator(store, stack, cot=False, max_parse_retries=1, reasoning_tokens=256)
             before = dict(backend.stats)
             t0 = time.perf_counter()
             probs = asyncio.run(label_with(annotator, [items[i] for i in evaluate], tasks))

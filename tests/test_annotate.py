@@ -204,7 +204,7 @@ def test_cost_cap_stops_cleanly_and_a_rerun_resumes(project: Project) -> None:
             model=MODEL,
             base_url=srv.base_url,
             progress=False,
-            max_total_tokens=300,
+            max_run_tokens=300,
             concurrency=1,
         )
         assert first.stopped and 0 < first.done < len(TWEETS)

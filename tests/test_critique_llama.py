@@ -54,7 +54,7 @@ def test_llama_annotator_gives_label_confidences(small_project: Project, smollm2
 def test_white_box_critics_through_llama(small_project: Project, smollm2, strategy: str) -> None:
     store = small_project.store
     annotate(store, backend=smollm2, progress=False, limit=2)
-    result = critique(store, backend=smollm2, strategy=strategy, progress=False, max_tokens=16)
+    result = critique(store, backend=smollm2, strategy=strategy, progress=False, reasoning_tokens=16)
     assert result.done == 2 and result.failed == 0, result.errors
     rows = store.conn.execute(
         "SELECT error_prob, proposed_label, rationale, raw, status FROM critiques WHERE strategy = ?",
@@ -75,12 +75,12 @@ def test_white_box_critics_through_llama(small_project: Project, smollm2, strate
 
 def test_cot_annotation_then_devil_through_llama(small_project: Project, smollm2) -> None:
     store = small_project.store
-    result = annotate(store, backend=smollm2, progress=False, limit=2, cot=True, cot_max_tokens=24)
+    result = annotate(store, backend=smollm2, progress=False, limit=2, cot=True, reasoning_tokens=24)
     # a 135M model rarely reaches `Answer:` in 24 tokens: the constrained continuation finishes it
     assert result.done == 2
     reasons = [r[0] for r in store.conn.execute("SELECT reasoning FROM annotations")]
     assert all(reasons)
-    out = critique(store, backend=smollm2, strategy="devil", progress=False, max_tokens=24, limit=2)
+    out = critique(store, backend=smollm2, strategy="devil", progress=False, reasoning_tokens=24, limit=2)
     assert out.done + out.failed == 2
 
 

@@ -198,7 +198,7 @@ def test_annotator_prefix_built_once_gives_the_same_prompts(tmp_path) -> None:
     store = SimpleNamespace(task=t, root=tmp_path)
     raw = SimpleNamespace(supports_images=True, supports_logprobs=False)
     annotator = LLMAnnotator(
-        store, SimpleNamespace(raw=raw), cot=False, max_parse_retries=0, cot_max_tokens=8
+        store, SimpleNamespace(raw=raw), cot=False, max_parse_retries=0, reasoning_tokens=8
     )
     first, second = annotator.messages(item("one")), annotator.messages(item("two"))
     assert first == prompting.annotation_messages(t, item("one"), cot=False, root=tmp_path)

@@ -45,12 +45,12 @@ from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batc
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
-from actlabel.models.base import Backend, ChatRequest, ChatResponse, Message, ModelError
+from actlabel.models.base import ChatRequest, ChatResponse, Message, ModelError
 from actlabel.models.retry import ParseFailure, call_with_parse
 from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
 from actlabel.models.usage import RunCap
+from actlabel.options import AnnotateOptions, stage_options
 from actlabel.stages import (
-    COT_MAX_TOKENS,
     ModelStack,
     StageResult,
     default_concurrency,
@@ -58,7 +58,6 @@ from actlabel.stages import (
     failed_record,
     gold_accuracy,
     label_max_tokens,
-    make_cap,
     model_in_use,
     open_model,
     pending_items,
@@ -278,14 +277,14 @@ class LLMAnnotator:
     """Labels items with a chat model (see the module docstring)."""
 
     def __init__(
-        self, store: Store, stack: ModelStack, *, cot: bool, max_parse_retries: int, cot_max_tokens: int
+        self, store: Store, stack: ModelStack, *, cot: bool, max_parse_retries: int, reasoning_tokens: int
     ):
         self.store = store
         self.task = store.task
         self.stack = stack
         self.cot = cot
         self.max_parse_retries = max_parse_retries
-        self.cot_max_tokens = cot_max_tokens
+        self.reasoning_tokens = reasoning_tokens
         self.names = tuple(self.task.label_names)
         self.with_images = stack.raw.supports_images
         self.logprobs = stack.raw.supports_logprobs
@@ -320,7 +319,7 @@ class LLMAnnotator:
             )
             direct = await call_with_parse(backend, request, self._direct, self.max_parse_retries)
             return direct if isinstance(direct, ParseFailure) else direct.value
-        request = ChatRequest(messages, max_tokens=self.cot_max_tokens, **self._lp())
+        request = ChatRequest(messages, max_tokens=self.reasoning_tokens, **self._lp())
         outcome = await call_with_parse(backend, request, self._cot, self.max_parse_retries)
         if isinstance(outcome, ParseFailure) or not isinstance(outcome.value, Unfinished):
             return outcome if isinstance(outcome, ParseFailure) else outcome.value
@@ -397,58 +396,38 @@ LABEL_MODEL_VERSION = 3
 
 
 async def annotate_async(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_total_tokens: int | None = None,
-    limit: int | None = None,
-    cot: bool = False,
-    progress: bool = True,
-    backend: Backend | None = None,
-    max_parse_retries: int = 2,
-    cot_max_tokens: int = COT_MAX_TOKENS,
-    batch: bool = False,
-    wait: bool = False,
-    engine: str = "async",
-    workers: int | None = None,
-    label_model: str = "auto",
-    backend_options: dict[str, Any] | None = None,
+    store: Store, options: AnnotateOptions | None = None, /, **kwargs: Any
 ) -> AnnotateResult | BatchOutcome[AnnotateResult]:
     """Label every item not yet labelled with these settings. See the module docstring.
 
-    backend: a ready Backend to use instead of loading `model` (tests, benchmarks); its spec names it.
-    batch: go through the provider's batch API (batch.py; returns a BatchOutcome), `wait` for it.
-    engine: "async" (this process) or "ray" (distributed.py, `workers` Ray actors).
+    options: an AnnotateOptions (options.py documents each one), or the same as keyword arguments.
+    With batch=True the calls go through the provider's batch API (batch.py) and a BatchOutcome
+    comes back; engine="ray" sends them to `workers` Ray actors (distributed.py).
     """
+    opts: AnnotateOptions = stage_options(AnnotateOptions, options, kwargs)
+    backend = opts.backend
     if store.count_items() == 0:
         raise UserError(f"{store.root}: no items to annotate; import some with `actlabel import`")
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be at least 1")
-    cap = make_cap(max_cost, max_total_tokens)
+    cap = opts.cap()
     if store.task.multi_label:
-        return await _annotate_sets(
-            store, model=model, base_url=base_url, backend=backend, concurrency=concurrency, cap=cap,
-            limit=limit, cot=cot, progress=progress, max_parse_retries=max_parse_retries, batch=batch,
-            engine=engine, backend_options=backend_options, label_model=label_model,
-        )  # fmt: skip
-    spec = backend.spec if backend is not None and model is None else resolve_annotator(store, model)
+        return await _annotate_sets(store, opts, cap)
+    spec = (
+        backend.spec if backend is not None and opts.model is None else resolve_annotator(store, opts.model)
+    )
     composite = ModelSpec.parse(spec).is_composite
     llm_spec = ModelSpec.parse(spec).llm.text if composite else spec
-    check_scale_options(llm_spec, batch=batch, wait=wait, engine=engine, workers=workers)
+    check_scale_options(llm_spec, batch=opts.batch, engine=opts.engine)
     if spec == IMAGE_ANNOTATOR_SPEC:
-        return _annotate_images(store, limit=limit, progress=progress)
+        return _annotate_images(store, limit=opts.limit, progress=opts.progress)
     stack = open_model(
         store,
         llm_spec,
-        base_url=base_url,
+        base_url=opts.base_url,
         backend=backend,
         templates=prompting.ANNOTATE_TEMPLATES,
-        engine=engine,
-        workers=workers,
-        backend_options=backend_options,
+        engine=opts.engine,
+        workers=opts.workers,
+        backend_options=opts.backend_options,
     )
     async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
@@ -456,38 +435,36 @@ async def annotate_async(
             store,
             stack,
             # composite: the text LLM's distribution is pooled with the image expert's per item
-            label_model=label_model_wanted(label_model, stack.spec) and not batch and not composite,
+            label_model=label_model_wanted(opts.label_model, stack.spec) and not opts.batch and not composite,
             composite=composite,
-            cot=cot,
-            concurrency=concurrency or default_concurrency(stack.spec),
+            cot=opts.cot,
+            concurrency=opts.concurrency or default_concurrency(stack.spec),
             cap=cap,
-            limit=limit,
-            progress=progress,
-            max_parse_retries=max_parse_retries,
-            cot_max_tokens=cot_max_tokens,
+            limit=opts.limit,
+            progress=opts.progress,
+            max_parse_retries=opts.max_parse_retries,
+            reasoning_tokens=opts.reasoning_tokens,
         )
-        if batch:
-            return await run_batched(store, stack, "annotate", run, wait=wait, progress=progress)
+        if opts.batch:
+            return await run_batched(store, stack, "annotate", run, wait=opts.wait, progress=opts.progress)
         return await run()
 
 
 annotate = synchronous(annotate_async)
 
 
-async def _annotate_sets(
-    store: Store, *, model: str | None, base_url: str | None, backend: Backend | None,
-    concurrency: int | None, cap: RunCap | None, limit: int | None, cot: bool, progress: bool,
-    max_parse_retries: int, batch: bool, engine: str, backend_options: dict[str, Any] | None,
-    label_model: str = "auto",
-) -> AnnotateResult:  # fmt: skip
+async def _annotate_sets(store: Store, opts: AnnotateOptions, cap: RunCap | None) -> AnnotateResult:
     """A multi-label task: every label scored (multilabel_annotate.py)."""
     from actlabel import multilabel_annotate as mla
 
-    if cot or batch or engine != "async":
+    backend, limit, progress = opts.backend, opts.limit, opts.progress
+    if opts.cot or opts.batch or opts.engine != "async":
         raise UserError(
             "multi-label annotation asks yes/no per label: --cot, --batch and --engine do not apply"
         )
-    spec = backend.spec if backend is not None and model is None else (model or DEFAULT_MODEL).strip()
+    spec = (
+        backend.spec if backend is not None and opts.model is None else (opts.model or DEFAULT_MODEL).strip()
+    )
     _has_text, has_images = task_modalities(store)
     if spec == mla.FEATURE_ANNOTATOR_SPEC:
         result = AnnotateResult(model=spec, mode="few-shot features", multi_label=True)
@@ -497,17 +474,17 @@ async def _annotate_sets(
             f"{spec} does not label multi-label tasks: use {mla.FEATURE_ANNOTATOR_SPEC} or an LLM"
         )
     stack = open_model(
-        store, spec, base_url=base_url, backend=backend, templates=prompting.MULTILABEL_TEMPLATES,
-        backend_options=backend_options,
+        store, spec, base_url=opts.base_url, backend=backend, templates=prompting.MULTILABEL_TEMPLATES,
+        backend_options=opts.backend_options,
     )  # fmt: skip
     try:
         if has_images and not stack.raw.supports_images:
             raise UserError(f"{stack.spec} cannot see images: use an openai/ vision model")
         result = AnnotateResult(model=stack.spec, mode="yes/no per label", multi_label=True)
         return await mla.annotate_sets_llm(
-            store, stack, concurrency=concurrency or default_concurrency(stack.spec), cap=cap, limit=limit,
-            progress=progress, max_parse_retries=max_parse_retries, result=result,
-            rate_matching=label_model_wanted(label_model, stack.spec),
+            store, stack, concurrency=opts.concurrency or default_concurrency(stack.spec), cap=cap,
+            limit=limit, progress=progress, max_parse_retries=opts.max_parse_retries, result=result,
+            rate_matching=label_model_wanted(opts.label_model, stack.spec),
         )  # fmt: skip
     finally:
         if backend is None:
@@ -526,7 +503,7 @@ async def _annotate_llm(
     limit: int | None,
     progress: bool,
     max_parse_retries: int,
-    cot_max_tokens: int,
+    reasoning_tokens: int,
 ) -> AnnotateResult:
     task = store.task
     _has_text, has_images = task_modalities(store)
@@ -549,7 +526,7 @@ async def _annotate_llm(
         result.accuracy, result.gold_items = gold_accuracy(store)
         return result
     annotator = LLMAnnotator(
-        store, stack, cot=cot, max_parse_retries=max_parse_retries, cot_max_tokens=cot_max_tokens
+        store, stack, cot=cot, max_parse_retries=max_parse_retries, reasoning_tokens=reasoning_tokens
     )
     image_probs: dict[int, np.ndarray] = {}
     image_errors: dict[int, str] = {}  # an unreadable image fails its item alone

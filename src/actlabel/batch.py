@@ -176,24 +176,9 @@ class BatchClient:
 _RNG = random.Random()
 
 
-ENGINES = ("async", "ray")
-
-
-def check_scale_options(
-    spec: str, *, batch: bool, wait: bool, engine: str, workers: int | None = None
-) -> None:
-    """Reject --batch / --wait / --engine / --workers combinations that cannot work, before a model
-    is loaded."""
-    if engine not in ENGINES:
-        raise UserError(f"--engine must be one of {', '.join(ENGINES)}, not {engine!r}")
-    if workers is not None and engine == "async":
-        raise UserError("--workers goes with --engine ray")
-    if workers is not None and workers < 1:
-        raise UserError("--workers must be at least 1")
-    if wait and not batch:
-        raise UserError("--wait goes with --batch")
-    if batch and engine != "async":
-        raise UserError("--batch runs on the provider's batch API; drop --engine ray")
+def check_scale_options(spec: str, *, batch: bool, engine: str) -> None:
+    """Reject --batch / --engine for a model that cannot take them, before it is loaded (the
+    combinations that fail whatever the model are refused by options.StageOptions)."""
     parsed = ModelSpec.parse(spec)
     if batch and not parsed.can("batch_api"):
         raise UserError(f"batch mode needs an openai/ model with a batch API, not {parsed.bare}")
@@ -209,7 +194,9 @@ def batch_backend(stack: ModelStack) -> OpenAICompatBackend:
     if getattr(raw, "engine", None) == "ray":
         raise UserError("--batch runs on the provider's batch API; drop --engine ray")
     if not isinstance(raw, OpenAICompatBackend):
-        raise UserError(f"batch mode needs an openai/ model with a batch API, not {stack.spec.split('@')[0]}")
+        raise UserError(
+            f"batch mode needs an openai/ model with a batch API, not {ModelSpec.parse(stack.spec).bare}"
+        )
     return raw
 
 

@@ -309,7 +309,9 @@ _model_options = [
     click.option(
         "--max-cost", type=float, help="Stop cleanly once the estimated cost reaches this many dollars."
     ),
-    click.option("--max-tokens", "max_total_tokens", type=int, help="Stop cleanly after this many tokens."),
+    click.option(
+        "--max-tokens", "max_run_tokens", type=int, help="Stop cleanly after this many tokens in the run."
+    ),
     click.option("--limit", type=click.IntRange(1), help="Only the first N items not done yet (a pilot)."),
     click.option("--no-progress", is_flag=True, help="No live progress bar."),
 ]
@@ -394,7 +396,7 @@ def _with_scale_options(fn: Callable) -> Callable:
 )
 @click.option(
     "--reasoning-tokens",
-    "cot_max_tokens",
+    "reasoning_tokens",
     type=click.IntRange(16, 8192),
     default=256,
     show_default=True,
@@ -416,15 +418,15 @@ def _with_scale_options(fn: Callable) -> Callable:
 )
 def annotate(directory: str, **opts: Any) -> None:
     """Stage 1: a model labels every item."""
-    refine = opts.pop("refine")
+    from actlabel.options import AnnotateOptions
+
+    refine, progress = opts.pop("refine"), not opts.pop("no_progress")
     backend_options = _local_backend_options(opts)
     with _open(directory) as project:
         if refine:
-            click.echo(str(project.refine(progress=not opts.pop("no_progress"))))
+            click.echo(str(project.refine(progress=progress)))
             return
-        result = project.annotate(
-            progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
-        )
+        result = project.annotate(AnnotateOptions(progress=progress, backend_options=backend_options, **opts))
         click.echo(str(result))
         _report_failures(project, "annotations", result)
 
@@ -440,7 +442,7 @@ def annotate(directory: str, **opts: Any) -> None:
 )
 @click.option(
     "--reasoning-tokens",
-    "max_tokens",
+    "reasoning_tokens",
     type=click.IntRange(16, 8192),
     default=256,
     show_default=True,
@@ -449,11 +451,12 @@ def annotate(directory: str, **opts: Any) -> None:
 @_with_local_model_options
 def critique(directory: str, **opts: Any) -> None:
     """Stage 2: a critic estimates each machine label's probability of being wrong."""
+    from actlabel.options import CritiqueOptions
+
+    progress = not opts.pop("no_progress")
     backend_options = _local_backend_options(opts)
     with _open(directory) as project:
-        result = project.critique(
-            progress=not opts.pop("no_progress"), backend_options=backend_options, **opts
-        )
+        result = project.critique(CritiqueOptions(progress=progress, backend_options=backend_options, **opts))
         click.echo(str(result))
         _report_failures(project, "critiques", result)
 

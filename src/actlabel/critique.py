@@ -60,14 +60,14 @@ from actlabel.critics.registry import CRITICS, LLM_CRITICS, MULTI_LABEL_CRITICS,
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
-from actlabel.models.base import Backend, ModelError
+from actlabel.models.base import ModelError
 from actlabel.models.retry import ParseFailure
 from actlabel.models.spec import ModelSpec
+from actlabel.options import CritiqueOptions, stage_options
 from actlabel.stages import (
     ModelStack,
     StageResult,
     default_concurrency,
-    make_cap,
     model_in_use,
     one_line,
     open_model,
@@ -88,7 +88,6 @@ DEFAULT_STRATEGY = "cot"
 #: the default when the annotator is an embedded model
 EMBEDDED_DEFAULT_STRATEGY = "consistency"
 CRITIC_MODEL_ENV = "ACTLABEL_CRITIC_MODEL"
-CRITIC_MAX_TOKENS = 256
 
 
 @dataclass
@@ -321,33 +320,16 @@ def _pending(
 
 
 async def critique_async(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_total_tokens: int | None = None,
-    limit: int | None = None,
-    strategy: str | None = None,
-    progress: bool = True,
-    backend: Backend | None = None,
-    max_parse_retries: int = 2,
-    max_tokens: int = CRITIC_MAX_TOKENS,
-    seed: int = 0,
-    batch: bool = False,
-    wait: bool = False,
-    engine: str = "async",
-    workers: int | None = None,
-    backend_options: dict[str, Any] | None = None,
+    store: Store, options: CritiqueOptions | None = None, /, **kwargs: Any
 ) -> CritiqueResult | BatchOutcome[CritiqueResult]:
     """Criticize the current machine labels with `strategy` (None: default_strategy). See the
     module docstring.
 
-    backend: a ready Backend instead of loading a model (tests, benchmarks).
-    max_tokens: the budget of a critic's reasoning (cot, devil, cot-logit, cot-ppl analyses).
-    backend_options go to the backend's constructor (n_ctx=, n_threads= for local models).
+    options: a CritiqueOptions (options.py documents each one), or the same as keyword arguments.
     """
+    opts: CritiqueOptions = stage_options(CritiqueOptions, options, kwargs)
+    model, backend, limit, seed = opts.model, opts.backend, opts.limit, opts.seed
+    strategy = opts.strategy
     if strategy is None:
         strategy = default_strategy(store) if backend is None else DEFAULT_STRATEGY
     if strategy == MULTI_LABEL_STRATEGY and not store.task.multi_label:
@@ -355,8 +337,6 @@ async def critique_async(
     if strategy == MULTI_LABEL_STRATEGY:
         if model or backend is not None:
             raise UserError(f"the {strategy} critic uses no chat model; drop --model")
-        if limit is not None and limit < 1:
-            raise UserError("--limit must be at least 1")
         if not store.has_machine_labels():
             raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
         return _critique_offline(store, strategy, None, limit=limit, seed=seed)
@@ -365,18 +345,16 @@ async def critique_async(
         raise UserError(
             f"the {name} critic judges one label per item; multi-label tasks use --strategy {MULTI_LABEL_STRATEGY}"
         )
-    if limit is not None and limit < 1:
-        raise UserError("--limit must be at least 1")
     if not store.has_machine_labels():
         raise UserError(f"{store.root}: no machine labels to criticize; run `actlabel annotate` first")
     if name in OFFLINE_STRATEGIES:
-        if model or backend is not None or backend_options:
+        if model or backend is not None or opts.backend_options:
             raise UserError(f"the {name} critic uses no chat model; drop --model, --n-ctx and --threads")
         if CRITICS[name].kind == "streamed":
             return _critique_confidence(store, name, limit=limit)
         return _critique_offline(store, name, members, limit=limit, seed=seed)
     cls = LLM_STRATEGIES[name]
-    cap = make_cap(max_cost, max_total_tokens)
+    cap = opts.cap()
     spec, source = (
         (backend.spec, "given") if backend is not None and not model else resolve_critic_model(store, model)
     )
@@ -388,8 +366,8 @@ async def critique_async(
                 f"the devil's-advocate critic argues against the annotator's reasoning, and {missing} of "
                 f"{len(targets)} machine labels have none: annotate with --cot first (actlabel annotate DIR --cot)"
             )
-    check_scale_options(spec, batch=batch, wait=wait, engine=engine, workers=workers)
-    if backend_options and not ModelSpec.parse(spec).can("embedded"):
+    check_scale_options(spec, batch=opts.batch, engine=opts.engine)
+    if opts.backend_options and not ModelSpec.parse(spec).can("embedded"):
         raise UserError(f"--n-ctx and --threads apply to local/ models only; the critic model is {spec}")
     # The hash of the strategy's own templates: editing one strategy's prompt does not invalidate
     # the others' cached answers (cot-logit and cot-ppl declare the same templates, so their
@@ -397,12 +375,12 @@ async def critique_async(
     stack = open_model(
         store,
         spec,
-        base_url=base_url,
+        base_url=opts.base_url,
         backend=backend,
         templates=cls.templates,
-        engine=engine,
-        workers=workers,
-        backend_options=backend_options,
+        engine=opts.engine,
+        workers=opts.workers,
+        backend_options=opts.backend_options,
     )
     async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
@@ -412,15 +390,15 @@ async def critique_async(
             cls(),
             targets,
             notes=criticism_notes(store, name, stack.spec, source),
-            concurrency=concurrency or default_concurrency(stack.spec),
+            concurrency=opts.concurrency or default_concurrency(stack.spec),
             cap=cap,
             limit=limit,
-            progress=progress,
-            max_parse_retries=max_parse_retries,
-            max_tokens=max_tokens,
+            progress=opts.progress,
+            max_parse_retries=opts.max_parse_retries,
+            reasoning_tokens=opts.reasoning_tokens,
         )
-        if batch:
-            return await run_batched(store, stack, "critique", run, wait=wait, progress=progress)
+        if opts.batch:
+            return await run_batched(store, stack, "critique", run, wait=opts.wait, progress=opts.progress)
         return await run()
 
 
@@ -439,7 +417,7 @@ async def _critique_llm(
     limit: int | None,
     progress: bool,
     max_parse_retries: int,
-    max_tokens: int,
+    reasoning_tokens: int,
 ) -> CritiqueResult:
     task = store.task
     raw = stack.raw
@@ -467,7 +445,7 @@ async def _critique_llm(
         result.auroc, result.gold_errors, result.gold_items = critique_auroc(store, strategy.name, model_name)
         return result
     ctx = CriticContext(
-        store, task, stack.backend, raw.supports_logprobs, with_images, max_parse_retries, max_tokens
+        store, task, stack.backend, raw.supports_logprobs, with_images, max_parse_retries, reasoning_tokens
     )
     params = {
         "strategy": strategy.name,

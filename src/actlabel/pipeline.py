@@ -44,7 +44,7 @@ def run_pipeline(
     base_url: str | None = None,
     concurrency: int | None = None,
     max_cost: float | None = None,
-    max_total_tokens: int | None = None,
+    max_run_tokens: int | None = None,
     limit: int | None = None,
     critic_model: str | None = None,
     strategy: str | None = None,
@@ -67,7 +67,7 @@ def run_pipeline(
 
     shared: dict[str, Any] = {
         "base_url": base_url, "concurrency": concurrency, "max_cost": max_cost,
-        "max_total_tokens": max_total_tokens, "limit": limit, "progress": progress,
+        "max_run_tokens": max_run_tokens, "limit": limit, "progress": progress,
     }  # fmt: skip
     lines = [str(annotate(store, model=model, cot=cot, **shared))]
     reviewed = store.reviewed_count()

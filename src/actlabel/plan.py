@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 from actlabel import prompting
 from actlabel.critics.registry import CRITICS
-from actlabel.critique import CRITIC_MAX_TOKENS, CRITIC_MODEL_ENV, LLM_STRATEGIES, parse_strategy
+from actlabel.critique import CRITIC_MODEL_ENV, LLM_STRATEGIES, parse_strategy
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
 from actlabel.models.base import ImagePart, Message, ModelError
 from actlabel.models.spec import ModelSpec
 from actlabel.models.usage import PriceTable
-from actlabel.stages import COT_MAX_TOKENS, label_max_tokens, resolve_annotator
+from actlabel.options import COT_REASONING_TOKENS, CRITIC_REASONING_TOKENS
+from actlabel.stages import label_max_tokens, resolve_annotator
 from actlabel.store import Item, Store
 
 SAMPLE_ITEMS = 200
@@ -353,4 +354,4 @@ def _critic_estimate(
 
 
 #: exported for the CLI and docs
-__all__ = ["plan", "OUTPUT_ASSUMPTIONS", "COT_MAX_TOKENS", "CRITIC_MAX_TOKENS"]
+__all__ = ["plan", "OUTPUT_ASSUMPTIONS", "COT_REASONING_TOKENS", "CRITIC_REASONING_TOKENS"]

@@ -131,13 +131,16 @@ class Project:
         with self.writing("import") as store:
             return data.import_path(store, path, **roles)
 
-    def annotate(self, **opts: Any) -> Any:
-        """Stage 1: machine labels for every item not yet labelled with these settings (annotate.py
-        documents the options). Returns an AnnotateResult, or a BatchOutcome with batch=True."""
+    def annotate(self, options: Any = None, /, **kwargs: Any) -> Any:
+        """Stage 1: machine labels for every item not yet labelled with these settings: an
+        options.AnnotateOptions, or its fields as keyword arguments (model=, cot=, limit=, ...).
+        Returns an AnnotateResult, or a BatchOutcome with batch=True."""
         from actlabel.annotate import annotate
+        from actlabel.options import AnnotateOptions, stage_options
 
+        opts = stage_options(AnnotateOptions, options, kwargs)  # a mistake is refused before the lock
         with self.writing("annotate") as store:
-            return annotate(store, **opts)
+            return annotate(store, opts)
 
     def refine(self, *, progress: bool = True) -> Any:
         """`annotate --refine`: relabel every item from what the reviews taught (no model calls)."""
@@ -146,12 +149,15 @@ class Project:
         with self.writing("annotate") as store:
             return refine_labels(store, progress=progress)
 
-    def critique(self, **opts: Any) -> Any:
-        """Stage 2: each machine label's error probability (critique.py documents the options)."""
+    def critique(self, options: Any = None, /, **kwargs: Any) -> Any:
+        """Stage 2: each machine label's error probability: an options.CritiqueOptions, or its
+        fields as keyword arguments (model=, strategy=, seed=, ...)."""
         from actlabel.critique import critique
+        from actlabel.options import CritiqueOptions, stage_options
 
+        opts = stage_options(CritiqueOptions, options, kwargs)  # a mistake is refused before the lock
         with self.writing("critique") as store:
-            return critique(store, **opts)
+            return critique(store, opts)
 
     def calibrate(self, **opts: Any) -> Any:
         """Calibrate a critic's error probabilities on the reviewed items (method=, strategy=)."""

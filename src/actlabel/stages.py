@@ -20,13 +20,11 @@ from actlabel.models.base import Backend, ModelError
 from actlabel.models.cache import CachedBackend
 from actlabel.models.retry import ParseFailure
 from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
-from actlabel.models.usage import MeteredBackend, PriceTable, RunCap, RunUsage
+from actlabel.models.usage import MeteredBackend, PriceTable, RunUsage
 from actlabel.store import Item, Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-COT_MAX_TOKENS = 256
 
 
 @dataclass
@@ -87,16 +85,6 @@ async def model_in_use(stack: ModelStack, *, owned: bool) -> AsyncIterator[Model
 def default_concurrency(spec: str) -> int:
     """Endpoints serve many calls at once; an in-process model runs one at a time anyway."""
     return 16 if ModelSpec.parse(spec).can("concurrent_calls") else 1
-
-
-def make_cap(max_cost: float | None, max_total_tokens: int | None) -> RunCap | None:
-    if max_cost is not None and max_cost <= 0:
-        raise UserError("--max-cost must be > 0")
-    if max_total_tokens is not None and max_total_tokens <= 0:
-        raise UserError("--max-tokens must be > 0")
-    if max_cost is None and max_total_tokens is None:
-        return None
-    return RunCap(max_tokens=max_total_tokens, max_cost=max_cost)
 
 
 def one_line(text: str, limit: int = 200) -> str:

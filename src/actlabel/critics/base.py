@@ -52,7 +52,8 @@ class CriticContext:
     supports_logprobs: bool
     with_images: bool
     max_parse_retries: int = 2
-    max_tokens: int = 256
+    #: the budget of one reasoning step (a reasoning request's max_tokens)
+    reasoning_tokens: int = 256
 
     @property
     def labels(self) -> list[Label]:

@@ -44,7 +44,7 @@ class _Verbalized(Strategy):
         return Verdict(e, consistent_proposal(e, stated, target.machine_label), stated_reason(text), text)
 
     def request(self, ctx: CriticContext, target: Target) -> ChatRequest:
-        max_tokens = ctx.max_tokens if self.reasons else SHORT_ANSWER_TOKENS
+        max_tokens = ctx.reasoning_tokens if self.reasons else SHORT_ANSWER_TOKENS
         return ChatRequest(
             ctx.messages(target, self.body, reasoning=target.reasoning or ""), max_tokens=max_tokens
         )

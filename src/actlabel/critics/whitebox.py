@@ -95,7 +95,9 @@ def yes_no_request(messages: tuple, prefix: str = "") -> ChatRequest:
 
 def analysis_request(ctx: CriticContext, target: Target) -> ChatRequest:
     """The analysis both cot-logit and cot-ppl ask for (identical, so the cache shares it)."""
-    return ChatRequest(ctx.messages(target, "critic_analysis"), max_tokens=ctx.max_tokens, logprobs=True)
+    return ChatRequest(
+        ctx.messages(target, "critic_analysis"), max_tokens=ctx.reasoning_tokens, logprobs=True
+    )
 
 
 def _nonempty(response: ChatResponse) -> ChatResponse:
