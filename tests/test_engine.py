@@ -191,7 +191,7 @@ def test_cap_stops_cleanly_then_rerun_resumes():
         return {"k": k, "text": r.text}
 
     per_call = 12 + 2  # 46 characters in, "label" out, at the scripted 4 characters per token
-    cap = RunCap(max_tokens=20 * per_call)  # reached after 20 calls
+    cap = RunCap(max_run_tokens=20 * per_call)  # reached after 20 calls
     res = run(
         run_items(range(100), work, concurrency=4, write_batch=sink, usage=usage, cap=cap, progress=False)
     )
@@ -222,7 +222,7 @@ def test_cap_needs_usage():
         return k
 
     with pytest.raises(ValueError):
-        run(run_items([1], work, cap=RunCap(max_tokens=1), progress=False))
+        run(run_items([1], work, cap=RunCap(max_run_tokens=1), progress=False))
 
 
 def test_progress_off_is_quiet(capsys):

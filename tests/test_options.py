@@ -40,7 +40,7 @@ def test_annotate_options_of_its_own() -> None:
     with pytest.raises(UserError, match="^--label-model must be one of auto, on, off, not 'maybe'$"):
         AnnotateOptions(label_model="maybe")
     opts = AnnotateOptions(cot=True, reasoning_tokens=64, max_run_tokens=1000)
-    assert opts.cap() is not None and opts.cap().max_tokens == 1000
+    assert opts.cap() is not None and opts.cap().max_run_tokens == 1000
     assert AnnotateOptions().cap() is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         opts.cot = False  # type: ignore[misc]

@@ -256,7 +256,7 @@ def test_unpriced_model_is_reported():
 
 def test_run_cap():
     usage = RunUsage(prices=PriceTable({"m": (1_000_000.0, 0.0)}))
-    cap = RunCap(max_tokens=100)
+    cap = RunCap(max_run_tokens=100)
     assert cap.reached(usage) is None
     usage.record("openai/m@x", ChatResponse("x", usage=Usage(90, 20)))
     assert "token cap" in cap.reached(usage)

@@ -78,7 +78,7 @@ class StageOptions:
 
         if self.max_cost is None and self.max_run_tokens is None:
             return None
-        return RunCap(max_tokens=self.max_run_tokens, max_cost=self.max_cost)
+        return RunCap(max_run_tokens=self.max_run_tokens, max_cost=self.max_cost)
 
     @classmethod
     def from_kwargs(cls, kwargs: dict[str, Any]) -> Any:

@@ -351,14 +351,16 @@ class OnnxTextEncoder:
     from 5 to 70 tokens), run, and put back in input order.
     """
 
-    def __init__(self, sess, model_dir: Path, max_tokens: int | None = None):
+    def __init__(self, sess, model_dir: Path, max_seq_length: int | None = None):
         from tokenizers import Tokenizer
 
         self.session = sess
         self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        if max_tokens is None:  # sentence-transformers' limit, not the tokenizer file's 128
-            max_tokens = json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"]
-        self.tokenizer.enable_truncation(max_length=max_tokens)
+        if max_seq_length is None:  # sentence-transformers' limit, not the tokenizer file's 128
+            max_seq_length = json.loads((model_dir / "sentence_bert_config.json").read_text())[
+                "max_seq_length"
+            ]
+        self.tokenizer.enable_truncation(max_length=max_seq_length)
         self.tokenizer.no_padding()
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:

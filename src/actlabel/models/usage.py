@@ -187,13 +187,14 @@ class RunCap:
     """Stop a run when paid tokens or estimated cost reach a limit. The engine stops starting new
     items; calls in flight finish and are written, so nothing is lost and a re-run resumes."""
 
-    max_tokens: int | None = None
+    #: tokens of the whole run (options.StageOptions.max_run_tokens, `--max-tokens`)
+    max_run_tokens: int | None = None
     max_cost: float | None = None
 
     def reached(self, usage: RunUsage) -> str | None:
         """The reason the cap is reached, or None."""
-        if self.max_tokens is not None and usage.total_tokens >= self.max_tokens:
-            return f"token cap reached ({usage.total_tokens} >= {self.max_tokens})"
+        if self.max_run_tokens is not None and usage.total_tokens >= self.max_run_tokens:
+            return f"token cap reached ({usage.total_tokens} >= {self.max_run_tokens})"
         if self.max_cost is not None and usage.cost >= self.max_cost:
             return f"cost cap reached (${usage.cost:.4f} >= ${self.max_cost:.4f})"
         return None
