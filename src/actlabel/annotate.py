@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from actlabel import prompting
-from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_calls
 from actlabel.engine import run_items
 from actlabel.errors import UserError
 from actlabel.models import DEFAULT_MODEL
@@ -59,7 +59,7 @@ from actlabel.stages import (
     gold_accuracy,
     label_max_tokens,
     model_in_use,
-    open_model,
+    open_stage_model,
     pending_items,
     resolve_annotator,
     settings_key,
@@ -419,16 +419,7 @@ async def annotate_async(
     check_scale_options(llm_spec, batch=opts.batch, engine=opts.engine)
     if spec == IMAGE_ANNOTATOR_SPEC:
         return _annotate_images(store, limit=opts.limit, progress=opts.progress)
-    stack = open_model(
-        store,
-        llm_spec,
-        base_url=opts.base_url,
-        backend=backend,
-        templates=prompting.ANNOTATE_TEMPLATES,
-        engine=opts.engine,
-        workers=opts.workers,
-        backend_options=opts.backend_options,
-    )
+    stack = open_stage_model(store, llm_spec, opts, prompting.ANNOTATE_TEMPLATES)
     async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _annotate_llm,
@@ -445,9 +436,7 @@ async def annotate_async(
             max_parse_retries=opts.max_parse_retries,
             reasoning_tokens=opts.reasoning_tokens,
         )
-        if opts.batch:
-            return await run_batched(store, stack, "annotate", run, wait=opts.wait, progress=opts.progress)
-        return await run()
+        return await run_calls(store, stack, "annotate", run, opts)
 
 
 annotate = synchronous(annotate_async)
@@ -473,10 +462,7 @@ async def _annotate_sets(store: Store, opts: AnnotateOptions, cap: RunCap | None
         raise UserError(
             f"{spec} does not label multi-label tasks: use {mla.FEATURE_ANNOTATOR_SPEC} or an LLM"
         )
-    stack = open_model(
-        store, spec, base_url=opts.base_url, backend=backend, templates=prompting.MULTILABEL_TEMPLATES,
-        backend_options=opts.backend_options,
-    )  # fmt: skip
+    stack = open_stage_model(store, spec, opts, prompting.MULTILABEL_TEMPLATES)
     try:
         if has_images and not stack.raw.supports_images:
             raise UserError(f"{stack.spec} cannot see images: use an openai/ vision model")

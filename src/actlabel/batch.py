@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     import httpx
 
     from actlabel.models.openai_compat import OpenAICompatBackend
+    from actlabel.options import StageOptions
     from actlabel.stages import ModelStack
 
 R = TypeVar("R")
@@ -564,6 +565,15 @@ class BatchOutcome(Generic[R]):
         elif self.results:
             lines.append("batch: nothing left to submit")
         return "\n".join(lines)
+
+
+async def run_calls(
+    store: Store, stack: ModelStack, stage: str, run_stage: Callable[[], Awaitable[R]], opts: StageOptions
+) -> R | BatchOutcome[R]:
+    """A stage's calls as its options say: made now, or through the provider's batch API (--batch)."""
+    if opts.batch:
+        return await run_batched(store, stack, stage, run_stage, wait=opts.wait, progress=opts.progress)
+    return await run_stage()
 
 
 async def run_batched(

@@ -16,6 +16,7 @@ import click
 
 from actlabel.critics.registry import strategy_help
 from actlabel.errors import UserError
+from actlabel.options import COT_REASONING_TOKENS, CRITIC_REASONING_TOKENS, AnnotateOptions, CritiqueOptions
 from actlabel.review.adapters import FORMATS as TOOL_FORMATS
 
 EXIT_USER_ERROR = 1
@@ -381,6 +382,13 @@ def _local_backend_options(opts: dict[str, Any]) -> dict[str, Any] | None:
     return out or None
 
 
+def _reasoning_tokens_option(default: int, help: str) -> Callable:
+    """--reasoning-tokens: one reasoning step's budget (options.py), the same flag in both stages."""
+    return click.option(
+        "--reasoning-tokens", type=click.IntRange(16, 8192), default=default, show_default=True, help=help
+    )
+
+
 def _with_scale_options(fn: Callable) -> Callable:
     for option in reversed(_scale_options):
         fn = option(fn)
@@ -394,14 +402,7 @@ def _with_scale_options(fn: Callable) -> Callable:
 @click.option(
     "--cot", is_flag=True, help="Let the annotator reason before answering (needed by the devil critic)."
 )
-@click.option(
-    "--reasoning-tokens",
-    "reasoning_tokens",
-    type=click.IntRange(16, 8192),
-    default=256,
-    show_default=True,
-    help="With --cot: the most tokens of reasoning per item.",
-)
+@_reasoning_tokens_option(COT_REASONING_TOKENS, "With --cot: the most tokens of reasoning per item.")
 @_with_local_model_options
 @click.option(
     "--label-model",
@@ -418,8 +419,6 @@ def _with_scale_options(fn: Callable) -> Callable:
 )
 def annotate(directory: str, **opts: Any) -> None:
     """Stage 1: a model labels every item."""
-    from actlabel.options import AnnotateOptions
-
     refine, progress = opts.pop("refine"), not opts.pop("no_progress")
     backend_options = _local_backend_options(opts)
     with _open(directory) as project:
@@ -440,19 +439,12 @@ def annotate(directory: str, **opts: Any) -> None:
     default=None,
     help=strategy_help("per-label for multi-label tasks, consistency for embedded models, else cot"),
 )
-@click.option(
-    "--reasoning-tokens",
-    "reasoning_tokens",
-    type=click.IntRange(16, 8192),
-    default=256,
-    show_default=True,
-    help="The most tokens of reasoning per item (cot, devil, cot-logit, cot-ppl).",
+@_reasoning_tokens_option(
+    CRITIC_REASONING_TOKENS, "The most tokens of reasoning per item (cot, devil, cot-logit, cot-ppl)."
 )
 @_with_local_model_options
 def critique(directory: str, **opts: Any) -> None:
     """Stage 2: a critic estimates each machine label's probability of being wrong."""
-    from actlabel.options import CritiqueOptions
-
     progress = not opts.pop("no_progress")
     backend_options = _local_backend_options(opts)
     with _open(directory) as project:

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from actlabel import prompting
-from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_batched
+from actlabel.batch import BatchOutcome, Deferred, check_scale_options, run_calls
 from actlabel.critics.base import (
     CriticContext,
     Strategy,
@@ -70,7 +70,7 @@ from actlabel.stages import (
     default_concurrency,
     model_in_use,
     one_line,
-    open_model,
+    open_stage_model,
     stage_run,
     synchronous,
 )
@@ -372,16 +372,7 @@ async def critique_async(
     # The hash of the strategy's own templates: editing one strategy's prompt does not invalidate
     # the others' cached answers (cot-logit and cot-ppl declare the same templates, so their
     # identical analysis request is shared).
-    stack = open_model(
-        store,
-        spec,
-        base_url=opts.base_url,
-        backend=backend,
-        templates=cls.templates,
-        engine=opts.engine,
-        workers=opts.workers,
-        backend_options=opts.backend_options,
-    )
+    stack = open_stage_model(store, spec, opts, cls.templates)
     async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _critique_llm,
@@ -397,9 +388,7 @@ async def critique_async(
             max_parse_retries=opts.max_parse_retries,
             reasoning_tokens=opts.reasoning_tokens,
         )
-        if opts.batch:
-            return await run_batched(store, stack, "critique", run, wait=opts.wait, progress=opts.progress)
-        return await run()
+        return await run_calls(store, stack, "critique", run, opts)
 
 
 critique = synchronous(critique_async)

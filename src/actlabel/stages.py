@@ -21,6 +21,7 @@ from actlabel.models.cache import CachedBackend
 from actlabel.models.retry import ParseFailure
 from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
 from actlabel.models.usage import MeteredBackend, PriceTable, RunUsage
+from actlabel.options import StageOptions
 from actlabel.store import Item, Store
 
 P = ParamSpec("P")
@@ -69,6 +70,20 @@ def open_model(
     cached = CachedBackend(raw, store.response_cache(), template_hash=prompting.templates_hash(templates))
     usage = RunUsage(prices=PriceTable.load(store.root))
     return ModelStack(raw, cached, MeteredBackend(cached, usage), usage)
+
+
+def open_stage_model(store: Store, spec: str, opts: StageOptions, templates: Sequence[str]) -> ModelStack:
+    """open_model as a stage's options say: their backend or endpoint, engine and constructor options."""
+    return open_model(
+        store,
+        spec,
+        base_url=opts.base_url,
+        backend=opts.backend,
+        templates=templates,
+        engine=opts.engine,
+        workers=opts.workers,
+        backend_options=opts.backend_options,
+    )
 
 
 @asynccontextmanager
