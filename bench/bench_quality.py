@@ -849,8 +849,8 @@ LIMITS = (
     "draws the pilot, the rounds and the downstream initialisation); the tweets60 pool is 1,000 tweets "
     "annotated in full by the 0.5B model with its label model (accuracy 0.518), and tweets80 is its 589 "
     "items with crowd agreement >= 0.8 (fewer than the 1,000 the issue asks). Fashion cells took 200-460 s "
-    "each here, so only the review-design cells at 20% (seed 0) ran for fashion; its K = 2, u = 0.05 row is "
-    "the demo's design (0.814, 67% of the gap closed). Budgets 5% and 30%, Reuters R8 and the image+text "
+    "each here; the fashion cells (3 seeds, 10% and 20%) ran later at load 4-10 (28-660 s a cell). "
+    "Budgets 5% and 30%, Reuters R8 and the image+text "
     "composite were not run: not measured."
 )
 
