@@ -823,6 +823,52 @@ class Store:
             + " WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
         ).fetchall()
 
+    def iter_run_annotations(
+        self, run_id: int, columns: Sequence[str], where: str = "", batch: int = 20000
+    ) -> Iterator[list[tuple]]:
+        """Batches of (item_rowid, *columns) of each item's latest annotation among those one run
+        wrote (and matching `where`, SQL), in item_rowid order: paged on the (item_rowid, id)
+        index, so a pass over a million-item run holds one batch."""
+        cols = ", ".join(columns)
+        sql = (
+            f"SELECT item_rowid, max(id), {cols} FROM annotations WHERE run_id = ? AND item_rowid > ?"
+            + (f" AND {where}" if where else "")
+            + " GROUP BY item_rowid ORDER BY item_rowid LIMIT ?"
+        )
+        last = 0
+        while rows := self.conn.execute(sql, (run_id, last, batch)).fetchall():
+            yield [(r[0], *r[2:]) for r in rows]
+            last = rows[-1][0]
+
+    def gold_agreement(self) -> tuple[int, int]:
+        """(items whose current ok machine label equals their gold label, items with both): counted
+        in SQL, where a (gold, machine) pair per item was ~170 bytes an item in Python."""
+        n, agree = self.conn.execute(
+            "SELECT count(*), coalesce(sum(a.label = i.gold_label), 0) FROM items i JOIN annotations a ON "
+            + _current_record("a", "annotations")
+            + " WHERE a.status = 'ok' AND i.gold_label IS NOT NULL"
+        ).fetchone()
+        return int(agree), int(n)
+
+    def iter_pending_annotation_rowids(
+        self, done_runs: Iterable[int], batch: int = 20000
+    ) -> Iterator[list[int]]:
+        """Batches of the rowids, in rowid order, of the items whose latest annotation is not an ok
+        one from `done_runs` (none yet, failed, or made with other settings). Paged by rowid, so
+        memory is one batch however many items there are, and records written while the caller
+        works on a batch do not move the next page."""
+        runs = ",".join(str(int(r)) for r in done_runs)
+        sql = (
+            "SELECT i.rowid FROM items i LEFT JOIN annotations a ON "
+            + _current_record("a", "annotations")
+            + f" WHERE i.rowid > ? AND NOT coalesce(a.status = 'ok' AND a.run_id IN ({runs}), 0)"
+            " ORDER BY i.rowid LIMIT ?"
+        )
+        last = 0
+        while rows := self.conn.execute(sql, (last, batch)).fetchall():
+            yield [r[0] for r in rows]
+            last = rows[-1][0]
+
     def current_reviews(self, rowids: Sequence[int] | None = None) -> dict[int, str]:
         """item_rowid -> the label of its latest review (the human label)."""
         return {r: v[0] for r, v in self.latest("reviews", ("label",), rowids=rowids).items()}
