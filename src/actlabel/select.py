@@ -181,13 +181,15 @@ def _threshold_probs(e: np.ndarray, budget: int, rng: np.random.Generator) -> tu
     # tie-break is an auxiliary randomisation and unbiasedness conditional on it implies
     # unbiasedness overall.
     perm = rng.permutation(n)
-    key = e[perm]
-    np.negative(key, out=key)  # in place: a million-item round holds one fewer array of N
-    ranked = np.argsort(key, kind="stable")
-    del key
-    top = perm[ranked[:budget]]
-    pi[top] = 1.0
-    return pi, float(e[top[-1]])
+    # That order's top B without sorting all N: tau is the B-th largest e, every item above it is
+    # in, and the tied ones are taken in permutation order (what the stable sort did). A sort of N
+    # held three more arrays of N; this holds masks of a byte an item and a partitioned copy.
+    tau = float(np.partition(e, n - budget)[n - budget])
+    above = e > tau
+    pi[above] = 1.0
+    ties = np.flatnonzero((e == tau)[perm])[: budget - int(above.sum())]
+    pi[perm[ties]] = 1.0
+    return pi, tau
 
 
 def _exponential_probs(e: np.ndarray, budget: int, beta: float) -> tuple[np.ndarray, float]:

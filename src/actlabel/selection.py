@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import overload
 
 import numpy as np
 
@@ -92,38 +92,42 @@ def current_state(store: Store) -> CurrentState:
     """Every item's current state, read batch by batch into NumPy: numbers as arrays, labels as
     codes (LabelColumn). Python lists of ints, floats and label strings took ~150 bytes an item,
     most of a million-item selection's memory."""
-    rowids, error, selected, pi, machine, human = [], [], [], [], [], []
     codes: dict[str, int] = {}
 
     def code(label: str | None) -> int:
         return -1 if label is None else codes.setdefault(label, len(codes))
 
-    cols = store.CURRENT_COLUMNS
-    i_m, i_s, i_e = cols.index("machine_label"), cols.index("annotation_status"), cols.index("error_prob")
-    i_sel, i_pi, i_h = cols.index("selected"), cols.index("review_prob"), cols.index("human_label")
+    # Filled in place, sized by the item count: batches joined at the end held every array twice.
+    # An import running beside a reader (status, report) may add rows: the arrays then grow.
+    n = store.count_items()
+    rowids, selected = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    error, pi = np.empty(n), np.empty(n)
+    machine, human = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
     nan = float("nan")
-    for rows in store.iter_current():
-        n = len(rows)
-        rowids.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=n))
-        error.append(np.fromiter((nan if r[i_e] is None else r[i_e] for r in rows), dtype=float, count=n))
-        selected.append(np.fromiter((bool(r[i_sel]) for r in rows), dtype=bool, count=n))
-        pi.append(np.fromiter((nan if r[i_pi] is None else r[i_pi] for r in rows), dtype=float, count=n))
-        machine.append(
-            np.fromiter((code(r[i_m]) if r[i_s] == "ok" else -1 for r in rows), dtype=np.int32, count=n)
-        )
-        human.append(np.fromiter((code(r[i_h]) for r in rows), dtype=np.int32, count=n))
-
-    def joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.array([], dtype=dtype)
-
+    filled = 0
+    for rows in store.iter_selection_rows():
+        end = filled + len(rows)
+        if end > rowids.size:
+            rowids, selected, error, pi, machine, human = (
+                np.resize(a, end) for a in (rowids, selected, error, pi, machine, human)
+            )
+        k = len(rows)
+        at = slice(filled, end)
+        rowids[at] = np.fromiter((r[0] for r in rows), dtype=np.int64, count=k)
+        machine[at] = np.fromiter((code(r[1]) if r[2] == "ok" else -1 for r in rows), dtype=np.int32, count=k)
+        error[at] = np.fromiter((nan if r[3] is None else r[3] for r in rows), dtype=float, count=k)
+        selected[at] = np.fromiter((bool(r[4]) for r in rows), dtype=bool, count=k)
+        pi[at] = np.fromiter((nan if r[5] is None else r[5] for r in rows), dtype=float, count=k)
+        human[at] = np.fromiter((code(r[6]) for r in rows), dtype=np.int32, count=k)
+        filled = end
     names = list(codes)
     return CurrentState(
-        joined(rowids, np.int64),
-        LabelColumn(joined(machine, np.int32), names),
-        joined(error, float),
-        joined(selected, bool),
-        joined(pi, float),
-        LabelColumn(joined(human, np.int32), names),
+        rowids[:filled],
+        LabelColumn(machine[:filled], names),
+        error[:filled],
+        selected[:filled],
+        pi[:filled],
+        LabelColumn(human[:filled], names),
     )
 
 
@@ -132,8 +136,10 @@ def _next_round(store: Store) -> int:
 
 
 def _error_probs_for_selection(state: CurrentState) -> np.ndarray:
-    """error_prob per item; items without a machine label must go to humans, so they count as 1."""
-    e = state.error_prob.copy()
+    """error_prob per item; items without a machine label must go to humans, so they count as 1.
+    Written over state.error_prob, which the caller reads no further: a copy was one more array
+    of N at the selection's peak."""
+    e = state.error_prob
     no_label = ~state.machine_label.present()
     missing = np.isnan(e) & ~no_label
     if missing.any():

@@ -1181,6 +1181,24 @@ class Store:
                 return
             yield rows
 
+    def iter_selection_rows(self, batch: int = 10000) -> Iterator[list[tuple]]:
+        """Batches of (rowid, machine_label, annotation_status, error_prob, selected, review_prob,
+        human_label) in rowid order: what selection reads of every item. Without the item's data
+        and the critique's rationale a batch is a tenth of `iter_current`'s (10,000 of its rows
+        were 15 MB, the largest part of a million-item selection's peak)."""
+        sql = f"""
+            SELECT i.rowid, a.label, a.status, c.error_prob, s.selected, s.review_prob, r.label
+            FROM items i
+            LEFT JOIN annotations a ON {_current_record("a", "annotations")}
+            LEFT JOIN critiques c ON {SELECTION_CRITIQUE}
+            LEFT JOIN selections s ON {_current_record("s", "selections")}
+            LEFT JOIN reviews r ON {_current_record("r", "reviews")}
+            ORDER BY i.rowid
+        """
+        cur = self.conn.execute(sql)
+        while rows := cur.fetchmany(batch):
+            yield rows
+
     def iter_current_rows(self, batch: int = 10000) -> Iterator[list[CurrentRow]]:
         """`iter_current` with each row named (a NamedTuple: as cheap as the tuple it wraps)."""
         make = CurrentRow._make
