@@ -596,8 +596,13 @@ async def _annotate_llm(
         from actlabel.image_annotator import fit_image_classifier
 
         clf, _n = fit_image_classifier(task, store.root)
-        items_with_images = [it for it in store.iter_items(todo) if it.image_path]
-        image_probs, image_errors = _image_probs(clf, items_with_images, store.root)
+        # A batch of items and their image features at a time (1,280 floats an image); what is
+        # kept is K probabilities an item.
+        for start in range(0, len(todo), LABEL_MODEL_BATCH):
+            batch = [it for it in store.iter_items(todo[start : start + LABEL_MODEL_BATCH]) if it.image_path]
+            ok, bad = _image_probs(clf, batch, store.root)
+            image_probs.update(ok)
+            image_errors.update(bad)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
     zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
     params = {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit}
