@@ -975,11 +975,14 @@ class Store:
         """status -> how many records one annotate or critique run wrote."""
         if table not in {"annotations", "critiques"}:
             raise ValueError(f"unknown stage table {table!r}")
-        return dict(
-            self.conn.execute(
-                f"SELECT status, count(*) FROM {table} WHERE run_id = ? GROUP BY status", (run_id,)
-            )
-        )
+        # Counted here from a streamed cursor: with no index on run_id, SQLite's GROUP BY sorted
+        # every record of the run in memory first (temp_store=MEMORY), ~40 MB at a million.
+        counts: dict[str, int] = {}
+        cur = self.conn.execute(f"SELECT status FROM {table} WHERE run_id = ?", (run_id,))
+        while rows := cur.fetchmany(20000):
+            for (status,) in rows:
+                counts[status] = counts.get(status, 0) + 1
+        return counts
 
     def last_record_id(self, table: str) -> int:
         """The id of the newest record in a stage table, 0 when empty: changes whenever it grows."""
