@@ -336,3 +336,16 @@ def test_pilot_sample_is_uniform_and_reproducible() -> None:
     np.testing.assert_allclose(counts / 3000, 0.25, atol=0.04)
     with pytest.raises(ValueError, match="pilot size 30 is larger than the 20 items"):
         pilot_sample(20, 30)
+
+
+def test_pivotal_sample_does_not_depend_on_the_loop_chunk(monkeypatch) -> None:
+    """The sampler walks its units a chunk at a time (memory); the draws, and so the sample, must
+    be those of one pass over all of them."""
+    from actlabel import select as rules
+
+    pi = np.random.default_rng(5).random(1001) * 0.2
+    pi[::50] = 1.0
+    whole = rules.sample_pivotal(pi, seed=9)
+    for chunk in (1, 7, 1000):
+        monkeypatch.setattr(rules, "PIVOTAL_CHUNK", chunk)
+        assert np.array_equal(rules.sample_pivotal(pi, seed=9), whole)

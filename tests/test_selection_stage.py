@@ -218,3 +218,21 @@ def test_status_line_says_how_many_uniform_reviews_halve_the_interval() -> None:
 
     low = asdict(est) | {"estimate": -3.2}  # the unbiased estimate can fall below 0 by chance
     assert "about 0 (unbiased estimate -3.2, below 0 by chance)" in _residual_line(low)
+
+
+def test_current_state_labels_read_like_lists(project: Project) -> None:
+    annotate_and_critique(project)
+    store = project.store
+    rowids = store.item_rowids()
+    store.add_annotations(
+        [{"item_rowid": rowids[1], "run_id": 1, "model": "m", "label": None, "status": "failed"}]
+    )
+    store.add_review(rowids[2], "neutral", reviewer="t", source="simulated")
+    state = current_state(store)
+    current = {r: a.label for r, a in store.current_annotations().items()}
+    expected = [current.get(r) for r in rowids]
+    assert list(state.machine_label) == expected and expected[1] is None
+    assert [state.machine_label[i] for i in range(len(rowids))] == expected
+    assert state.machine_label[1:3] == expected[1:3] and len(state.machine_label) == len(rowids)
+    assert list(state.human_label) == [None, None, "neutral"] + [None] * (len(rowids) - 3)
+    assert state.reviewed.tolist() == [k == 2 for k in range(len(rowids))]

@@ -153,6 +153,7 @@ def test_named_queries_read_the_current_record_of_each_item(tmp_path: Path) -> N
     ]
     assert store.gold_labels() == {r1: "a", r2: "a"}
     assert store.gold_and_machine_labels() == [("a", "b")]  # r1's machine label failed
+    assert store.gold_agreement() == (0, 1)
     store.close()
 
 

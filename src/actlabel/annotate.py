@@ -36,7 +36,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +74,8 @@ if TYPE_CHECKING:
 
 #: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
 TOP_LOGPROBS = 20
+#: items per step of the label model's passes (texts and features in, pooled records out)
+LABEL_MODEL_BATCH = 20000
 _ANSWER_MARKER = re.compile(r"answer\s*[:=\-]", re.I)
 
 
@@ -173,8 +175,9 @@ class ZeroReviewModel:
     example_llm_logp: np.ndarray | None
     example_labels: np.ndarray
     example_logq: np.ndarray | None  # the probe's leave-one-out scores of the examples
-    probe_logq: dict[int, np.ndarray]
+    probe_logq: np.ndarray | None  # (items, K): the probe's scores, row j for probe_rowids[j]
     features: str | None
+    probe_rowids: np.ndarray | None = None  # ascending
 
 
 async def prepare_label_model(
@@ -202,7 +205,7 @@ async def prepare_label_model(
             ex_labels.append(names.index(ex.label))
             ex_texts.append(ex.text)
     ex_y = np.array(ex_labels, dtype=int)
-    model = ZeroReviewModel(np.array(ex_logp) if ex_logp else None, ex_y, None, {}, None)
+    model = ZeroReviewModel(np.array(ex_logp) if ex_logp else None, ex_y, None, None, None)
     if len(set(ex_labels)) < 2:
         return model
     try:
@@ -210,12 +213,17 @@ async def prepare_label_model(
     except ImportError:  # the ml extra is not installed: the LLM alone
         return model
     ex_x = cached_text_features(ex_texts, store.root)
-    items = list(store.iter_items(todo))
-    texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
-    q = lm.safe_log(
-        lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(cached_text_features(texts, store.root))
-    )
-    model.probe_logq = {it.rowid: q[i] for i, it in enumerate(items)}
+    probe = lm.Probe(len(names)).fit(ex_x, ex_y)
+    # Batch by batch: the items' texts and features are what grows with the pool; the scores
+    # kept are K floats an item.
+    rowids, scores = [], []
+    for start in range(0, len(todo), LABEL_MODEL_BATCH):
+        items = list(store.iter_items(todo[start : start + LABEL_MODEL_BATCH]))
+        texts = ["\n".join(v for _c, v in prompting.item_text_fields(task, it)) for it in items]
+        rowids.append(np.array([it.rowid for it in items], dtype=np.int64))
+        scores.append(lm.safe_log(probe.predict_proba(cached_text_features(texts, store.root))))
+    model.probe_rowids = np.concatenate(rowids) if rowids else np.array([], dtype=np.int64)
+    model.probe_logq = np.concatenate(scores) if scores else np.empty((0, len(names)))
     model.example_logq = lm.loo_probe_logq(ex_x, ex_y, len(names))
     model.features = TEXT_MODEL
     return model
@@ -232,14 +240,28 @@ def finish_label_model(
     from actlabel import label_model as lm
 
     names = list(store.task.label_names)
-    rows = store.latest(
-        "annotations", ("probs",), "run_id = ? AND status = 'ok' AND probs IS NOT NULL", (run_id,)
-    )
-    if not rows:
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray, list[dict[str, float]]]]:
+        """(rowids, the LLM's log-probabilities, its distributions) of this run's ok records with
+        probabilities, LABEL_MODEL_BATCH items at a time: two passes over the store in place of
+        every item's parsed distribution at once."""
+        for rows in store.iter_run_annotations(
+            run_id, ("probs",), "status = 'ok' AND probs IS NOT NULL", batch=LABEL_MODEL_BATCH
+        ):
+            raw = [json.loads(p) for _r, p in rows]
+            ids = np.array([r for r, _p in rows], dtype=np.int64)
+            yield ids, lm.safe_log(np.array([[d[n] for n in names] for d in raw])), raw
+
+    # Pass 1: the model's mean distribution over the pool (pool_prior, summed batch by batch), and
+    # whether the probe scored every item (else the LLM alone, as for a run without features).
+    total, n, probed = np.zeros(len(names)), 0, zero.probe_rowids is not None
+    for ids, llm, _raw in batches():
+        total += np.exp(llm).sum(axis=0)  # safe_log clipped them as pool_prior would
+        n += len(ids)
+        probed = probed and _probe_rows(zero, ids) is not None
+    if n == 0:
         return None
-    raw = {r: json.loads(p) for r, (p,) in rows.items()}
-    llm = lm.safe_log(np.array([[raw[r][n] for n in names] for r in raw]))
-    log_prior = np.log(lm.pool_prior(np.exp(llm)))
+    log_prior = np.log(total / n / (total / n).sum())
     if zero.example_llm_logp is not None and zero.example_logq is not None:
         pooling = lm.choose_pooling(
             zero.example_labels, zero.example_llm_logp, zero.example_logq, log_prior,
@@ -258,16 +280,30 @@ def finish_label_model(
     pass_id = store.start_run(
         "annotate", {"model": model_name, "settings": settings, "label_model": params, "pass_of": run_id}
     )
-    rowids = list(raw)
-    q = np.array([zero.probe_logq[r] for r in rowids]) if all(r in zero.probe_logq for r in rowids) else None
-    pooled = pooling.combine(llm, q)
-    records = [
-        distribution_record(r, pass_id, model_name, names, p, "label_model", _probs_json(raw[r]))
-        for r, p in zip(rowids, pooled, strict=True)
-    ]
-    store.add_annotations(records)
+    # Pass 2: pooled labels written batch by batch, in one transaction: the pass lands whole or
+    # not at all, as when it was one write. The pass's records belong to pass_id, so writing them
+    # does not move the pages of run_id's records being read.
+    with store.transaction():
+        for ids, llm, raw in batches():
+            q = zero.probe_logq[_probe_rows(zero, ids)] if probed and zero.probe_logq is not None else None
+            pooled = pooling.combine(llm, q)
+            store.add_annotations(
+                distribution_record(int(r), pass_id, model_name, names, p, "label_model", _probs_json(d))
+                for r, p, d in zip(ids, pooled, raw, strict=True)
+            )
     store.finish_run(pass_id, "done", pooling.describe())
     return params
+
+
+def _probe_rows(zero: ZeroReviewModel, rowids: np.ndarray) -> np.ndarray | None:
+    """The rows of zero.probe_logq for `rowids`, or None when the probe did not score them all."""
+    import numpy as np
+
+    known = zero.probe_rowids
+    if known is None or known.size == 0:
+        return None
+    at = np.minimum(np.searchsorted(known, rowids), known.size - 1)
+    return at if bool((known[at] == rowids).all()) else None
 
 
 # ---- the annotators ------------------------------------------------------------------------------
@@ -520,8 +556,13 @@ async def _annotate_llm(
         from actlabel.image_annotator import fit_image_classifier
 
         clf, _n = fit_image_classifier(task, store.root)
-        items_with_images = [it for it in store.iter_items(todo) if it.image_path]
-        image_probs, image_errors = _image_probs(clf, items_with_images, store.root)
+        # A batch of items and their image features at a time (1,280 floats an image); what is
+        # kept is K probabilities an item.
+        for start in range(0, len(todo), LABEL_MODEL_BATCH):
+            batch = [it for it in store.iter_items(todo[start : start + LABEL_MODEL_BATCH]) if it.image_path]
+            ok, bad = _image_probs(clf, batch, store.root)
+            image_probs.update(ok)
+            image_errors.update(bad)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
     zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
     params = {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit}

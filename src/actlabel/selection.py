@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import overload
 
 import numpy as np
 
@@ -41,50 +42,92 @@ class SelectionSummary:
         return line + (f"\n{self.advice}" if self.advice else "")
 
 
+class LabelColumn(Sequence[str | None]):
+    """A label per item as a code into a few distinct strings (-1: none): 4 bytes an item, where
+    a list of labels was 8 bytes a pointer plus its growth, and testing for "has a label" is one
+    NumPy comparison instead of a Python loop over a million items."""
+
+    def __init__(self, codes: np.ndarray, names: Sequence[str]):
+        self.codes = codes
+        self.names = tuple(names)
+
+    def present(self) -> np.ndarray:
+        return self.codes >= 0
+
+    def __len__(self) -> int:
+        return int(self.codes.size)
+
+    @overload
+    def __getitem__(self, index: int) -> str | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[str | None]: ...
+    def __getitem__(self, index: int | slice) -> str | None | list[str | None]:
+        if isinstance(index, slice):
+            return [self.names[c] if c >= 0 else None for c in self.codes[index].tolist()]
+        code = int(self.codes[index])
+        return self.names[code] if code >= 0 else None
+
+    def __iter__(self) -> Iterator[str | None]:
+        names = self.names
+        for start in range(0, self.codes.size, 65536):
+            for c in self.codes[start : start + 65536].tolist():
+                yield names[c] if c >= 0 else None
+
+
 @dataclass(frozen=True)
 class CurrentState:
-    rowids: np.ndarray
-    machine_label: list[str | None]
+    rowids: np.ndarray  # ascending
+    machine_label: LabelColumn  # None where the latest annotation is not ok
     error_prob: np.ndarray  # NaN where no critique
     selected: np.ndarray  # bool, latest selection record
     review_prob: np.ndarray  # NaN where never selected/recorded
-    human_label: list[str | None]
+    human_label: LabelColumn
 
     @property
     def reviewed(self) -> np.ndarray:
-        return np.array([h is not None for h in self.human_label], dtype=bool)
+        return self.human_label.present()
 
 
 def current_state(store: Store) -> CurrentState:
-    """Every item's current state. Numbers go to NumPy batch by batch and each label is one shared
-    string (sqlite3 makes a new one per row): Python lists of ints, floats and label copies took
-    ~150 bytes an item, most of a million-item selection's memory."""
-    rowids, error, selected, pi = [], [], [], []
-    machine: list[str | None] = []
-    human: list[str | None] = []
-    shared: dict[str | None, str | None] = {}
-    cols = store.CURRENT_COLUMNS
-    i_m, i_s, i_e = cols.index("machine_label"), cols.index("annotation_status"), cols.index("error_prob")
-    i_sel, i_pi, i_h = cols.index("selected"), cols.index("review_prob"), cols.index("human_label")
+    """Every item's current state, read batch by batch into NumPy: numbers as arrays, labels as
+    codes (LabelColumn). Python lists of ints, floats and label strings took ~150 bytes an item,
+    most of a million-item selection's memory."""
+    codes: dict[str, int] = {}
+
+    def code(label: str | None) -> int:
+        return -1 if label is None else codes.setdefault(label, len(codes))
+
+    # Filled in place, sized by the item count: batches joined at the end held every array twice.
+    # An import running beside a reader (status, report) may add rows: the arrays then grow.
+    n = store.count_items()
+    rowids, selected = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    error, pi = np.empty(n), np.empty(n)
+    machine, human = np.empty(n, dtype=np.int32), np.empty(n, dtype=np.int32)
     nan = float("nan")
-    for rows in store.iter_current():
-        rowids.append(np.array([r[0] for r in rows], dtype=np.int64))
-        error.append(np.array([nan if r[i_e] is None else r[i_e] for r in rows], dtype=float))
-        selected.append(np.array([bool(r[i_sel]) for r in rows], dtype=bool))
-        pi.append(np.array([nan if r[i_pi] is None else r[i_pi] for r in rows], dtype=float))
-        machine.extend(shared.setdefault(r[i_m], r[i_m]) if r[i_s] == "ok" else None for r in rows)
-        human.extend(shared.setdefault(r[i_h], r[i_h]) for r in rows)
-
-    def joined(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
-        return np.concatenate(parts) if parts else np.array([], dtype=dtype)
-
+    filled = 0
+    for rows in store.iter_selection_rows():
+        end = filled + len(rows)
+        if end > rowids.size:
+            rowids, selected, error, pi, machine, human = (
+                np.resize(a, end) for a in (rowids, selected, error, pi, machine, human)
+            )
+        k = len(rows)
+        at = slice(filled, end)
+        rowids[at] = np.fromiter((r[0] for r in rows), dtype=np.int64, count=k)
+        machine[at] = np.fromiter((code(r[1]) if r[2] == "ok" else -1 for r in rows), dtype=np.int32, count=k)
+        error[at] = np.fromiter((nan if r[3] is None else r[3] for r in rows), dtype=float, count=k)
+        selected[at] = np.fromiter((bool(r[4]) for r in rows), dtype=bool, count=k)
+        pi[at] = np.fromiter((nan if r[5] is None else r[5] for r in rows), dtype=float, count=k)
+        human[at] = np.fromiter((code(r[6]) for r in rows), dtype=np.int32, count=k)
+        filled = end
+    names = list(codes)
     return CurrentState(
-        joined(rowids, np.int64),
-        machine,
-        joined(error, float),
-        joined(selected, bool),
-        joined(pi, float),
-        human,
+        rowids[:filled],
+        LabelColumn(machine[:filled], names),
+        error[:filled],
+        selected[:filled],
+        pi[:filled],
+        LabelColumn(human[:filled], names),
     )
 
 
@@ -93,16 +136,18 @@ def _next_round(store: Store) -> int:
 
 
 def _error_probs_for_selection(state: CurrentState) -> np.ndarray:
-    """error_prob per item; items without a machine label must go to humans, so they count as 1."""
-    e = state.error_prob.copy()
-    no_label = np.array([m is None for m in state.machine_label], dtype=bool)
+    """error_prob per item; items without a machine label must go to humans, so they count as 1.
+    Written over state.error_prob, which the caller reads no further: a copy was one more array
+    of N at the selection's peak."""
+    e = state.error_prob
+    no_label = ~state.machine_label.present()
     missing = np.isnan(e) & ~no_label
     if missing.any():
         raise UserError(
             f"{int(missing.sum())} annotated items have no critique yet: run `actlabel critique` first"
         )
     e[no_label] = 1.0
-    return np.clip(e, 0.0, 1.0)
+    return np.clip(e, 0.0, 1.0, out=e)
 
 
 def _write_round(
@@ -144,7 +189,7 @@ def select_for_review(
         raise UserError(f"{store.root}: no items yet: import some first")
     if rule not in rules.RULES:
         raise UserError(f"unknown rule {rule!r} (use {', '.join(rules.RULES)})")
-    if all(m is None for m in state.machine_label):
+    if not state.machine_label.present().any():
         raise UserError(
             f"{store.root}: no item has a machine label, so there is nothing to select for review; "
             "run `actlabel annotate` first (`actlabel status` shows why annotations failed)"
@@ -249,8 +294,10 @@ def _select_pilot(
 
 
 def _budget_from_pilot(store: Store, state: CurrentState, pilot: dict) -> rules.BudgetRecommendation:
-    index = {int(r): i for i, r in enumerate(state.rowids)}
-    rows = [index[r] for r in pilot["rowids"] if r in index]
+    # rowids ascend: a binary search per pilot item, not a dict of every item
+    wanted = np.asarray(pilot["rowids"], dtype=np.int64)
+    at = np.minimum(np.searchsorted(state.rowids, wanted), max(state.rowids.size - 1, 0))
+    rows = at[state.rowids[at] == wanted].tolist() if state.rowids.size else []
     # a pilot item without a machine label (annotation failed) needs a human anyway: an error
     errors = sum(
         1

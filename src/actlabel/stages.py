@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ from actlabel.store import Item, Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: rowids per page when the store lists the items left to annotate
+PENDING_BATCH = 20000
 
 
 @dataclass
@@ -135,10 +139,8 @@ def label_max_tokens(names: Sequence[str]) -> int:
 
 def gold_accuracy(store: Store) -> tuple[float | None, int]:
     """Accuracy of the current ok machine labels on items with a gold label, and how many there are."""
-    pairs = store.gold_and_machine_labels()
-    if not pairs:
-        return None, 0
-    return sum(g == m for g, m in pairs) / len(pairs), len(pairs)
+    agree, n = store.gold_agreement()
+    return (agree / n if n else None), n
 
 
 # ---- one stage run: its `runs` row and its result -----------------------------------------------
@@ -265,20 +267,22 @@ def settings_key(model: str, cot: bool, templates: str, label_model: int | None 
     return json.dumps(key, sort_keys=True)
 
 
-def pending_items(store: Store, settings: str, limit: int | None) -> tuple[list[int], int]:
-    """(rowids to annotate in rowid order, how many are skipped as already done with `settings`)."""
-    run_settings = {
-        run["run_id"]: json.loads(run["params"]).get("settings") for run in store.runs("annotate")
-    }
-    latest = store.latest("annotations", ("status", "run_id"))
-    todo, skipped = [], 0
-    for rowid in store.item_rowids():
-        status, run_id = latest.get(rowid, (None, None))
-        if status == "ok" and run_settings.get(run_id) == settings:
-            skipped += 1
-        else:
-            todo.append(rowid)
-    return todo, skipped
+def pending_items(store: Store, settings: str, limit: int | None) -> tuple[array[int], int]:
+    """(rowids to annotate in rowid order, how many are skipped as already done with `settings`).
+
+    The store picks the pending items batch by batch and the rowids are kept as 8-byte machine
+    integers: a dict of every item's latest annotation plus a list of rowids was ~200 bytes an
+    item, most of a million-item annotate's memory. `limit` is the callers' to apply (they report
+    how many are left beyond it)."""
+    done_runs = [
+        run["run_id"]
+        for run in store.runs("annotate")
+        if json.loads(run["params"] or "{}").get("settings") == settings
+    ]
+    todo: array[int] = array("q")
+    for rowids in store.iter_pending_annotation_rowids(done_runs, batch=PENDING_BATCH):
+        todo.extend(rowids)
+    return todo, store.count_items() - len(todo)
 
 
 # ---- choosing the annotator -------------------------------------------------------------------
