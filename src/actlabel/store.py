@@ -244,6 +244,14 @@ def _current_record(alias: str, table: str) -> str:
 #: selection asks for a new critique instead of falling back to an older one.
 SELECTION_CRITIQUE = _current_record("c", "critiques")
 
+#: every item (rowid order) with its current annotation a, critique c, selection s and review r
+_CURRENT_JOINS = f"""FROM items i
+            LEFT JOIN annotations a ON {_current_record("a", "annotations")}
+            LEFT JOIN critiques c ON {SELECTION_CRITIQUE}
+            LEFT JOIN selections s ON {_current_record("s", "selections")}
+            LEFT JOIN reviews r ON {_current_record("r", "reviews")}
+            ORDER BY i.rowid"""
+
 
 class ResponseCache:
     """The content-addressed model response cache, as `models.cache.CachedBackend` expects it.
@@ -1170,12 +1178,7 @@ class Store:
                    c.error_prob, c.proposed_label, c.rationale,
                    s.selected, s.review_prob,
                    r.label, r.reviewer, i.image_path
-            FROM items i
-            LEFT JOIN annotations a ON {_current_record("a", "annotations")}
-            LEFT JOIN critiques c ON {SELECTION_CRITIQUE}
-            LEFT JOIN selections s ON {_current_record("s", "selections")}
-            LEFT JOIN reviews r ON {_current_record("r", "reviews")}
-            ORDER BY i.rowid
+            {_CURRENT_JOINS}
         """
         cur = self.conn.execute(sql)
         while True:
@@ -1191,12 +1194,7 @@ class Store:
         were 15 MB, the largest part of a million-item selection's peak)."""
         sql = f"""
             SELECT i.rowid, a.label, a.status, c.error_prob, s.selected, s.review_prob, r.label
-            FROM items i
-            LEFT JOIN annotations a ON {_current_record("a", "annotations")}
-            LEFT JOIN critiques c ON {SELECTION_CRITIQUE}
-            LEFT JOIN selections s ON {_current_record("s", "selections")}
-            LEFT JOIN reviews r ON {_current_record("r", "reviews")}
-            ORDER BY i.rowid
+            {_CURRENT_JOINS}
         """
         cur = self.conn.execute(sql)
         while rows := cur.fetchmany(batch):
