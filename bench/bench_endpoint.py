@@ -34,33 +34,23 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
+from bench_scale import RESPONDER  # noqa: E402
 from benchdoc import machine_line, write_section  # noqa: E402
 
 SECTION = "Endpoint client vs a plain client"
 LABELS = ["positive", "negative", "neutral"]
 
-# The endpoint, answering with a label and its first token's top alternatives (what an endpoint
-# with logprobs gives), drawn from a hash of the item text so answers differ by item.
-SERVER = r"""
-import math, re, sys, time, zlib
-from actlabel.testing.openai_server import OpenAICompatServer, Reply
-LABELS = ["positive", "negative", "neutral"]
-TEXT = re.compile(r"^text: (.*)$", re.M)
-
-def respond(body):
-    user = [m for m in body["messages"] if m["role"] == "user"][-1]["content"]
-    found = TEXT.findall(user if isinstance(user, str) else "")
-    h = zlib.crc32((found[-1] if found else "").encode())
-    label = LABELS[h % 3]
-    p = 0.4 + 0.59 * ((h >> 8) % 1000) / 1000
-    top = {lab: math.log(p if lab == label else (1 - p) / 2) for lab in LABELS}
-    return Reply(label, logprobs=[(label, top[label], top)])
-
+# The endpoint, with bench_scale's answers (a label and its first token's top alternatives, drawn
+# from a hash of the item text so answers differ by item) and a set latency.
+SERVER = (
+    RESPONDER
+    + r"""
 srv = OpenAICompatServer(responder=respond, latency=float(sys.argv[1]), record=False).start()
 print(srv.port, flush=True)
 sys.stdin.read()
 srv.stop()
 """
+)
 
 # The plain threaded client: one urllib call per body from a pool of threads, answers kept.
 PLAIN_URLLIB = r"""

@@ -43,9 +43,10 @@ print(json.dumps({"code": code, "seconds": elapsed,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), file=sys.stderr)
 """
 
-# The endpoint: a label and a confidence drawn from the item's text (a stable hash), answered with
-# the first token's top alternatives as an endpoint with logprobs gives them.
-SERVER = r"""
+# The endpoint's answers: a label and a confidence drawn from the item's text (a stable hash),
+# with the first token's top alternatives as an endpoint with logprobs gives them
+# (bench_endpoint.py serves the same answers).
+RESPONDER = r"""
 import math, re, sys, time, zlib
 from actlabel.testing.openai_server import OpenAICompatServer, Reply
 LABELS = ["positive", "negative", "neutral"]
@@ -59,12 +60,17 @@ def respond(body):
     p = 0.4 + 0.59 * ((h >> 8) % 1000) / 1000
     top = {lab: math.log(p if lab == label else (1 - p) / 2) for lab in LABELS}
     return Reply(label, logprobs=[(label, top[label], top)])
+"""
 
+SERVER = (
+    RESPONDER
+    + r"""
 srv = OpenAICompatServer(responder=respond, record=False).start()
 print(srv.port, flush=True)
 while True:
     time.sleep(3600)
 """
+)
 
 
 def write_input(path: Path, n: int) -> None:
