@@ -41,6 +41,7 @@ from benchdoc import machine_line, write_section  # noqa: E402
 
 from actlabel import datasets  # noqa: E402
 from actlabel import label_model as lm  # noqa: E402
+from actlabel.annotate import text_probe_factory  # noqa: E402
 from actlabel.models import load_backend  # noqa: E402
 from actlabel.project import Project  # noqa: E402
 from actlabel.task import Example, Label  # noqa: E402
@@ -152,8 +153,9 @@ def evaluate(project: Project, seeds: int) -> dict[str, object]:
     examples = store.task.examples
     ex_x = cached_text_features([e.text for e in examples], store.root)
     ex_y = np.array([names.index(e.label) for e in examples])
-    probe = lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(x).argmax(1)
-    out["probe only"] = acc(probe)
+    probe_factory = text_probe_factory(store.task, store.root)
+    out["probe only (no anchors)"] = acc(lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(x).argmax(1))
+    out["probe only"] = acc(probe_factory(len(names)).fit(ex_x, ex_y).predict_proba(x).argmax(1))
     folds = lm.fold_of(ids)
     ex_llm = np.array(params["example_llm_logp"]) if params.get("example_llm_logp") else None
     for share in (0.1, 0.2):
@@ -171,6 +173,7 @@ def evaluate(project: Project, seeds: int) -> dict[str, object]:
                 example_labels=ex_y,
                 example_llm_logp=ex_llm if ex_llm is not None and len(ex_llm) == len(ex_y) else None,
                 folds=folds,
+                probe=probe_factory,
             )
             unrev = np.ones(len(g), bool)
             unrev[rev] = False

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -58,9 +60,13 @@ class CentroidProbe:
     def __init__(self, n_labels: int):
         self.n_labels = n_labels
 
-    def fit(self, x: np.ndarray, y: np.ndarray) -> CentroidProbe:
+    def fit(self, x: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> CentroidProbe:
+        w = np.ones(len(y)) if weights is None else weights
         self.c = np.array(
-            [x[y == k].mean(0) if (y == k).any() else np.zeros(x.shape[1]) for k in range(self.n_labels)]
+            [
+                np.average(x[y == k], axis=0, weights=w[y == k]) if (y == k).any() else np.zeros(x.shape[1])
+                for k in range(self.n_labels)
+            ]
         )
         return self
 
@@ -116,3 +122,64 @@ def test_fold_of_is_stable_and_spread() -> None:
     assert (a == b).all()
     counts = np.bincount(a, minlength=lm.REFINE_FOLDS)
     assert counts.min() > 60
+
+
+def test_anchors_let_the_probe_score_a_left_out_single_example() -> None:
+    # one example per label: leaving it out to score it removes its label from the probe's fit,
+    # unless the label's anchor row stays in
+    centers = np.eye(4) * 3.0
+    rng = np.random.default_rng(3)
+    examples = centers + rng.normal(scale=0.3, size=(4, 4))
+    labels = np.arange(4)
+    without = lm.loo_probe_logq(examples, labels, 4)
+    anchors = lm.Anchors(centers, np.arange(4))
+    with_anchors = lm.loo_probe_logq(examples, labels, 4, probe=functools.partial(lm.Probe, anchors=anchors))
+    assert (without.argmax(1) == labels).sum() == 0
+    assert (with_anchors.argmax(1) == labels).all()
+    # anchors join the fit and are never scored: the output has one row per example
+    assert with_anchors.shape == (4, 4)
+
+
+def test_anchor_texts_use_the_description_when_there_is_one() -> None:
+    from actlabel.task import Label
+
+    texts = lm.label_anchor_texts([Label("earn", "earnings and forecasts"), Label("acq", "")])
+    assert texts == ["earn: earnings and forecasts", "acq"]
+
+
+def test_text_anchors_from_real_embeddings_label_topics_with_one_example_each(tmp_path) -> None:
+    pytest.importorskip("sentence_transformers")
+    from actlabel.annotate import text_probe_factory
+    from actlabel.models.features import cached_text_features
+    from actlabel.task import Example, Label, Task
+
+    task = Task(
+        labels=[
+            Label("sport", "football, tennis, matches and players"),
+            Label("cooking", "recipes, baking, kitchens and food"),
+            Label("finance", "shares, banks, interest rates and profits"),
+        ],
+        instructions="Classify the topic.",
+        examples=[
+            Example(label="sport", text="The striker scored twice in the second half."),
+            Example(label="cooking", text="Whisk the eggs with sugar until pale."),
+            Example(label="finance", text="The central bank raised its key rate."),
+        ],
+    )
+    items = [
+        "The goalkeeper saved a penalty in the final minute.",
+        "Knead the dough and let it rise for an hour before baking.",
+        "Quarterly profits beat forecasts and the shares rose.",
+        "She won the tennis match in straight sets.",
+        "Simmer the tomato sauce with garlic and basil.",
+        "Bond yields fell as investors bought government debt.",
+    ]
+    gold = np.array([0, 1, 2, 0, 1, 2])
+    ex_x = cached_text_features([e.text for e in task.examples], tmp_path)
+    ex_y = np.array([0, 1, 2])
+    factory = text_probe_factory(task, tmp_path)
+    probe = factory(3).fit(ex_x, ex_y)
+    assert (probe.predict_proba(cached_text_features(items, tmp_path)).argmax(1) == gold).all()
+    # scored with itself left out, an example can still get its label (without anchors: never)
+    assert (lm.loo_probe_logq(ex_x, ex_y, 3, probe=factory).argmax(1) == ex_y).sum() >= 1
+    assert (lm.loo_probe_logq(ex_x, ex_y, 3).argmax(1) == ex_y).sum() == 0

@@ -70,7 +70,12 @@ from actlabel.stages import (
 from actlabel.store import Item, Store
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import numpy as np  # imported where used: an endpoint run without the label model needs none
+
+    from actlabel.label_model import ProbeFactory
+    from actlabel.task import Task
 
 #: alternatives asked per token from endpoints (OpenAI's maximum): enough for every label's first token
 TOP_LOGPROBS = 20
@@ -180,6 +185,18 @@ class ZeroReviewModel:
     probe_rowids: np.ndarray | None = None  # ascending
 
 
+def text_probe_factory(task: Task, root: Path | None) -> ProbeFactory:
+    """The feature probe for a text task: the labels' names and descriptions are its anchors."""
+    import numpy as np
+
+    from actlabel import label_model as lm
+    from actlabel.models.features import cached_text_features
+
+    anchor_x = cached_text_features(lm.label_anchor_texts(task.labels), root)
+    anchors = lm.Anchors(anchor_x, np.arange(len(task.labels)))
+    return functools.partial(lm.Probe, anchors=anchors)
+
+
 async def prepare_label_model(
     store: Store, annotator: LLMAnnotator, todo: Sequence[int], *, progress: bool
 ) -> ZeroReviewModel | None:
@@ -213,7 +230,8 @@ async def prepare_label_model(
     except ImportError:  # the ml extra is not installed: the LLM alone
         return model
     ex_x = cached_text_features(ex_texts, store.root)
-    probe = lm.Probe(len(names)).fit(ex_x, ex_y)
+    probe_factory = text_probe_factory(task, store.root)
+    probe = probe_factory(len(names)).fit(ex_x, ex_y)
     # Batch by batch: the items' texts and features are what grows with the pool; the scores
     # kept are K floats an item.
     rowids, scores = [], []
@@ -224,7 +242,7 @@ async def prepare_label_model(
         scores.append(lm.safe_log(probe.predict_proba(cached_text_features(texts, store.root))))
     model.probe_rowids = np.concatenate(rowids) if rowids else np.array([], dtype=np.int64)
     model.probe_logq = np.concatenate(scores) if scores else np.empty((0, len(names)))
-    model.example_logq = lm.loo_probe_logq(ex_x, ex_y, len(names))
+    model.example_logq = lm.loo_probe_logq(ex_x, ex_y, len(names), probe=probe_factory)
     model.features = TEXT_MODEL
     return model
 
