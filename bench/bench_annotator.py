@@ -155,7 +155,13 @@ def evaluate(project: Project, seeds: int) -> dict[str, object]:
     ex_y = np.array([names.index(e.label) for e in examples])
     probe_factory = text_probe_factory(store.task, store.root)
     out["probe only (no anchors)"] = acc(lm.Probe(len(names)).fit(ex_x, ex_y).predict_proba(x).argmax(1))
-    out["probe only"] = acc(probe_factory(len(names)).fit(ex_x, ex_y).predict_proba(x).argmax(1))
+    probe_q = lm.safe_log(probe_factory(len(names)).fit(ex_x, ex_y).predict_proba(x))
+    out["probe only"] = acc(probe_q.argmax(1))
+    # what each fixed probe share would label with no review (the label model picks one of these)
+    for w in lm.W_GRID[1:-1]:
+        out[f"pooled, probe share {w:g}"] = acc(
+            lm.Pooling(1 - w, w, log_prior).combine(llm, probe_q).argmax(1)
+        )
     folds = lm.fold_of(ids)
     ex_llm = np.array(params["example_llm_logp"]) if params.get("example_llm_logp") else None
     for share in (0.1, 0.2):
@@ -252,14 +258,15 @@ def render(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
         "uniform review draw). Speed: labels/s of the whole annotate run (model load and the label "
         "model's leave-one-out calls on the examples included) vs the in-run limit.",
         "",
-        "| dataset | model | items | LLM raw | calibrated | label model | probe only | refine 10% | refine 20% | "
-        "labels/s | limit labels/s | tokens/item (evaluated) |",
+        "| dataset | model | items | LLM raw | calibrated | label model | probe only (no anchors) | "
+        "refine 10% | refine 20% | labels/s | limit labels/s | tokens/item (evaluated) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['dataset']} | {r['model']} | {r['items']} | {r['LLM raw']:.3f} | {r['calibrated']:.3f} | "
-            f"{r['label model']:.3f} | {r['probe only']:.3f} | {r['refine 10%']:.3f} | {r['refine 20%']:.3f} | "
+            f"{r['label model']:.3f} | {r['probe only']:.3f} ({r['probe only (no anchors)']:.3f}) | "
+            f"{r['refine 10%']:.3f} | {r['refine 20%']:.3f} | "
             f"{(r['labels/s'] or 0):.2f} | {r['limit labels/s']:.2f} | "
             f"{r['prompt tokens/call']:.0f} ({r['evaluated tokens/call']:.0f}) |"
         )
@@ -268,7 +275,12 @@ def render(results: list[dict], args: argparse.Namespace, elapsed: float) -> str
         rec = ", ".join(
             f"{k} {r['recall raw'][k]:.2f}->{r['recall label model'][k]:.2f}" for k in r["recall raw"]
         )
-        lines.append(f"- {r['dataset']}, {r['model']}: {rec}; {r['how']}")
+        shares = ", ".join(
+            f"{k.rsplit(' ', 1)[1]}: {v:.3f}" for k, v in r.items() if k.startswith("pooled, probe share")
+        )
+        lines.append(
+            f"- {r['dataset']}, {r['model']}: {rec}; {r['how']}; fixed probe shares with no review: {shares}"
+        )
     return "\n".join(lines)
 
 

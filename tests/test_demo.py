@@ -67,3 +67,18 @@ def test_every_documented_dataset_runs_end_to_end(tmp_path: Path, dataset: str) 
     out = " ".join(r.stdout.split())  # the summary table wraps its cells at the terminal's width
     assert "Downstream test accuracy" in out and "random review, same" in out
     assert "of the machine-to-human gap" in out or "no gap to close" in out
+
+
+def test_the_residual_line_never_shows_a_point_outside_what_is_possible() -> None:
+    from actlabel.demo import residual_line
+    from actlabel.metrics import ResidualErrorEstimate
+
+    def est(value: float) -> ResidualErrorEstimate:
+        return ResidualErrorEstimate(
+            value, 71.0, 480.0, 120.0, 0.95, 480, 120, 52, value + 52, 200.0, True, ""
+        )
+
+    line = residual_line(est(514.3))
+    assert "about 480 " in line and "unbiased estimate 514" in line and "71 to 480" in line
+    assert "about 0 " in residual_line(est(-12.0))
+    assert residual_line(est(150.2)).endswith("(95% CI 71 to 480)")

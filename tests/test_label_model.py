@@ -26,19 +26,44 @@ def test_dividing_by_the_pool_prior_removes_a_label_prior() -> None:
     assert np.allclose(cal.sum(1), 1.0)
 
 
-def test_pooling_weights_follow_the_better_expert_and_default_to_the_llm() -> None:
+def test_pooling_weights_follow_the_clearly_better_expert_and_default_to_equal_say() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 60)
     good = np.where(np.eye(2)[y] > 0, np.log(0.9), np.log(0.1))
-    noise = lm.log_normalize(rng.normal(size=(60, 2)))
-    # the probe is right, the LLM is noise: the probe gets weight
+    wrong = np.where(np.eye(2)[y] > 0, np.log(0.02), np.log(0.98))
+    noise = lm.log_normalize(5 * rng.normal(size=(60, 2)))
+    # the probe is right, the LLM is confident noise: the probe gets the larger share
     p = lm.choose_pooling(y, noise, good, None, source="test")
-    assert p.b > 0 and p.a <= 1.0
-    # the LLM is right and the probe carries nothing: the probe gets no weight
-    p = lm.choose_pooling(y, good, lm.log_normalize(np.zeros((60, 2))), None, source="test")
+    assert p.b > p.a
+    # the LLM is right and the probe confidently wrong on 60 trusted labels: the LLM alone
+    p = lm.choose_pooling(y, good, wrong, None, source="test")
     assert p.b == 0.0 and p.a >= 1.0
+    # the probe carries nothing: equal say labels as the LLM alone does
+    flat = lm.log_normalize(np.zeros((60, 2)))
+    p = lm.choose_pooling(y, good, flat, None, source="test")
+    assert p.a == p.b and (p.combine(good, flat).argmax(1) == good.argmax(1)).all()
     with pytest.raises(ValueError):
         lm.choose_pooling(y, None, None, None, source="test")
+
+
+def test_a_handful_of_trusted_labels_cannot_move_the_share_on_a_hunch() -> None:
+    """9 left-out examples: the LLM alone labels 6 right, equal say 4 (2 wins, 0 losses): not
+    clear (a paired sign test at 2 standard errors needs 4 net wins), so equal say stays; the
+    same gap on 90 labels moves it."""
+    y = np.zeros(9, dtype=int)
+    # rows 0-3: the LLM sure and right, the probe unsure and wrong (equal say: right);
+    # rows 4-5: the LLM unsure and right, the probe wrong (equal say: wrong); rows 6-8: both wrong
+    llm = np.log(np.array([[0.9, 0.1]] * 4 + [[0.55, 0.45]] * 2 + [[0.3, 0.7]] * 3))
+    probe = np.log(np.array([[0.45, 0.55]] * 4 + [[0.3, 0.7]] * 5))
+    p = lm.choose_pooling(y, llm, probe, None, source="examples")
+    right_alone = (llm.argmax(1) == y).sum()
+    right_equal = (lm.Pooling(1, 1).combine(llm, probe).argmax(1) == y).sum()
+    assert (right_alone, right_equal) == (6, 4)
+    assert p.a == p.b
+    p = lm.choose_pooling(
+        np.tile(y, 10), np.tile(llm, (10, 1)), np.tile(probe, (10, 1)), None, source="reviews"
+    )
+    assert p.b == 0.0
 
 
 def _world(n: int, seed: int):

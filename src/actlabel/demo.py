@@ -22,7 +22,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from actlabel.models.spec import ModelSpec
 from actlabel.project import Project
 from actlabel.store import DB_NAME
 from actlabel.task import Example, Label
+
+if TYPE_CHECKING:
+    from actlabel.metrics import ResidualErrorEstimate
 
 
 @dataclass(frozen=True)
@@ -468,6 +471,17 @@ def run_demo(
     return {"downstream": table, "report": str(report), "elapsed_s": elapsed}
 
 
+def residual_line(r: ResidualErrorEstimate) -> str:
+    """The estimate is unbiased, hence unclipped (metrics.py): shown within what is possible, with
+    the raw figure beside it when it falls outside, so the point never sits outside its interval."""
+    shown = min(max(r.estimate, 0.0), float(r.n_unreviewed))
+    raw = f", unbiased estimate {r.estimate:.0f}" if round(shown) != round(r.estimate) else ""
+    return (
+        f"errors left among the {r.n_unreviewed} unreviewed labels: about {shown:.0f} "
+        f"(95% CI {r.lower:.0f} to {r.upper:.0f}{raw})"
+    )
+
+
 def _print_summary(
     table: list[dict[str, Any]], status: Any, report: Path, elapsed: float, progress: bool
 ) -> None:
@@ -503,9 +517,5 @@ def _print_summary(
         )
     )
     if status.residual is not None and status.residual.identifiable:
-        r = status.residual
-        console.print(
-            f"errors left among unreviewed labels: about {max(r.estimate, 0.0):.0f} "
-            f"(95% CI {r.lower:.0f} to {r.upper:.0f})"
-        )
+        console.print(residual_line(status.residual))
     console.print(f"report: {report}   ({elapsed:.0f} s)")

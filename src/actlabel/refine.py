@@ -28,22 +28,6 @@ from actlabel.store import CurrentAnnotation, Store
 
 #: fewer reviews than this teach the probe nothing reliable
 MIN_REVIEWS = 10
-#: the most one review may stand for, against a review its round was sure to draw
-MAX_REVIEW_WEIGHT = 20.0
-
-
-def review_weights(store: Store, reviewed_rows: list[int]) -> np.ndarray:
-    """1 / the probability each review's own round drew it, capped at MAX_REVIEW_WEIGHT and scaled
-    to mean 1 (a review given outside the queue, or of an item its round chose for sure: 1).
-
-    A critic's round picks the items whose machine labels look wrong; unweighted, those reviews
-    tell the pooling that the annotator is worse than it is on the pool, and the probe fits the
-    hard cases at the expense of the rest. Weighted, every round's reviews stand for the pool as
-    its uniform pilot does; reviews drawn uniformly throughout keep equal weights."""
-    drawn = store.drawing_probabilities()
-    pi = np.array([drawn.get(r, 1.0) for r in reviewed_rows], dtype=float)
-    w = 1.0 / np.clip(np.nan_to_num(pi, nan=1.0), 1.0 / MAX_REVIEW_WEIGHT, 1.0)
-    return w / w.mean() if len(w) else w
 
 
 @dataclass
@@ -218,7 +202,6 @@ def refined_distributions(store: Store, reviews: dict[int, str]) -> Refinement:
         folds=lm.fold_of([it.item_id for it in items]),
         # anchors are text rows: an image probe's features have no place for them
         probe=text_probe_factory(task, store.root) if feature_names == TEXT_MODEL else lm.Probe,
-        review_weights=review_weights(store, reviewed_rows),
     )
     weights = sorted({(p.a, p.b) for p in result.poolings})
     how = (

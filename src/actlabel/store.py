@@ -890,17 +890,6 @@ class Store:
             for r, (selected, pi) in self.latest("selections", ("selected", "review_prob"), where).items()
         }
 
-    def drawing_probabilities(self) -> dict[int, float]:
-        """item_rowid -> review_prob of the latest round that drew it by chance (selected with
-        review_prob < 1). Later rounds record an item already reviewed with probability 1, so this is
-        the probability of the round that drew it; items only ever chosen for sure are absent."""
-        return {
-            r: float(pi)
-            for r, (pi,) in self.latest(
-                "selections", ("review_prob",), "selected = 1 AND review_prob < 1"
-            ).items()
-        }
-
     def selected_now(self, rowids: Sequence[int] | None = None) -> set[int]:
         """The items whose latest selection record chose them for review."""
         return {
