@@ -44,8 +44,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from actlabel.task import Label
 
 #: grids for the pooling: the probe's share w and a temperature t (a = t(1-w) on the calibrated
 #: LLM, b = t w on the feature probe)
@@ -84,12 +88,12 @@ def pool_prior(probs: np.ndarray) -> np.ndarray:
 # ---- the probe ----------------------------------------------------------------------------------
 
 
-def label_anchor_texts(labels: Sequence[object]) -> list[str]:
+def label_anchor_texts(labels: Sequence[Label]) -> list[str]:
     """One text per label for its anchor row: "name: description", or the name alone."""
     texts = []
     for label in labels:
-        name, description = label.name, (getattr(label, "description", "") or "").strip()
-        texts.append(f"{name}: {description}" if description else name)
+        description = (label.description or "").strip()
+        texts.append(f"{label.name}: {description}" if description else label.name)
     return texts
 
 
@@ -263,11 +267,8 @@ def choose_pooling(
     losses = int((~right[best_w] & right[DEFAULT_PROBE_SHARE]).sum())
     chosen = best_w if wins - losses >= max(1.0, MOVE_Z * np.sqrt(wins + losses)) else DEFAULT_PROBE_SHARE
     acc, ll, t = scores[chosen]
-    why = (
-        "clearly more right"
-        if chosen != DEFAULT_PROBE_SHARE
-        else f"the default; the best share, {best_w:g}, labels {wins} more and {losses} fewer right"
-    )
+    versus = f"labels {wins} more and {losses} fewer right than equal say"
+    why = versus if chosen != DEFAULT_PROBE_SHARE else f"the default; the best share, {best_w:g}, {versus}"
     info = (
         f"probe share {chosen:g} ({why}), temperature {t:g}, on {n} {source}: held-out accuracy "
         f"{acc:.2f} (calibrated LLM alone {scores[0.0][0]:.2f}, probe alone {scores[1.0][0]:.2f})"
