@@ -69,12 +69,10 @@ def build_project(root: Path, name: str, size: int, seed: int) -> Project:
         rng = np.random.default_rng(seed)
         pool_idx = rng.permutation(len(ds.texts))[:size]
         (shot_idx,) = datasets.stratified_split(train.labels, (n_shots * 4,), seed)
-    examples, per_class = [], {}
-    for i in shot_idx:
-        lab = train.labels[i]
-        if per_class.get(lab, 0) < shots:
-            per_class[lab] = per_class.get(lab, 0) + 1
-            examples.append(Example(label=lab, text=train.texts[i]))
+    examples = [
+        Example(label=train.labels[i], text=train.texts[i])
+        for i in datasets.first_per_label(train.labels, shot_idx, shots)
+    ]
     root.mkdir(parents=True, exist_ok=True)
     labels = [Label(n, ds.descriptions.get(n, "")) for n in ds.label_names]
     project = Project.init(root, labels, instructions=instructions, examples=examples)

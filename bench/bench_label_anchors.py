@@ -49,12 +49,7 @@ def split(ds: datasets.TextDataset, size: int, shots: int, seed: int) -> tuple[n
     """The pool and the examples, as demo._prepare_text draws them."""
     k = len(ds.label_names)
     pool, shot_idx, _ = datasets.stratified_split(ds.labels, (size, shots * k * 4, 0), seed)
-    picked, per_class = [], {}
-    for i in shot_idx:
-        if per_class.get(ds.labels[i], 0) < shots:
-            per_class[ds.labels[i]] = per_class.get(ds.labels[i], 0) + 1
-            picked.append(int(i))
-    return pool, np.array(picked)
+    return pool, np.array(datasets.first_per_label(ds.labels, shot_idx, shots))
 
 
 def measure(name: str, size: int, seeds: int) -> dict[str, object]:

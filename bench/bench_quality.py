@@ -64,14 +64,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _shots(texts: list[str], labels: list[str], idx: np.ndarray, per_class: int) -> list[Example]:
-    out: list[Example] = []
-    count: dict[str, int] = {}
-    for i in idx:
-        lab = labels[i]
-        if count.get(lab, 0) < per_class:
-            count[lab] = count.get(lab, 0) + 1
-            out.append(Example(label=lab, text=texts[i]))
-    return out
+    return [Example(label=labels[i], text=texts[i]) for i in datasets.first_per_label(labels, idx, per_class)]
 
 
 def _init(root: Path, ds: datasets.TextDataset, instructions: str, shots: list[Example]) -> Project:

@@ -174,6 +174,16 @@ def write_png(array: np.ndarray, path: Path) -> None:
     path.write_bytes(buf.getvalue())
 
 
+def first_per_label(labels: list[str], idx: np.ndarray, per_label: int) -> list[int]:
+    """The first `per_label` indices of each label in `idx`, in idx's order (few-shot examples)."""
+    picked, count = [], {}
+    for i in idx:
+        if count.get(labels[i], 0) < per_label:
+            count[labels[i]] = count.get(labels[i], 0) + 1
+            picked.append(int(i))
+    return picked
+
+
 def stratified_split(labels: list[str], sizes: tuple[int, ...], seed: int) -> list[np.ndarray]:
     """Disjoint random index sets of the given sizes, each with (about) the dataset's class mix."""
     rng = np.random.default_rng(seed)

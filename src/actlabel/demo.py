@@ -107,13 +107,10 @@ def _prepare_text(spec: DemoSpec, size: int, seed: int, folder: Path) -> dict[st
     n_shots = spec.shots_per_class * len(ds.label_names)
     test_n = 0 if test_texts is not None else spec.test_size
     pool_idx, shot_idx, test_idx = datasets.stratified_split(ds.labels, (size, n_shots * 4, test_n), seed)
-    shots: list[Example] = []
-    per_class: dict[str, int] = {}
-    for i in shot_idx:
-        label = ds.labels[i]
-        if per_class.get(label, 0) < spec.shots_per_class:
-            per_class[label] = per_class.get(label, 0) + 1
-            shots.append(Example(label=label, text=ds.texts[i]))
+    shots = [
+        Example(label=ds.labels[i], text=ds.texts[i])
+        for i in datasets.first_per_label(ds.labels, shot_idx, spec.shots_per_class)
+    ]
     _write_rows(folder / "items.csv", [{"text": ds.texts[i], "gold": ds.labels[i]} for i in pool_idx])
     if test_texts is None:
         test_texts = [ds.texts[i] for i in test_idx]
@@ -163,22 +160,18 @@ def _prepare_images(spec: DemoSpec, size: int, seed: int, folder: Path) -> dict[
         rows.append(row)
     _write_rows(folder / "items.csv", rows)
     shots: list[Example] = []
-    per_class: dict[str, int] = {}
     shot_dir = folder / "examples"
     shot_dir.mkdir(exist_ok=True)
-    for i in shot_idx:
-        label = str_labels[i]
-        if per_class.get(label, 0) < spec.shots_per_class:
-            per_class[label] = per_class.get(label, 0) + 1
-            path = shot_dir / f"{int(i)}.png"
-            datasets.write_png(images[i], path)
-            shots.append(
-                Example(
-                    label=label,
-                    image=str(path.resolve()),
-                    text=CAPTION_TEMPLATES[0] if spec.kind == "image+text" else "",
-                )
+    for i in datasets.first_per_label(str_labels, shot_idx, spec.shots_per_class):
+        path = shot_dir / f"{i}.png"
+        datasets.write_png(images[i], path)
+        shots.append(
+            Example(
+                label=str_labels[i],
+                image=str(path.resolve()),
+                text=CAPTION_TEMPLATES[0] if spec.kind == "image+text" else "",
             )
+        )
     np.save(folder / "test_images.npy", images[test_idx])
     np.save(folder / "test_labels.npy", labels[test_idx])
     roles: dict[str, Any] = {"image_column": "image", "gold_column": "gold"}
