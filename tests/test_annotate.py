@@ -352,6 +352,46 @@ def test_image_and_text_offline_composite_pools_both_experts(tmp_path: Path) -> 
     proj.close()
 
 
+def test_composite_label_model_divides_out_the_text_models_prior(tmp_path: Path) -> None:
+    """Captions that say nothing and a text model sure of one label (as the 0.5B on Fashion-MNIST
+    captions): pooled raw, its prior outvotes the images; through the label model (the image
+    classifier as the probe, the text model's pool prior divided out) the images decide."""
+    pytest.importorskip("torch")
+    rng = random.Random(5)
+    examples = [
+        Example(s, text="a photo", image=str(draw_shape(tmp_path / f"e{s}{k}.png", s, rng)))
+        for s in SHAPES
+        for k in range(3)
+    ]
+    rows = []
+    for s in SHAPES:
+        for k in range(4):
+            p = draw_shape(tmp_path / f"i{s}{k}.png", s, rng)
+            rows.append({"caption": "a photo", "image": p.name, "gold": s})
+    table = write_csv(tmp_path / "items.csv", rows)
+    proj = Project.init(tmp_path / "mm", list(SHAPES), examples=examples)
+    proj.import_file(table, text_columns=["caption"], image_column="image", gold_column="gold")
+
+    def sure_of_the_first(req, answer):
+        return {c: (0.996 if c == SHAPES[0] else 0.002) for c in req.choices}
+
+    def backend() -> ScriptedBackend:
+        return ScriptedBackend(
+            SHAPES[0], name="text", choice_logprobs=sure_of_the_first, supports_images=False
+        )
+
+    model = "composite/efficientnet-lite0+scripted/text"
+    raw = annotate(proj.store, model=model, backend=backend(), progress=False, label_model="off")
+    pooled = annotate(proj.store, model=model, backend=backend(), progress=False, label_model="on")
+    assert raw.accuracy is not None and raw.accuracy < 0.5  # the prior wins when pooled raw
+    assert pooled.accuracy == 1.0
+    how = proj.store.conn.execute(
+        "SELECT params FROM runs WHERE stage = 'annotate' ORDER BY rowid DESC LIMIT 1"
+    ).fetchone()[0]
+    assert json.loads(how)["label_model"]["features"] == "efficientnet-lite0", how
+    proj.close()
+
+
 def test_interrupted_run_keeps_every_answer_it_was_given(project: Project) -> None:
     import sqlite3
 

@@ -173,16 +173,18 @@ def label_model_wanted(setting: str, spec: str) -> bool:
 
 @dataclass
 class ZeroReviewModel:
-    """What the label model knows before any review: each few-shot example's LLM distribution
-    with that example left out of the prompt, and the feature probe's scores for this run's items.
-    The label prior and the pooling weights are chosen once the pool is labelled (`finish`)."""
+    """What the label model knows before any review: the LLM's distribution for some few-shot
+    examples with each left out of the prompt in turn, the probe's held-out scores of the same
+    examples, and the probe's scores for this run's items. The label prior and the pooling
+    weights are chosen once the pool is labelled (`finish_label_model`)."""
 
     example_llm_logp: np.ndarray | None
     example_labels: np.ndarray
-    example_logq: np.ndarray | None  # the probe's leave-one-out scores of the examples
+    example_logq: np.ndarray | None  # the probe's held-out scores of the same examples
     probe_logq: np.ndarray | None  # (items, K): the probe's scores, row j for probe_rowids[j]
     features: str | None
     probe_rowids: np.ndarray | None = None  # ascending
+    example_rows: list[int] | None = None  # which of task.examples the example_* rows are
 
 
 def text_probe_factory(task: Task, root: Path | None) -> ProbeFactory:
@@ -197,41 +199,108 @@ def text_probe_factory(task: Task, root: Path | None) -> ProbeFactory:
     return functools.partial(lm.Probe, anchors=anchors)
 
 
-async def prepare_label_model(
-    store: Store, annotator: LLMAnnotator, todo: Sequence[int], *, progress: bool
-) -> ZeroReviewModel | None:
-    """Score each few-shot example with itself left out of the prompt and fit the feature probe on
-    the examples (label_model.py). None when the backend gives no label probabilities."""
+def _left_out_choice(task: Task, usable: Sequence[int]) -> list[int]:
+    """Up to MAX_LOO_EXAMPLES of the usable examples, a label at a time in turn, so every label
+    the examples have is among the rows that choose the pooling."""
+    from actlabel import label_model as lm
+
+    by_label: dict[str, list[int]] = {}
+    for k in usable:
+        by_label.setdefault(task.examples[k].label, []).append(k)
+    queues = list(by_label.values())
+    picked: list[int] = []
+    while len(picked) < lm.MAX_LOO_EXAMPLES and any(queues):
+        for q in queues:
+            if q and len(picked) < lm.MAX_LOO_EXAMPLES:
+                picked.append(q.pop(0))
+    return sorted(picked)
+
+
+async def _left_out_llm_scores(
+    annotator: LLMAnnotator, task: Task, candidates: Sequence[int]
+) -> tuple[list[int], np.ndarray | None]:
+    """(examples scored, their log-probabilities): each example labelled by the LLM with itself
+    left out of the prompt; an example the model gives no probabilities for is dropped."""
     import dataclasses
 
     import numpy as np
 
     from actlabel import label_model as lm
 
+    names = list(task.label_names)
+    rows, logp = [], []
+    for k in candidates:
+        ex = task.examples[k]
+        others = dataclasses.replace(task, examples=[e for j, e in enumerate(task.examples) if j != k])
+        out = await annotator.label(_example_item(task, ex.text, k), task=others)
+        if not isinstance(out, ParseFailure) and out.probs is not None:
+            rows.append(k)
+            logp.append(lm.safe_log([out.probs[n] for n in names]))
+    return rows, (np.array(logp) if logp else None)
+
+
+async def prepare_label_model(
+    store: Store,
+    annotator: LLMAnnotator,
+    todo: Sequence[int],
+    *,
+    progress: bool,
+    image_probs: dict[int, np.ndarray] | None = None,
+) -> ZeroReviewModel | None:
+    """Score few-shot examples with each left out of the prompt and fit the feature probe on the
+    examples (label_model.py). The probe is a MiniLM text classifier, or for the image+text
+    composite the few-shot image classifier, whose distribution per item is `image_probs`
+    (rowid -> K probabilities). None when the backend gives no label probabilities."""
+    import numpy as np
+
     task = store.task
     names = list(task.label_names)
     if not annotator.logprobs or annotator.cot:
         return None
-    examples = [(k, ex) for k, ex in enumerate(task.examples) if ex.text.strip() and ex.label in names]
-    ex_logp, ex_labels, ex_texts = [], [], []
-    for k, ex in examples[: lm.MAX_LOO_EXAMPLES]:
-        others = dataclasses.replace(task, examples=[e for j, e in enumerate(task.examples) if j != k])
-        out = await annotator.label(_example_item(task, ex.text, k), task=others)
-        if not isinstance(out, ParseFailure) and out.probs is not None:
-            ex_logp.append(lm.safe_log([out.probs[n] for n in names]))
-            ex_labels.append(names.index(ex.label))
-            ex_texts.append(ex.text)
-    ex_y = np.array(ex_labels, dtype=int)
-    model = ZeroReviewModel(np.array(ex_logp) if ex_logp else None, ex_y, None, None, None)
-    if len(set(ex_labels)) < 2:
+    usable = [
+        k
+        for k, ex in enumerate(task.examples)
+        if ex.label in names and (bool(ex.image) if image_probs is not None else bool(ex.text.strip()))
+    ]
+    rows, ex_logp = await _left_out_llm_scores(
+        annotator, task, _left_out_choice(task, [k for k in usable if task.examples[k].text.strip()])
+    )
+    ex_y = np.array([names.index(task.examples[k].label) for k in rows], dtype=int)
+    model = ZeroReviewModel(ex_logp, ex_y, None, None, None, example_rows=rows)
+    all_y = np.array([names.index(task.examples[k].label) for k in usable], dtype=int)
+    if len(set(all_y.tolist())) < 2:
         return model
-    try:
-        from actlabel.models.features import TEXT_MODEL, cached_text_features
-    except ImportError:  # the ml extra is not installed: the LLM alone
-        return model
-    ex_x = cached_text_features(ex_texts, store.root)
+    if image_probs is not None:
+        _image_probe_scores(store, model, usable, all_y, image_probs)
+    else:
+        try:
+            _text_probe_scores(store, model, todo, usable, all_y)
+        except ImportError:  # the ml extra is not installed: the LLM alone
+            return model
+    return model
+
+
+def _held_out(usable: Sequence[int], rows: Sequence[int]) -> np.ndarray:
+    """Positions in `usable` of the examples in `rows` (the ones the LLM scored)."""
+    import numpy as np
+
+    at = {k: j for j, k in enumerate(usable)}
+    return np.array([at[k] for k in rows if k in at], dtype=int)
+
+
+def _text_probe_scores(
+    store: Store, model: ZeroReviewModel, todo: Sequence[int], usable: Sequence[int], all_y: np.ndarray
+) -> None:
+    import numpy as np
+
+    from actlabel import label_model as lm
+    from actlabel.models.features import TEXT_MODEL, cached_text_features
+
+    task = store.task
+    k_labels = len(task.label_names)
+    ex_x = cached_text_features([task.examples[k].text for k in usable], store.root)
     probe_factory = text_probe_factory(task, store.root)
-    probe = probe_factory(len(names)).fit(ex_x, ex_y)
+    probe = probe_factory(k_labels).fit(ex_x, all_y)
     # Batch by batch: the items' texts and features are what grows with the pool; the scores
     # kept are K floats an item.
     rowids, scores = [], []
@@ -241,10 +310,63 @@ async def prepare_label_model(
         rowids.append(np.array([it.rowid for it in items], dtype=np.int64))
         scores.append(lm.safe_log(probe.predict_proba(cached_text_features(texts, store.root))))
     model.probe_rowids = np.concatenate(rowids) if rowids else np.array([], dtype=np.int64)
-    model.probe_logq = np.concatenate(scores) if scores else np.empty((0, len(names)))
-    model.example_logq = lm.loo_probe_logq(ex_x, ex_y, len(names), probe=probe_factory)
+    model.probe_logq = np.concatenate(scores) if scores else np.empty((0, k_labels))
+    _set_example_logq(model, ex_x, all_y, usable, k_labels, probe_factory)
     model.features = TEXT_MODEL
-    return model
+
+
+def _image_probe_scores(
+    store: Store,
+    model: ZeroReviewModel,
+    usable: Sequence[int],
+    all_y: np.ndarray,
+    image_probs: dict[int, np.ndarray],
+) -> None:
+    import numpy as np
+
+    from actlabel import label_model as lm
+    from actlabel.image_annotator import FEW_SHOT_C
+    from actlabel.models.features import IMAGE_MODEL, cached_image_features
+
+    task = store.task
+    ids = np.array(sorted(image_probs), dtype=np.int64)
+    model.probe_rowids = ids
+    model.probe_logq = (
+        lm.safe_log(np.array([image_probs[int(r)] for r in ids]))
+        if len(ids)
+        else np.empty((0, len(task.label_names)))
+    )
+    paths = [prompting.resolve_image(task.examples[k].image, store.root) for k in usable]
+    ex_x = cached_image_features(paths, store.root)
+    # the same logistic regression as the image annotator's (FEW_SHOT_C), without anchors
+    _set_example_logq(
+        model, ex_x, all_y, usable, len(task.label_names), functools.partial(lm.Probe, C=FEW_SHOT_C)
+    )
+    model.features = IMAGE_MODEL
+
+
+def _set_example_logq(
+    model: ZeroReviewModel,
+    ex_x: np.ndarray,
+    all_y: np.ndarray,
+    usable: Sequence[int],
+    k_labels: int,
+    probe_factory: ProbeFactory,
+) -> None:
+    """The probe's held-out scores of the examples the LLM scored: each one left out of a probe
+    fitted on all the other examples; the LLM's rows are cut to the examples that have both."""
+    from actlabel import label_model as lm
+
+    rows = model.example_rows or []
+    at = _held_out(usable, rows)
+    if model.example_llm_logp is None or len(at) == 0:
+        return
+    known = set(usable)
+    keep = [j for j, k in enumerate(rows) if k in known]
+    model.example_llm_logp = model.example_llm_logp[keep]
+    model.example_labels = model.example_labels[keep]
+    model.example_rows = [rows[j] for j in keep]
+    model.example_logq = lm.loo_probe_logq(ex_x, all_y, k_labels, probe=probe_factory, rows=at)
 
 
 def finish_label_model(
@@ -270,13 +392,11 @@ def finish_label_model(
             ids = np.array([r for r, _p in rows], dtype=np.int64)
             yield ids, lm.safe_log(np.array([[d[n] for n in names] for d in raw])), raw
 
-    # Pass 1: the model's mean distribution over the pool (pool_prior, summed batch by batch), and
-    # whether the probe scored every item (else the LLM alone, as for a run without features).
-    total, n, probed = np.zeros(len(names)), 0, zero.probe_rowids is not None
+    # Pass 1: the model's mean distribution over the pool (pool_prior, summed batch by batch).
+    total, n = np.zeros(len(names)), 0
     for ids, llm, _raw in batches():
         total += np.exp(llm).sum(axis=0)  # safe_log clipped them as pool_prior would
         n += len(ids)
-        probed = probed and _probe_rows(zero, ids) is not None
     if n == 0:
         return None
     log_prior = np.log(total / n / (total / n).sum())
@@ -285,6 +405,9 @@ def finish_label_model(
             zero.example_labels, zero.example_llm_logp, zero.example_logq, log_prior,
             source="few-shot examples (left out in turn)",
         )  # fmt: skip
+    elif zero.probe_logq is not None:
+        w = lm.DEFAULT_PROBE_SHARE
+        pooling = lm.Pooling(1 - w, w, log_prior, "no left-out examples to choose weights: equal say")
     else:
         pooling = lm.Pooling(1.0, 0.0, log_prior, "no examples to choose weights: the LLM alone")
     params = {
@@ -292,6 +415,7 @@ def finish_label_model(
         "b": pooling.b,
         "log_prior": log_prior.tolist(),
         "example_llm_logp": None if zero.example_llm_logp is None else zero.example_llm_logp.tolist(),
+        "example_rows": zero.example_rows,
         "features": zero.features,
         "how": pooling.describe(),
     }
@@ -303,8 +427,10 @@ def finish_label_model(
     # does not move the pages of run_id's records being read.
     with store.transaction():
         for ids, llm, raw in batches():
-            q = zero.probe_logq[_probe_rows(zero, ids)] if probed and zero.probe_logq is not None else None
-            pooled = pooling.combine(llm, q)
+            pooled = pooling.combine(llm, None)  # an item the probe did not score: the LLM alone
+            scored, at = _probe_rows(zero, ids)
+            if scored.any():
+                pooled[scored] = pooling.combine(llm[scored], zero.probe_logq[at])
             store.add_annotations(
                 distribution_record(int(r), pass_id, model_name, names, p, "label_model", _probs_json(d))
                 for r, p, d in zip(ids, pooled, raw, strict=True)
@@ -313,15 +439,16 @@ def finish_label_model(
     return params
 
 
-def _probe_rows(zero: ZeroReviewModel, rowids: np.ndarray) -> np.ndarray | None:
-    """The rows of zero.probe_logq for `rowids`, or None when the probe did not score them all."""
+def _probe_rows(zero: ZeroReviewModel, rowids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(which of `rowids` the probe scored, their rows of zero.probe_logq)."""
     import numpy as np
 
     known = zero.probe_rowids
-    if known is None or known.size == 0:
-        return None
+    if known is None or known.size == 0 or zero.probe_logq is None:
+        return np.zeros(len(rowids), dtype=bool), np.array([], dtype=int)
     at = np.minimum(np.searchsorted(known, rowids), known.size - 1)
-    return at if bool((known[at] == rowids).all()) else None
+    scored = known[at] == rowids
+    return scored, at[scored]
 
 
 # ---- the annotators ------------------------------------------------------------------------------
@@ -479,8 +606,9 @@ async def annotate_async(
             _annotate_llm,
             store,
             stack,
-            # composite: the text LLM's distribution is pooled with the image expert's per item
-            label_model=label_model_wanted(opts.label_model, stack.spec) and not opts.batch and not composite,
+            # composite: the image classifier is the label model's probe; without the label model
+            # (an endpoint LLM) the two experts are pooled per item at a fixed weight
+            label_model=label_model_wanted(opts.label_model, stack.spec) and not opts.batch,
             composite=composite,
             cot=opts.cot,
             concurrency=opts.concurrency or default_concurrency(stack.spec),
@@ -582,7 +710,12 @@ async def _annotate_llm(
             image_probs.update(ok)
             image_errors.update(bad)
         annotator.with_images = False  # the text LLM reads the text; the image goes to the image expert
-    zero = await prepare_label_model(store, annotator, todo, progress=progress) if label_model else None
+    zero = None
+    if label_model:
+        zero = await prepare_label_model(
+            store, annotator, todo, progress=progress, image_probs=image_probs if composite else None
+        )
+    pool_per_item = composite and zero is None
     params = {"model": model_name, "cot": cot, "templates": templates, "settings": settings, "limit": limit}
     with stage_run(store, "annotate", params, usage=stack.usage) as run:
         run_id = run.id
@@ -595,7 +728,7 @@ async def _annotate_llm(
             if isinstance(outcome, ParseFailure):
                 return failed_record(item, run_id, model_name, outcome)
             answer = outcome
-            if composite and item.rowid in image_probs:
+            if pool_per_item and item.rowid in image_probs:
                 answer = _pool(answer, image_probs[item.rowid], names)
             return _ok_record(item, run_id, model_name, answer)
 

@@ -153,13 +153,16 @@ def loo_probe_logq(
     labels: np.ndarray,
     n_labels: int,
     probe: ProbeFactory = Probe,
+    rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Leave-one-out log q(k | x_j) for each trusted row j (the probe refitted without row j)."""
+    """Leave-one-out log q(k | x_j) for each trusted row j in `rows` (default: every row), the
+    probe refitted on all the other rows."""
     n = len(labels)
-    out = np.empty((n, n_labels))
-    for j in range(n):
+    rows = np.arange(n) if rows is None else np.asarray(rows, dtype=int)
+    out = np.empty((len(rows), n_labels))
+    for i, j in enumerate(rows):
         keep = np.arange(n) != j
-        out[j] = safe_log(
+        out[i] = safe_log(
             probe(n_labels).fit(features[keep], labels[keep]).predict_proba(features[j : j + 1])
         )[0]
     return out
