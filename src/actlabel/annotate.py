@@ -9,9 +9,11 @@ Annotators, chosen from the task and `model`:
   stored (the devil's-advocate critic argues against it).
 - `features/efficientnet-lite0`: the offline image annotator (image_annotator.py), picked
   automatically for image tasks when the model is the embedded default.
-- `composite/efficientnet-lite0+<llm>`: image + text offline, the image classifier and the text
-  LLM pooled log-linearly (image_annotator.py), picked automatically for image+text tasks with the
-  embedded default.
+- `composite/efficientnet-lite0+<llm>`: image + text offline, picked automatically for image+text
+  tasks with the embedded default. With an embedded LLM the image classifier is the label model's
+  probe (its few-shot distribution pooled with the text LLM's, the LLM's pool prior divided out,
+  the share learned as for text); with an endpoint LLM the two are pooled at a fixed weight
+  (image_annotator.py).
 
 Confidence is the probability of the chosen label normalised over the label set, read from token
 probabilities: llama.cpp scores every label (`choice_logprobs`); OpenAI-compatible endpoints give
@@ -262,9 +264,12 @@ async def prepare_label_model(
         for k, ex in enumerate(task.examples)
         if ex.label in names and (bool(ex.image) if image_probs is not None else bool(ex.text.strip()))
     ]
-    rows, ex_logp = await _left_out_llm_scores(
-        annotator, task, _left_out_choice(task, [k for k in usable if task.examples[k].text.strip()])
-    )
+    # The composite's share is not chosen on left-out examples: each left-out prompt carries every
+    # other example's text and shares no cached prefix, so a dozen of them cost minutes on a CPU
+    # (the demo's 40-item fashion-captions run took longer in them than in its items). It starts at
+    # equal say and learns from the reviews (`annotate --refine`).
+    with_text = [] if image_probs is not None else [k for k in usable if task.examples[k].text.strip()]
+    rows, ex_logp = await _left_out_llm_scores(annotator, task, _left_out_choice(task, with_text))
     ex_y = np.array([names.index(task.examples[k].label) for k in rows], dtype=int)
     model = ZeroReviewModel(ex_logp, ex_y, None, None, None, example_rows=rows)
     all_y = np.array([names.index(task.examples[k].label) for k in usable], dtype=int)
