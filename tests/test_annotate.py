@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -313,11 +314,13 @@ def test_images_go_to_a_multimodal_endpoint_as_image_parts(shapes_project: Proje
     assert len(images) == 13 and all(mime == "image/png" for mime, _ in images)
 
 
-def test_image_and_text_offline_composite_pools_both_experts(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    rng = random.Random(3)
+def _captioned_shapes(
+    tmp_path: Path, example_text: Callable[[str], str], caption: Callable[[str], str], seed: int
+) -> Project:
+    """An image+text project: 3 example images and 4 items a shape, each with a caption."""
+    rng = random.Random(seed)
     examples = [
-        Example(s, text=f"a {s}", image=str(draw_shape(tmp_path / f"e{s}{k}.png", s, rng)))
+        Example(s, text=example_text(s), image=str(draw_shape(tmp_path / f"e{s}{k}.png", s, rng)))
         for s in SHAPES
         for k in range(3)
     ]
@@ -325,10 +328,16 @@ def test_image_and_text_offline_composite_pools_both_experts(tmp_path: Path) -> 
     for s in SHAPES:
         for k in range(4):
             p = draw_shape(tmp_path / f"i{s}{k}.png", s, rng)
-            rows.append({"caption": f"a picture of a {s}", "image": p.name, "gold": s})
+            rows.append({"caption": caption(s), "image": p.name, "gold": s})
     table = write_csv(tmp_path / "items.csv", rows)
     proj = Project.init(tmp_path / "mm", list(SHAPES), examples=examples)
     proj.import_file(table, text_columns=["caption"], image_column="image", gold_column="gold")
+    return proj
+
+
+def test_image_and_text_offline_composite_pools_both_experts(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    proj = _captioned_shapes(tmp_path, lambda s: f"a {s}", lambda s: f"a picture of a {s}", seed=3)
     store = proj.store
     assert resolve_annotator(store, None).startswith("composite/efficientnet-lite0+local/default")
 
@@ -357,20 +366,7 @@ def test_composite_label_model_divides_out_the_text_models_prior(tmp_path: Path)
     captions): pooled raw, its prior outvotes the images; through the label model (the image
     classifier as the probe, the text model's pool prior divided out) the images decide."""
     pytest.importorskip("torch")
-    rng = random.Random(5)
-    examples = [
-        Example(s, text="a photo", image=str(draw_shape(tmp_path / f"e{s}{k}.png", s, rng)))
-        for s in SHAPES
-        for k in range(3)
-    ]
-    rows = []
-    for s in SHAPES:
-        for k in range(4):
-            p = draw_shape(tmp_path / f"i{s}{k}.png", s, rng)
-            rows.append({"caption": "a photo", "image": p.name, "gold": s})
-    table = write_csv(tmp_path / "items.csv", rows)
-    proj = Project.init(tmp_path / "mm", list(SHAPES), examples=examples)
-    proj.import_file(table, text_columns=["caption"], image_column="image", gold_column="gold")
+    proj = _captioned_shapes(tmp_path, lambda s: "a photo", lambda s: "a photo", seed=5)
 
     def sure_of_the_first(req, answer):
         return {c: (0.996 if c == SHAPES[0] else 0.002) for c in req.choices}
