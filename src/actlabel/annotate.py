@@ -276,7 +276,7 @@ async def prepare_label_model(
     if len(set(all_y.tolist())) < 2:
         return model
     if image_probs is not None:
-        _image_probe_scores(store, model, usable, all_y, image_probs)
+        _image_probe_scores(store, model, image_probs)
     else:
         try:
             _text_probe_scores(store, model, todo, usable, all_y)
@@ -320,32 +320,20 @@ def _text_probe_scores(
     model.features = TEXT_MODEL
 
 
-def _image_probe_scores(
-    store: Store,
-    model: ZeroReviewModel,
-    usable: Sequence[int],
-    all_y: np.ndarray,
-    image_probs: dict[int, np.ndarray],
-) -> None:
+def _image_probe_scores(store: Store, model: ZeroReviewModel, image_probs: dict[int, np.ndarray]) -> None:
+    """The image classifier's scores of the items as the probe's; no left-out scores of the
+    examples (prepare_label_model says why), so the pooling is equal say."""
     import numpy as np
 
     from actlabel import label_model as lm
-    from actlabel.image_annotator import FEW_SHOT_C
-    from actlabel.models.features import IMAGE_MODEL, cached_image_features
+    from actlabel.models.features import IMAGE_MODEL
 
-    task = store.task
     ids = np.array(sorted(image_probs), dtype=np.int64)
     model.probe_rowids = ids
     model.probe_logq = (
         lm.safe_log(np.array([image_probs[int(r)] for r in ids]))
         if len(ids)
-        else np.empty((0, len(task.label_names)))
-    )
-    paths = [prompting.resolve_image(task.examples[k].image, store.root) for k in usable]
-    ex_x = cached_image_features(paths, store.root)
-    # the same logistic regression as the image annotator's (FEW_SHOT_C), without anchors
-    _set_example_logq(
-        model, ex_x, all_y, usable, len(task.label_names), functools.partial(lm.Probe, C=FEW_SHOT_C)
+        else np.empty((0, len(store.task.label_names)))
     )
     model.features = IMAGE_MODEL
 
