@@ -186,7 +186,6 @@ class ZeroReviewModel:
     probe_logq: np.ndarray | None  # (items, K): the probe's scores, row j for probe_rowids[j]
     features: str | None
     probe_rowids: np.ndarray | None = None  # ascending
-    example_rows: list[int] | None = None  # which of task.examples the example_* rows are
 
 
 def text_probe_factory(task: Task, root: Path | None) -> ProbeFactory:
@@ -268,10 +267,11 @@ async def prepare_label_model(
     # other example's text and shares no cached prefix, so a dozen of them cost minutes on a CPU
     # (the demo's 40-item fashion-captions run took longer in them than in its items). It starts at
     # equal say and learns from the reviews (`annotate --refine`).
-    with_text = [] if image_probs is not None else [k for k in usable if task.examples[k].text.strip()]
-    rows, ex_logp = await _left_out_llm_scores(annotator, task, _left_out_choice(task, with_text))
+    rows, ex_logp = await _left_out_llm_scores(
+        annotator, task, _left_out_choice(task, [] if image_probs is not None else usable)
+    )
     ex_y = np.array([names.index(task.examples[k].label) for k in rows], dtype=int)
-    model = ZeroReviewModel(ex_logp, ex_y, None, None, None, example_rows=rows)
+    model = ZeroReviewModel(ex_logp, ex_y, None, None, None)
     all_y = np.array([names.index(task.examples[k].label) for k in usable], dtype=int)
     if len(set(all_y.tolist())) < 2:
         return model
@@ -279,23 +279,22 @@ async def prepare_label_model(
         _image_probe_scores(store, model, image_probs)
     else:
         try:
-            _text_probe_scores(store, model, todo, usable, all_y)
+            _text_probe_scores(store, model, todo, usable, all_y, rows)
         except ImportError:  # the ml extra is not installed: the LLM alone
             return model
     return model
 
 
-def _held_out(usable: Sequence[int], rows: Sequence[int]) -> np.ndarray:
-    """Positions in `usable` of the examples in `rows` (the ones the LLM scored)."""
-    import numpy as np
-
-    at = {k: j for j, k in enumerate(usable)}
-    return np.array([at[k] for k in rows if k in at], dtype=int)
-
-
 def _text_probe_scores(
-    store: Store, model: ZeroReviewModel, todo: Sequence[int], usable: Sequence[int], all_y: np.ndarray
+    store: Store,
+    model: ZeroReviewModel,
+    todo: Sequence[int],
+    usable: Sequence[int],
+    all_y: np.ndarray,
+    scored: Sequence[int],
 ) -> None:
+    """The MiniLM probe fitted on every usable example: its scores of the items, and of each
+    example the LLM scored left out (`scored`), left out of a fit on all the others."""
     import numpy as np
 
     from actlabel import label_model as lm
@@ -316,7 +315,9 @@ def _text_probe_scores(
         scores.append(lm.safe_log(probe.predict_proba(cached_text_features(texts, store.root))))
     model.probe_rowids = np.concatenate(rowids) if rowids else np.array([], dtype=np.int64)
     model.probe_logq = np.concatenate(scores) if scores else np.empty((0, k_labels))
-    _set_example_logq(model, ex_x, all_y, usable, k_labels, probe_factory)
+    if model.example_llm_logp is not None:
+        at = [usable.index(k) for k in scored]
+        model.example_logq = lm.loo_probe_logq(ex_x, all_y, k_labels, probe=probe_factory, rows=at)
     model.features = TEXT_MODEL
 
 
@@ -336,30 +337,6 @@ def _image_probe_scores(store: Store, model: ZeroReviewModel, image_probs: dict[
         else np.empty((0, len(store.task.label_names)))
     )
     model.features = IMAGE_MODEL
-
-
-def _set_example_logq(
-    model: ZeroReviewModel,
-    ex_x: np.ndarray,
-    all_y: np.ndarray,
-    usable: Sequence[int],
-    k_labels: int,
-    probe_factory: ProbeFactory,
-) -> None:
-    """The probe's held-out scores of the examples the LLM scored: each one left out of a probe
-    fitted on all the other examples; the LLM's rows are cut to the examples that have both."""
-    from actlabel import label_model as lm
-
-    rows = model.example_rows or []
-    at = _held_out(usable, rows)
-    if model.example_llm_logp is None or len(at) == 0:
-        return
-    known = set(usable)
-    keep = [j for j, k in enumerate(rows) if k in known]
-    model.example_llm_logp = model.example_llm_logp[keep]
-    model.example_labels = model.example_labels[keep]
-    model.example_rows = [rows[j] for j in keep]
-    model.example_logq = lm.loo_probe_logq(ex_x, all_y, k_labels, probe=probe_factory, rows=at)
 
 
 def finish_label_model(
@@ -408,7 +385,6 @@ def finish_label_model(
         "b": pooling.b,
         "log_prior": log_prior.tolist(),
         "example_llm_logp": None if zero.example_llm_logp is None else zero.example_llm_logp.tolist(),
-        "example_rows": zero.example_rows,
         "features": zero.features,
         "how": pooling.describe(),
     }
