@@ -2,11 +2,14 @@
 
 For each design (rule + uniform share), machine error rate and kind of critic, simulate many
 projects, select with actlabel.select, review the selected items, and count how often the
-interval contains the true number of wrong labels left among the unreviewed items.
+interval contains the true number of wrong labels left among the unreviewed items.  The second
+part runs the demo's design (a uniform pilot, then threshold rounds with a 5% uniform share)
+and compares the estimate over every round with the one on the last round's draw alone.
 
-    .venv/bin/python bench/bench_residual_coverage.py [--reps 500] [--items 2000] [--no-write]
+    .venv/bin/python bench/bench_residual_coverage.py [--reps 500] [--items 2000] [--part single|rounds|all] [--no-write]
 
-Writes the section "Residual-error interval coverage" of docs/benchmarks.md (unless --no-write).
+Writes the sections "Residual-error interval coverage" and "Residual-error interval over
+rounds" of docs/benchmarks.md (unless --no-write).
 """
 
 from __future__ import annotations
@@ -23,8 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from benchdoc import machine_line, write_section  # noqa: E402
 
-from actlabel.metrics import residual_error_estimate  # noqa: E402
-from actlabel.select import select  # noqa: E402
+from actlabel.metrics import (  # noqa: E402
+    ReviewRound,
+    residual_error_estimate,
+    residual_error_estimate_over_rounds,
+)
+from actlabel.select import pilot_sample, select, select_round  # noqa: E402
 
 DESIGNS = [
     ("threshold", 0.05),
@@ -96,13 +103,117 @@ def coverage(
     }
 
 
+def pilot_then_rounds(
+    e: np.ndarray, budget: int, rounds: int, uniform: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, list[ReviewRound]]:
+    """`actlabel run --budget auto --rounds K` on arrays: a uniform pilot of max(30, 5%) items,
+    then the rest of the budget in `rounds` threshold rounds with a `uniform` share.  Returns
+    (reviewed, the last round's review_prob, every round's record)."""
+    n = e.size
+    size = min(max(30, int(np.ceil(0.05 * n))), budget // 2)
+    d = np.zeros(n, dtype=bool)
+    d[pilot_sample(n, size, seed=seed)] = True
+    records = [ReviewRound(np.ones(n, dtype=bool), d.copy(), np.full(n, size / n))]
+    pi = np.where(d, 1.0, size / n)
+    for k in range(rounds):
+        res = select_round(
+            e, d, pi, (budget - size) // rounds, rule="threshold", uniform=uniform, seed=seed * 31 + k
+        )
+        records.append(ReviewRound(~d, res.newly_selected, np.where(d, 0.0, res.review_prob)))
+        d, pi = res.selected.copy(), res.review_prob
+    return d, pi, records
+
+
+def rounds_coverage(
+    n: int, share: float, error_rate: float, critic: str, reps: int, seed: int
+) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    out = {"hits": 0, "hits_last": 0, "width": 0.0, "width_last": 0.0, "left": 0.0, "bias": 0.0, "halve": 0.0}
+    for r in range(reps):
+        y, e = simulate_project(rng, n, error_rate, critic)
+        d, pi, records = pilot_then_rounds(e, int(round(share * n)), 2, 0.05, seed=r)
+        left = int((y & ~d).sum())
+        both = residual_error_estimate_over_rounds(np.where(d, y, -1), d, e, records)
+        last = residual_error_estimate(np.where(d, y, -1), d, pi, e)
+        out["hits"] += both.lower <= left <= both.upper
+        out["hits_last"] += last.lower <= left <= last.upper
+        out["width"] += both.upper - both.lower
+        out["width_last"] += last.upper - last.lower
+        out["left"] += left
+        out["bias"] += both.estimate - left
+        out["halve"] += both.uniform_reviews_to_halve or 0
+    return {k: v / reps for k, v in out.items()}
+
+
+def rounds_part(args: argparse.Namespace) -> None:
+    started = time.perf_counter()
+    header = (
+        "| items | budget | machine error rate | critic | errors left (mean) | coverage (every round) "
+        "| width (every round) | coverage (last round) | width (last round) | mean error of the estimate "
+        "| uniform reviews to halve |"
+    )
+    lines = [header, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    print(header)
+    rows = []
+    for n, share in ((600, 0.20), (2000, 0.10)):
+        for critic in CRITICS:
+            for rate in ERROR_RATES:
+                r = rounds_coverage(n, share, rate, critic, args.reps, args.seed)
+                line = (
+                    f"| {n} | {share:.0%} | {rate:.0%} | {critic} | {r['left']:.0f} | {r['hits']:.3f} "
+                    f"| {r['width']:.0f} | {r['hits_last']:.3f} | {r['width_last']:.0f} | {r['bias']:+.1f} "
+                    f"| {r['halve']:.0f} |"
+                )
+                print(line, flush=True)
+                lines.append(line)
+                rows.append(r)
+    elapsed = time.perf_counter() - started
+    covs = [r["hits"] for r in rows]
+    ratio = [r["width"] / r["width_last"] for r in rows if r["width_last"] > 0]
+    summary = (
+        f"Over every round the interval covers {min(covs):.3f}-{max(covs):.3f} (median {np.median(covs):.3f}) "
+        f"at {min(ratio):.2f}-{max(ratio):.2f} times the width of the last round's alone (median {np.median(ratio):.2f})."
+    )
+    print(summary)
+    print(f"{elapsed:.0f} s")
+    if args.no_write:
+        return
+    cmd = "bench/bench_residual_coverage.py --part rounds"
+    if args.reps != 500 or args.seed != 0:
+        cmd += f" --reps {args.reps} --seed {args.seed}"
+    body = f"""
+Command: `.venv/bin/python {cmd}` ({dt.date.today().isoformat()}; {machine_line()}; {elapsed:.0f} s)
+
+The design `actlabel run --budget auto --rounds 2` and the demo use: a uniform pilot of
+max(30, 5%) items, then the rest of the budget in two threshold rounds with a 5% uniform share
+(on 600 items at a 20% budget: 30 pilot items at p = 0.05, then 45 a round, of which about 2 are
+the uniform share, drawn at p ~ 0.004 from ~520 items). {args.reps} simulated projects per row,
+the same critics as above. "every round": `residual_error_estimate_over_rounds`, what
+`actlabel status`, the report and the demo print since 2026-12-03 (each round's own estimate,
+combined with weights from its design variance; docs/statistics.md section 5a); "last round":
+`residual_error_estimate` on the final review_prob, what they printed before, where the pilot's
+reviews count only as found errors. "mean error of the estimate": mean (estimate - true count),
+every round.
+
+{chr(10).join(lines)}
+
+{summary}
+"""
+    write_section("Residual-error interval over rounds", body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=500)
     ap.add_argument("--items", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", choices=("single", "rounds", "all"), default="all")
     ap.add_argument("--no-write", action="store_true", help="print only, do not update docs/benchmarks.md")
     args = ap.parse_args()
+    if args.part in ("rounds", "all"):
+        rounds_part(args)
+    if args.part == "rounds":
+        return
 
     started = time.perf_counter()
     rows = []

@@ -236,3 +236,35 @@ def test_current_state_labels_read_like_lists(project: Project) -> None:
     assert state.machine_label[1:3] == expected[1:3] and len(state.machine_label) == len(rowids)
     assert list(state.human_label) == [None, None, "neutral"] + [None] * (len(rowids) - 3)
     assert state.reviewed.tolist() == [k == 2 for k in range(len(rowids))]
+
+
+def test_status_estimate_stands_on_every_round(project40: Project) -> None:
+    """Issue 12 item 5: status used the last round's draw alone (a few items at a small pi), so
+    the pilot's uniform reviews were wasted on the estimate; now every round counts."""
+    from actlabel.metrics import residual_error_estimate
+    from actlabel.residual import review_rounds
+
+    annotate_and_critique(project40, wrong_every=4)
+    store = project40.store
+    select_for_review(store, budget="auto", pilot_size=10, seed=0)
+    review_selected_with_gold(project40)
+    for seed in (1, 2):
+        select_for_review(store, budget="6", uniform=0.2, seed=seed)
+        review_selected_with_gold(project40)
+    state = current_state(store)
+    rounds = review_rounds(store, state.rowids)
+    assert [int(r.drawn.sum()) for r in rounds] == [10, 6, 6]
+    assert rounds[0].population.all() and np.allclose(rounds[0].prob, 10 / 40)
+    assert not (rounds[2].population & (rounds[0].drawn | rounds[1].drawn)).any()
+    est = estimate_for_store(store)
+    assert est.identifiable and "over 3 rounds" in est.note
+    wrong = np.array([k % 4 == 0 for k in range(40)])
+    left = int((wrong & ~state.reviewed).sum())
+    assert est.lower <= left <= est.upper, (est, left)
+    last_only = residual_error_estimate(
+        np.where(state.reviewed, wrong, -1), state.reviewed, state.review_prob, state.error_prob
+    )
+    assert est.upper - est.lower < last_only.upper - last_only.lower
+    # an item no round has a record for (imported later) has probability 0 in every round
+    extra = review_rounds(store, np.append(state.rowids, state.rowids.max() + 1))
+    assert all(r.prob[-1] == 0 and r.population[-1] for r in extra)

@@ -10,7 +10,8 @@ PAPER.md "Metrics"; formulas are in each docstring and derived in docs/statistic
 * budget value: :func:`annotation_quality_gain` (AQG), :func:`annotation_budget_saving` (ABS),
   :func:`budget_curve`, :func:`random_budget_curve`, :func:`oracle_budget_curve`;
 * what is left: :func:`residual_error_estimate`, a prediction-powered, design-unbiased estimate of
-  the number of wrong labels among the unreviewed items, with a confidence interval;
+  the number of wrong labels among the unreviewed items, with a confidence interval, and
+  :func:`residual_error_estimate_over_rounds`, the same from every review round's draw;
 * :func:`downstream_gap`.
 """
 
@@ -593,6 +594,21 @@ def tuned_lambda(
     return 1.0 if den <= 0 else float(np.clip((w * y[keep] * e[keep]).sum() / den, 0.0, 1.0))
 
 
+def _few_errors_note(errors: int, items: int) -> str:
+    """The warning when the low-pi reviews, which stand for the unreviewed items, hold few errors."""
+    if errors >= 5:
+        return ""
+    return (
+        f"; only {errors} errors among the {items} items reviewed with review_prob < 0.5, which stand"
+        " for the unreviewed ones: the interval is rough, raise the uniform share or the budget"
+    )
+
+
+def _calibrated_sq_error(e: np.ndarray, lam: float) -> np.ndarray:
+    """E(y - lam e)^2 when y ~ Bernoulli(e): e - 2 lam e^2 + lam^2 e^2."""
+    return e - 2.0 * lam * e**2 + (lam * e) ** 2
+
+
 def residual_error_estimate(
     is_error: np.ndarray,
     reviewed: np.ndarray,
@@ -747,11 +763,11 @@ def residual_error_estimate(
         e_bar = float(e[unrev].mean())
         if p_star < 1.0:
             var += z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
-        g = e[pos] - 2.0 * lam * e[pos] ** 2 + (lam * e[pos]) ** 2
+        g = _calibrated_sq_error(e[pos], lam)
         var = max(var, float((c[pos] * g).sum()))
     se0 = math.sqrt(var)
     lower, upper = t_hat - z * se0, t_hat + z * se0
-    g_unrev = float((e[unrev] - 2.0 * lam * e[unrev] ** 2 + (lam * e[unrev]) ** 2).sum())
+    g_unrev = float(_calibrated_sq_error(e[unrev], lam).sum())
     se = math.sqrt(var)
     lower = min(max(lower, 0.0), float(n_u))
     upper = min(max(upper, 0.0), float(n_u))
@@ -762,11 +778,7 @@ def residual_error_estimate(
         note += f"; {int(ood.sum())} reviews outside the selection counted as found, not reweighted"
     low = p_r < 0.5
     n_low, err_low = int(low.sum()), int(y_r[low].sum())
-    if err_low < 5:
-        note += (
-            f"; only {err_low} errors among the {n_low} items reviewed with review_prob < 0.5, which stand"
-            " for the unreviewed ones: the interval is rough, raise the uniform share or the budget"
-        )
+    note += _few_errors_note(err_low, n_low)
     return ResidualErrorEstimate(
         estimate=t_hat,
         lower=lower,
@@ -789,10 +801,174 @@ def residual_error_estimate(
     )
 
 
+@dataclass(frozen=True)
+class ReviewRound:
+    """One selection round as the residual estimate needs it (docs/statistics.md section 5a).
+
+    ``population``: the items the round could draw (not drawn by an earlier round); ``drawn``:
+    the ones it drew; ``prob``: each population item's probability of being drawn in this round
+    given everything before (the round's own inclusion probability, not the cumulative one)."""
+
+    population: np.ndarray
+    drawn: np.ndarray
+    prob: np.ndarray
+
+
+def _predicted_variance(e: np.ndarray, pi: np.ndarray, unreviewed: np.ndarray, lam: float, z: float) -> float:
+    """One round's variance as its design alone predicts it: sum (1 - pi)/pi E(y - lam e)^2 at a
+    calibrated e, plus the adjusted interval's pseudo-count term at the unreviewed items' mean pi.
+
+    Neither depends on which items the draw hit, so weights built from them do not favour the
+    rounds whose sample happened to miss the errors (their V_hat is small too)."""
+    pos = pi > 0
+    c = (1.0 - pi[pos]) / pi[pos]
+    var = float((c * _calibrated_sq_error(e[pos], lam)).sum())
+    if unreviewed.any():
+        p_star, e_bar = float(pi[unreviewed].mean()), float(e[unreviewed].mean())
+        if 0.0 < p_star < 1.0:
+            var += z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
+    return var
+
+
+def residual_error_estimate_over_rounds(
+    is_error: np.ndarray,
+    reviewed: np.ndarray,
+    error_prob: np.ndarray,
+    rounds: list[ReviewRound],
+    *,
+    confidence: float = 0.95,
+    lam: float | Literal["auto"] = 1.0,
+    interval: Literal["adjusted", "wald"] = "adjusted",
+    calibrate: bool = False,
+    seed: int = 0,
+) -> ResidualErrorEstimate:
+    """The residual estimate from every round's draw, not only the last one's.
+
+    Round r drew S_r from the items U_{r-1} no earlier round drew, with probabilities p_{r,i}.
+    Its own estimate, :func:`residual_error_estimate` on U_{r-1} with the reviews of later rounds
+    (and outside ones) counted as found but not reweighted,
+
+        T_r = lam sum_{U_{r-1}} e + sum_{S_r} (y - lam e)/p_r - (errors found in U_{r-1}),
+
+    has T_r - T = Y_hat_r - Y(U_{r-1}), which has mean 0 given the history before round r: every
+    round is an unbiased estimate of the same T, and the errors of different rounds are
+    uncorrelated (martingale differences).  The combination T = sum_r w_r T_r with weights
+    w_r proportional to 1 / (round r's design variance at a calibrated e) has variance
+    sum_r w_r^2 V_r, V_r each round's own (adjusted) variance.  The sequential weights of the ACT
+    loss use the last round alone, where a threshold round's uniform share is a few items drawn
+    at p ~ 0.004 (5% of a 45-item round over 500 items); the uniform pilot, 30 items at p = 0.05,
+    then carries most of the information and the interval shrinks several-fold (docs/benchmarks.md).
+
+    Rounds whose draw left some unreviewed item at p = 0 cannot estimate T and are skipped; with
+    none left the result is :func:`residual_error_estimate` on the last round (not identifiable).
+    """
+    e = _prob_array(error_prob, "error_prob")
+    n = e.size
+    d = _bool_array(reviewed, "reviewed", n)
+    y = np.asarray(is_error, dtype=float)
+    if y.shape != (n,):
+        raise ValueError(f"is_error must have length {n} (all items), got {y.shape}")
+    if not rounds:
+        raise ValueError("residual_error_estimate_over_rounds needs at least one round")
+    z = two_sided_z(confidence)
+    per_round: list[tuple[ResidualErrorEstimate, float, int]] = []
+    last = None
+    for r in rounds:
+        pop = _bool_array(r.population, "population", n)
+        drawn = _bool_array(r.drawn, "drawn", n) & pop
+        prob = np.asarray(r.prob, dtype=float)
+        if prob.shape != (n,):
+            raise ValueError(f"a round's prob must have length {n}, got {prob.shape}")
+        pi = np.where(pop, np.nan_to_num(prob, nan=0.0), 0.0)
+        # a population item with p = 0 that a later round reviewed: exactly known, it stands for itself
+        pi = np.where(pop & d & ~drawn & (pi <= 0), 1.0, pi)
+        est = residual_error_estimate(
+            y[pop], d[pop], np.clip(pi[pop], 0.0, 1.0), e[pop],
+            confidence=confidence, lam=lam, interval=interval, out_of_design=(d & ~drawn)[pop],
+            calibrate=calibrate, seed=seed,
+        )  # fmt: skip
+        last = est
+        if est.identifiable:
+            low = int((drawn & d & (pi < 0.5)).sum())
+            per_round.append((est, _predicted_variance(e[pop], pi[pop], ~d[pop], est.lam, z), low))
+    assert last is not None
+    if not per_round:
+        return last
+    exact = [i for i, (_, v, _) in enumerate(per_round) if v <= 0.0]
+    if exact:  # a round that drew every item it could: its estimate is exact
+        w = np.zeros(len(per_round))
+        w[exact[0]] = 1.0
+    else:
+        w = np.array([1.0 / v for _, v, _ in per_round])
+        w /= w.sum()
+    t_hat = float(sum(wi * est.estimate for wi, (est, _, _) in zip(w, per_round, strict=True)))
+    var = float(sum(wi**2 * est.std_error**2 for wi, (est, _, _) in zip(w, per_round, strict=True)))
+    se = math.sqrt(var)
+    n_u = int((~d).sum())
+    lower = min(max(t_hat - z * se, 0.0), float(n_u))
+    upper = min(max(t_hat + z * se, 0.0), float(n_u))
+    main = per_round[int(np.argmax(w))][0]
+    shares = ", ".join(f"{wi:.0%}" for wi in w)
+    note = f"prediction-powered Horvitz-Thompson estimate over {len(per_round)} rounds (weights {shares}), {interval} interval"
+    if main.lam != 1.0:
+        note += f", lam {main.lam:.2f}"
+    outside = int((d & ~np.any([np.asarray(r.drawn, dtype=bool) for r in rounds], axis=0)).sum())
+    if outside:
+        note += f"; {outside} reviews outside the selection counted as found, not reweighted"
+    sampled_low = sum(low for *_, low in per_round)
+    errors_low = sum(
+        int(
+            (
+                np.asarray(r.drawn, bool) & d & (y == 1) & (np.nan_to_num(np.asarray(r.prob, float)) < 0.5)
+            ).sum()
+        )
+        for r in rounds
+    )
+    note += _few_errors_note(errors_low, sampled_low)
+    g_unrev = float(_calibrated_sq_error(e[~d], main.lam).sum())
+    return ResidualErrorEstimate(
+        estimate=t_hat,
+        lower=lower,
+        upper=upper,
+        std_error=se,
+        confidence=float(confidence),
+        n_unreviewed=n_u,
+        n_reviewed=int(d.sum()),
+        errors_found=int(y[d].sum()),
+        total_errors_estimate=t_hat + int(y[d].sum()),
+        model_estimate=float(e[~d].sum()),
+        identifiable=True,
+        note=note,
+        raw_estimate=t_hat,
+        lam=main.lam,
+        n_out_of_design=outside,
+        uniform_reviews_to_halve=_reviews_to_halve(
+            var,
+            g_unrev,
+            n_u,
+            z,
+            float(e[~d].mean()) if n_u else 0.0,
+            main.lam,
+            interval == "adjusted",
+            combined=True,
+        ),  # fmt: skip
+    )
+
+
 def _reviews_to_halve(
-    var_now: float, g: float, n_u: int, z: float, e_bar: float, lam: float, adjusted: bool
+    var_now: float,
+    g: float,
+    n_u: int,
+    z: float,
+    e_bar: float,
+    lam: float,
+    adjusted: bool,
+    *,
+    combined: bool = False,
 ) -> int | None:
-    """Smallest m whose new uniform round has V(m) <= var_now / 4 (None: nothing to halve).
+    """Smallest m whose new uniform round has V(m) <= var_now / 4 (None: nothing to halve); with
+    ``combined`` the new round joins the earlier ones (inverse-variance weights) instead of
+    replacing them, so V(m) <= var_now / 3 is enough: 1 / (1/V + 1/V(m)) <= V / 4.
 
     V(m) = (N_u/m - 1) G (Horvitz-Thompson over the new round alone, G = sum_{unreviewed}
     E(y - lam e)^2 at the current e), plus, for the adjusted interval, its pseudo-count term at
@@ -809,7 +985,7 @@ def _reviews_to_halve(
             out += z * z / 2.0 * (1.0 - p) / p**2 * a
         return out
 
-    target = var_now / 4.0
+    target = var_now / (3.0 if combined else 4.0)
     if v(n_u) > target:
         return n_u
     lo, hi = 0, n_u  # v decreases in m: v(hi) <= target < v(lo) (v(0) = inf)

@@ -16,10 +16,13 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from actlabel.errors import NotAProject, ProjectBusy, UserError
 from actlabel.task import Task
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DB_NAME = "actlabel.db"
 LOCK_NAME = ".actlabel.lock"
@@ -1001,6 +1004,31 @@ class Store:
     def reviewed_count(self) -> int:
         """How many items have a human label."""
         return int(self.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
+
+    def round_records(self, rnd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rowids ascending, selected, round probability) of round `rnd`'s latest record per item.
+
+        The round probability is the round's own inclusion probability (round_prob; older records
+        without it wrote the same value as review_prob)."""
+        import numpy as np  # not at module level: `actlabel --help` and the CLI's start stay light
+
+        cur = self.conn.execute(
+            "SELECT item_rowid, max(id), selected, coalesce(round_prob, review_prob) FROM selections"
+            " WHERE round = ? GROUP BY item_rowid ORDER BY item_rowid",
+            (rnd,),
+        )
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        while rows := cur.fetchmany(10000):
+            k = len(rows)
+            parts.append((
+                np.fromiter((r[0] for r in rows), dtype=np.int64, count=k),
+                np.fromiter((bool(r[2]) for r in rows), dtype=bool, count=k),
+                np.fromiter((r[3] for r in rows), dtype=float, count=k),
+            ))  # fmt: skip
+        if not parts:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=bool), np.empty(0)
+        rowids, selected, prob = (np.concatenate(col) for col in zip(*parts, strict=True))
+        return rowids, selected, prob
 
     def last_round(self) -> int:
         """The latest selection round (rounds are numbered 1, 2, ... without gaps), 0 before any."""
