@@ -329,6 +329,34 @@ def _snapshot(store: Any) -> dict[str, np.ndarray]:
     }
 
 
+def _residual(store: Any, snap: dict[str, np.ndarray]) -> dict[str, float]:
+    """The status line's residual-error estimate (every round) and the last round's alone, with
+    the true number of wrong machine labels left among the unreviewed items."""
+    from actlabel.metrics import residual_error_estimate
+    from actlabel.residual import estimate_for_store
+    from actlabel.selection import current_state
+
+    st = current_state(store)
+    has = st.machine_label.present()
+    reviewed = st.reviewed & has
+    wrong = (snap["machine"] != snap["gold"])[has]
+    is_error = np.where(reviewed[has], snap["machine"][has] != snap["human"][has], -1)
+    last = residual_error_estimate(
+        is_error, reviewed[has], np.nan_to_num(st.review_prob, nan=0.0)[has],
+        np.clip(np.nan_to_num(st.error_prob, nan=0.0), 0, 1)[has],
+    )  # fmt: skip
+    every = estimate_for_store(store)
+    return {
+        "left": int((wrong & ~reviewed[has]).sum()),
+        "estimate": every.estimate,
+        "lower": every.lower,
+        "upper": every.upper,
+        "last_estimate": last.estimate,
+        "last_lower": last.lower,
+        "last_upper": last.upper,
+    }
+
+
 def critic_metrics(error: np.ndarray, wrong: np.ndarray, k: int) -> dict[str, float | None]:
     """AUROC, AUPRC and precision of the top-k against gold, on the given (unreviewed) items."""
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -503,12 +531,14 @@ def run_act(
             _learn(store)
             rounds += 1
         snap = _snapshot(store)
+        residual = _residual(store, snap)
         x, tx, ty = _features(project, run)
         k = len(store.task.label_names)
     shutil.rmtree(run)
     unrev = ~snap["reviewed"]
     wrong = snap["machine"] != snap["gold"]
     return {
+        "residual": residual,
         "final_acc": float(
             (np.where(snap["reviewed"], snap["human"], snap["machine"]) == snap["gold"]).mean()
         ),
@@ -680,6 +710,18 @@ def summarise(rows: list[dict]) -> dict[str, dict]:
             c["reviews"] = float(np.mean([r["reviews"] for r in runs]))
             for key in ("auroc", "auprc", "prec@B"):
                 c[key] = _mse([r["critic"][key] for r in runs if "critic" in r])
+            res = [r["residual"] for r in runs if "residual" in r]
+            if res:
+                c["residual"] = {
+                    "runs": len(res),
+                    "left": float(np.mean([x["left"] for x in res])),
+                    "estimate": float(np.mean([x["estimate"] for x in res])),
+                    "covered": sum(x["lower"] <= x["left"] <= x["upper"] for x in res),
+                    "width": float(np.mean([x["upper"] - x["lower"] for x in res])),
+                    "last_estimate": float(np.mean([x["last_estimate"] for x in res])),
+                    "last_covered": sum(x["last_lower"] <= x["left"] <= x["last_upper"] for x in res),
+                    "last_width": float(np.mean([x["last_upper"] - x["last_lower"] for x in res])),
+                }
             for m in MODELS:
                 c[m] = _mse([r["downstream"][m] for r in runs])
                 # paired with full machine labels at the same training seed: the never-hurts check
@@ -832,8 +874,34 @@ def render(summary: dict[str, dict], command: str, started: str) -> str:
                 f"{_fmt(c['prec@B'])} | " + " | ".join(cols) + " |"
             )
         lines += ["", f"![{name}](img/quality-{name}.png)"]
+        lines += _residual_table(d["cells"])
     lines += ["", "### Targets (issue 12)", ""] + targets(summary) + ["", LIMITS]
     return "\n".join(lines)
+
+
+def _residual_table(cells: dict) -> list[str]:
+    """The residual-error interval on the real runs: every round (what status prints) vs the last round."""
+    rows = [
+        (key, c["residual"])
+        for key, c in sorted(cells.items(), key=lambda kv: (kv[0][1], kv[0][0]))
+        if "residual" in c
+    ]
+    if not rows:
+        return []
+    out = [
+        "",
+        "Errors left among the unreviewed items after the rounds (`actlabel status`'s residual estimate, "
+        "95% interval, against gold): every round's draw combined vs the last round's alone, mean over seeds.",
+        "",
+        "| budget | rule | runs | errors left | estimate (every round) | covered | width | estimate (last round) | covered | width |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (rule, budget), r in rows:
+        out.append(
+            f"| {budget}% | {rule} | {r['runs']} | {r['left']:.0f} | {r['estimate']:.0f} | {r['covered']}/{r['runs']} "
+            f"| {r['width']:.0f} | {r['last_estimate']:.0f} | {r['last_covered']}/{r['runs']} | {r['last_width']:.0f} |"
+        )
+    return out
 
 
 #: what limits the run recorded on 2026-12-01 (2 shared cores at load 5-10)

@@ -604,6 +604,14 @@ def _few_errors_note(errors: int, items: int) -> str:
     )
 
 
+def _pseudo_count_variance(p_star: float, e_bar: float, lam: float, z: float) -> float:
+    """The adjusted interval's Agresti-Coull-style term: z^2/2 pseudo-errors and z^2/2 pseudo-correct
+    items drawn at p*, (z^2/2) (1 - p*)/p*^2 [(1 - lam e_bar)^2 + (lam e_bar)^2]; 0 at p* = 1."""
+    if p_star >= 1.0:
+        return 0.0
+    return z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
+
+
 def _calibrated_sq_error(e: np.ndarray, lam: float) -> np.ndarray:
     """E(y - lam e)^2 when y ~ Bernoulli(e): e - 2 lam e^2 + lam^2 e^2."""
     return e - 2.0 * lam * e**2 + (lam * e) ** 2
@@ -761,8 +769,7 @@ def residual_error_estimate(
         # (2) never less than the design variance a calibrated critic implies.
         p_star = float(pi[unrev].mean())
         e_bar = float(e[unrev].mean())
-        if p_star < 1.0:
-            var += z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
+        var += _pseudo_count_variance(p_star, e_bar, lam, z)
         g = _calibrated_sq_error(e[pos], lam)
         var = max(var, float((c[pos] * g).sum()))
     se0 = math.sqrt(var)
@@ -825,8 +832,8 @@ def _predicted_variance(e: np.ndarray, pi: np.ndarray, unreviewed: np.ndarray, l
     var = float((c * _calibrated_sq_error(e[pos], lam)).sum())
     if unreviewed.any():
         p_star, e_bar = float(pi[unreviewed].mean()), float(e[unreviewed].mean())
-        if 0.0 < p_star < 1.0:
-            var += z * z / 2.0 * (1.0 - p_star) / p_star**2 * ((1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2)
+        if p_star > 0.0:
+            var += _pseudo_count_variance(p_star, e_bar, lam, z)
     return var
 
 
@@ -976,14 +983,10 @@ def _reviews_to_halve(
     """
     if n_u == 0 or var_now <= 0:
         return None
-    a = (1.0 - lam * e_bar) ** 2 + (lam * e_bar) ** 2
 
     def v(m: int) -> float:
         p = m / n_u
-        out = (1.0 / p - 1.0) * g
-        if adjusted and p < 1.0:
-            out += z * z / 2.0 * (1.0 - p) / p**2 * a
-        return out
+        return (1.0 / p - 1.0) * g + (_pseudo_count_variance(p, e_bar, lam, z) if adjusted else 0.0)
 
     target = var_now / (3.0 if combined else 4.0)
     if v(n_u) > target:
