@@ -208,3 +208,26 @@ def test_text_anchors_from_real_embeddings_label_topics_with_one_example_each(tm
     # scored with itself left out, an example can still get its label (without anchors: never)
     assert (lm.loo_probe_logq(ex_x, ex_y, 3, probe=factory).argmax(1) == ex_y).sum() >= 1
     assert (lm.loo_probe_logq(ex_x, ex_y, 3).argmax(1) == ex_y).sum() == 0
+
+
+def test_left_out_examples_fit_a_prompt_budget() -> None:
+    """52 long examples (Reuters R52) made a dozen left-out prompts, each carrying every other
+    example with no cached prefix, run for over an hour before the first item: past the budget
+    none is scored (equal say); short examples keep one a label, up to the maximum."""
+    from actlabel.annotate import _left_out_choice
+    from actlabel.task import Example, Label, Task
+
+    def task(n_labels: int, per_label: int, chars: int) -> Task:
+        names = [f"l{k}" for k in range(n_labels)]
+        examples = [Example(label=n, text="x" * chars) for n in names for _ in range(per_label)]
+        return Task(labels=[Label(n) for n in names], examples=examples)
+
+    short = task(3, 3, 90)  # the demo's tweets
+    picked = _left_out_choice(short, range(9))
+    assert len(picked) == 9
+    many = task(20, 2, 50)
+    picked = _left_out_choice(many, range(40))
+    assert len(picked) == lm.MAX_LOO_EXAMPLES and len({many.examples[k].label for k in picked}) == 12
+    assert _left_out_choice(task(52, 1, 500), range(52)) == []
+    medium = task(8, 1, 1500)  # 12,000 characters a prompt: 5 fit the budget
+    assert len(_left_out_choice(medium, range(8))) == lm.LOO_CHAR_BUDGET // 12001

@@ -202,17 +202,22 @@ def text_probe_factory(task: Task, root: Path | None) -> ProbeFactory:
 
 def _left_out_choice(task: Task, usable: Sequence[int]) -> list[int]:
     """Up to MAX_LOO_EXAMPLES of the usable examples, a label at a time in turn, so every label
-    the examples have is among the rows that choose the pooling."""
+    the examples have is among the rows that choose the pooling; as many as LOO_CHAR_BUDGET
+    allows, none when that is fewer than MIN_LOO_EXAMPLES (equal say)."""
     from actlabel import label_model as lm
 
+    prompt_chars = sum(len(ex.text) for ex in task.examples) + 1
+    most = min(lm.MAX_LOO_EXAMPLES, lm.LOO_CHAR_BUDGET // prompt_chars)
+    if most < lm.MIN_LOO_EXAMPLES:
+        return []
     by_label: dict[str, list[int]] = {}
     for k in usable:
         by_label.setdefault(task.examples[k].label, []).append(k)
     queues = list(by_label.values())
     picked: list[int] = []
-    while len(picked) < lm.MAX_LOO_EXAMPLES and any(queues):
+    while len(picked) < most and any(queues):
         for q in queues:
-            if q and len(picked) < lm.MAX_LOO_EXAMPLES:
+            if q and len(picked) < most:
                 picked.append(q.pop(0))
     return sorted(picked)
 
@@ -267,9 +272,14 @@ async def prepare_label_model(
     # other example's text and shares no cached prefix, so a dozen of them cost minutes on a CPU
     # (the demo's 40-item fashion-captions run took longer in them than in its items). It starts at
     # equal say and learns from the reviews (`annotate --refine`).
-    rows, ex_logp = await _left_out_llm_scores(
-        annotator, task, _left_out_choice(task, [] if image_probs is not None else usable)
-    )
+    left_out = _left_out_choice(task, [] if image_probs is not None else usable)
+    if progress and left_out:
+        print(
+            f"annotate: label model: scoring {len(left_out)} few-shot examples, each left out of its own prompt",
+            file=sys.stderr,
+            flush=True,
+        )
+    rows, ex_logp = await _left_out_llm_scores(annotator, task, left_out)
     ex_y = np.array([names.index(task.examples[k].label) for k in rows], dtype=int)
     model = ZeroReviewModel(ex_logp, ex_y, None, None, None)
     all_y = np.array([names.index(task.examples[k].label) for k in usable], dtype=int)

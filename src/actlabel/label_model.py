@@ -64,6 +64,13 @@ MOVE_Z = 2.0
 PROBE_C = 10.0
 #: few-shot examples scored with themselves left out (one prompt each; more add little)
 MAX_LOO_EXAMPLES = 12
+#: characters of example text all left-out prompts may carry together: each repeats every other
+#: example and shares no cached prefix, so 52 Reuters R52 examples (26,000 characters) made a dozen
+#: of them run for over an hour on 2 cores before the first item; the demo's (9 tweets) and the R8
+#: benchmark's (8 newswire examples) fit well inside
+LOO_CHAR_BUDGET = 60_000
+#: fewer left-out examples than this cannot choose a pooling: equal say instead
+MIN_LOO_EXAMPLES = 4
 #: folds for cross-fitted refinement
 REFINE_FOLDS = 5
 _EPS = 1e-6
