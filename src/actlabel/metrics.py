@@ -878,11 +878,14 @@ def residual_error_estimate_over_rounds(
     if not rounds:
         raise ValueError("residual_error_estimate_over_rounds needs at least one round")
     z = two_sided_z(confidence)
-    per_round: list[tuple[ResidualErrorEstimate, float, int]] = []
+    per_round: list[tuple[ResidualErrorEstimate, float]] = []
+    drawn_any = np.zeros(n, dtype=bool)
+    sampled_low = errors_low = 0  # reviews at p < 0.5 in the rounds used, and the errors among them
     last = None
     for r in rounds:
         pop = _bool_array(r.population, "population", n)
         drawn = _bool_array(r.drawn, "drawn", n) & pop
+        drawn_any |= drawn
         prob = np.asarray(r.prob, dtype=float)
         if prob.shape != (n,):
             raise ValueError(f"a round's prob must have length {n}, got {prob.shape}")
@@ -896,20 +899,22 @@ def residual_error_estimate_over_rounds(
         )  # fmt: skip
         last = est
         if est.identifiable:
-            low = int((drawn & d & (pi < 0.5)).sum())
-            per_round.append((est, _predicted_variance(e[pop], pi[pop], ~d[pop], est.lam, z), low))
+            low = drawn & d & (pi < 0.5)
+            sampled_low += int(low.sum())
+            errors_low += int((y[low] == 1).sum())
+            per_round.append((est, _predicted_variance(e[pop], pi[pop], ~d[pop], est.lam, z)))
     assert last is not None
     if not per_round:
         return last
-    exact = [i for i, (_, v, _) in enumerate(per_round) if v <= 0.0]
+    exact = [i for i, (_, v) in enumerate(per_round) if v <= 0.0]
     if exact:  # a round that drew every item it could: its estimate is exact
         w = np.zeros(len(per_round))
         w[exact[0]] = 1.0
     else:
-        w = np.array([1.0 / v for _, v, _ in per_round])
+        w = np.array([1.0 / v for _, v in per_round])
         w /= w.sum()
-    t_hat = float(sum(wi * est.estimate for wi, (est, _, _) in zip(w, per_round, strict=True)))
-    var = float(sum(wi**2 * est.std_error**2 for wi, (est, _, _) in zip(w, per_round, strict=True)))
+    t_hat = float(sum(wi * est.estimate for wi, (est, _) in zip(w, per_round, strict=True)))
+    var = float(sum(wi**2 * est.std_error**2 for wi, (est, _) in zip(w, per_round, strict=True)))
     se = math.sqrt(var)
     n_u = int((~d).sum())
     lower = min(max(t_hat - z * se, 0.0), float(n_u))
@@ -919,18 +924,9 @@ def residual_error_estimate_over_rounds(
     note = f"prediction-powered Horvitz-Thompson estimate over {len(per_round)} rounds (weights {shares}), {interval} interval"
     if main.lam != 1.0:
         note += f", lam {main.lam:.2f}"
-    outside = int((d & ~np.any([np.asarray(r.drawn, dtype=bool) for r in rounds], axis=0)).sum())
+    outside = int((d & ~drawn_any).sum())
     if outside:
         note += f"; {outside} reviews outside the selection counted as found, not reweighted"
-    sampled_low = sum(low for *_, low in per_round)
-    errors_low = sum(
-        int(
-            (
-                np.asarray(r.drawn, bool) & d & (y == 1) & (np.nan_to_num(np.asarray(r.prob, float)) < 0.5)
-            ).sum()
-        )
-        for r in rounds
-    )
     note += _few_errors_note(errors_low, sampled_low)
     g_unrev = float(_calibrated_sq_error(e[~d], main.lam).sum())
     return ResidualErrorEstimate(

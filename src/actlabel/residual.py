@@ -21,7 +21,7 @@ def estimate_for_store(store: Store, confidence: float = 0.95) -> ResidualErrorE
     state = current_state(store)
     if state.rowids.size == 0 or np.isnan(state.review_prob).all():
         return None
-    has_label = np.array([m is not None for m in state.machine_label], dtype=bool)
+    has_label = state.machine_label.present()
     reviewed = state.reviewed & has_label
     is_error = np.array(
         [float(h is not None and h != m) for h, m in zip(state.human_label, state.machine_label, strict=True)]
