@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from actlabel.cli import main
 from actlabel.errors import UserError
 from actlabel.models.scripted import ScriptedBackend
-from actlabel.options import AnnotateOptions, CritiqueOptions
+from actlabel.options import AnnotateOptions, CritiqueOptions, RunOptions
 from actlabel.project import Project
 
 MISTAKES = [
@@ -28,8 +28,15 @@ MISTAKES = [
 ]
 
 
-@pytest.mark.parametrize("cls", [AnnotateOptions, CritiqueOptions])
-@pytest.mark.parametrize(("kwargs", "message"), MISTAKES)
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "message"),
+    [
+        (cls, kwargs, message)
+        for cls in (AnnotateOptions, CritiqueOptions, RunOptions)
+        for kwargs, message in MISTAKES
+        if set(kwargs) <= {f.name for f in dataclasses.fields(cls)}  # run has no --reasoning-tokens
+    ],
+)
 def test_each_mistake_is_one_line_naming_the_option(cls, kwargs: dict, message: str) -> None:
     with pytest.raises(UserError) as err:
         cls(**kwargs)
@@ -68,3 +75,59 @@ def test_cli_prints_the_one_line_and_keeps_its_flags(project: Project) -> None:
     # --max-tokens still caps the run's tokens, now named max_run_tokens inside
     r = runner.invoke(main, ["annotate", str(project.root), "--max-tokens", "0", "--no-progress"])
     assert r.exit_code == 1 and "--max-tokens must be > 0" in r.output
+
+
+RUN_MISTAKES = [
+    (
+        {"budget": "twenty"},
+        "--budget: budget 'twenty' is not a percentage like '20%' or a whole number like '500'",
+    ),
+    ({"budget": "120%"}, "--budget: budget '120%' is more than 100% of the items"),
+    ({"max_budget": "-3"}, "--max-budget: budget '-3' is negative"),
+    ({"rule": "greedy"}, "--rule must be one of threshold, exponential, normalized, not 'greedy'"),
+    ({"uniform": 1.0}, "--uniform must be in [0, 1), not 1.0"),
+    ({"rounds": 0}, "--rounds must be at least 1, not 0"),
+    ({"batch": True}, "actlabel run does not use --batch: run `actlabel annotate --batch`, then run"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "message"), RUN_MISTAKES)
+def test_run_options_of_its_own(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError) as err:
+        RunOptions(**kwargs)
+    assert str(err.value) == message
+
+
+def test_run_options_make_each_stage_s_options() -> None:
+    backend = ScriptedBackend("positive")
+    opts = RunOptions(
+        backend=backend, cot=True, limit=5, critic_model="openai/judge", backend_options={"n_ctx": 8192}
+    )
+    annotate = opts.annotate_options()
+    assert (annotate.backend, annotate.cot, annotate.limit, annotate.backend_options) == (
+        backend, True, 5, {"n_ctx": 8192},
+    )  # fmt: skip
+    critique = opts.critique_options("cot")
+    # the critic has its own model; the local annotator's --n-ctx is not an endpoint's option
+    assert (critique.model, critique.backend, critique.strategy, critique.limit) == (
+        "openai/judge",
+        None,
+        "cot",
+        5,
+    )
+    assert critique.backend_options is None
+    assert RunOptions(backend_options={"n_threads": 1}).critique_options(None).backend_options == {
+        "n_threads": 1
+    }
+
+
+def test_a_bad_plan_is_refused_before_anything_is_annotated(project: Project) -> None:
+    # before RunOptions, `run --budget twenty` annotated every item and failed when the round was drawn
+    runner = CliRunner()
+    r = runner.invoke(main, ["run", str(project.root), "--budget", "twenty", "--no-progress"])
+    assert r.exit_code == 1 and "--budget: budget 'twenty' is not a percentage" in r.output
+    assert "Traceback" not in r.output
+    with Project(project.root) as p:
+        assert p.store.conn.execute("SELECT count(*) FROM annotations").fetchone()[0] == 0
+    with pytest.raises(UserError, match="^unknown RunOptions option 'budgets'"):
+        project.run(budgets="20%")

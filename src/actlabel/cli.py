@@ -16,7 +16,13 @@ import click
 
 from actlabel.critics.registry import strategy_help
 from actlabel.errors import UserError
-from actlabel.options import COT_REASONING_TOKENS, CRITIC_REASONING_TOKENS, AnnotateOptions, CritiqueOptions
+from actlabel.options import (
+    COT_REASONING_TOKENS,
+    CRITIC_REASONING_TOKENS,
+    AnnotateOptions,
+    CritiqueOptions,
+    RunOptions,
+)
 from actlabel.review.adapters import FORMATS as TOOL_FORMATS
 
 EXIT_USER_ERROR = 1
@@ -628,10 +634,14 @@ def report(directory: str, out: str | None) -> None:
 @click.option("--rule", type=click.Choice(RULES), default="threshold")
 @click.option("--uniform", type=click.FloatRange(0, 1, max_open=True), default=0.05, show_default=True)
 @click.option("--seed", type=int, default=0)
+@_with_local_model_options
 def run(directory: str, **opts: Any) -> None:
     """Annotate + critique + select in one go."""
+    progress = not opts.pop("no_progress")
+    backend_options = _local_backend_options(opts)
+    options = RunOptions(progress=progress, backend_options=backend_options, **opts)
     with _open(directory) as project:
-        click.echo(str(project.run(progress=not opts.pop("no_progress"), **opts)))
+        click.echo(str(project.run(options)))
 
 
 @main.command()

@@ -121,6 +121,60 @@ class CritiqueOptions(StageOptions):
             raise UserError(f"--reasoning-tokens must be at least 1, not {self.reasoning_tokens}")
 
 
+@dataclass(frozen=True)
+class RunOptions(StageOptions):
+    """`actlabel run`: the annotator's options (the StageOptions fields), the critic's, and the
+    review plan. Everything is checked here, before an hour of annotation, not when the round
+    is drawn."""
+
+    cot: bool = False
+    critic_model: str | None = None
+    #: None: the pipeline's default for this project (pipeline.default_strategy)
+    strategy: str | None = None
+    budget: str = "auto"
+    #: None: the plan kept in the project, else pipeline.DEFAULT_ROUNDS
+    rounds: int | None = None
+    max_budget: str | None = None
+    rule: str = "threshold"
+    uniform: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from actlabel import select as rules  # NumPy: not at the CLI's import
+
+        if self.batch:
+            raise UserError("actlabel run does not use --batch: run `actlabel annotate --batch`, then run")
+        if self.rule not in rules.RULES:
+            raise UserError(f"--rule must be one of {', '.join(rules.RULES)}, not {self.rule!r}")
+        if not 0 <= self.uniform < 1:
+            raise UserError(f"--uniform must be in [0, 1), not {self.uniform}")
+        if self.rounds is not None and self.rounds < 1:
+            raise UserError(f"--rounds must be at least 1, not {self.rounds}")
+        for flag, spec in (("--budget", self.budget), ("--max-budget", self.max_budget)):
+            if spec is None or (flag == "--budget" and str(spec).strip().lower() == "auto"):
+                continue
+            try:
+                rules.parse_budget(spec)
+            except ValueError as exc:
+                raise UserError(f"{flag}: {exc}") from None
+
+    def _stage_fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(StageOptions)}
+
+    def annotate_options(self) -> AnnotateOptions:
+        return AnnotateOptions(**self._stage_fields(), cot=self.cot)
+
+    def critique_options(self, strategy: str | None) -> CritiqueOptions:
+        """The critic's: its own model (None: critique's default), the same limits and engine."""
+        from actlabel.models.spec import ModelSpec
+
+        shared = self._stage_fields() | {"model": self.critic_model, "backend": None}
+        if self.critic_model and not ModelSpec.parse(self.critic_model).can("embedded"):
+            shared["backend_options"] = None  # --n-ctx / --threads are the local annotator's
+        return CritiqueOptions(**shared, strategy=strategy)
+
+
 def stage_options(cls: type[StageOptions], options: StageOptions | None, kwargs: dict[str, Any]) -> Any:
     """`options` as given, or built from the keyword arguments; both at once is a caller's bug."""
     if options is None:

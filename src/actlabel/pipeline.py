@@ -16,9 +16,9 @@ select.py). The plan is kept in the project, so `actlabel run DIR` again after r
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from actlabel.models.spec import ModelSpec
+from actlabel.options import RunOptions
 from actlabel.store import Store
 
 PLAN_META = "run_plan"
@@ -37,26 +37,7 @@ def default_strategy(model: str | None, reviewed: int) -> str | None:
     return "learned" if embedded and reviewed > 0 else None
 
 
-def run_pipeline(
-    store: Store,
-    *,
-    model: str | None = None,
-    base_url: str | None = None,
-    concurrency: int | None = None,
-    max_cost: float | None = None,
-    max_run_tokens: int | None = None,
-    limit: int | None = None,
-    critic_model: str | None = None,
-    strategy: str | None = None,
-    cot: bool = False,
-    budget: str = "auto",
-    rounds: int | None = None,
-    max_budget: str | None = None,
-    rule: str = "threshold",
-    uniform: float = 0.05,
-    seed: int = 0,
-    progress: bool = True,
-) -> str:
+def run_pipeline(store: Store, opts: RunOptions) -> str:
     """Run what is due (see the module docstring) and return the stages' one-line summaries."""
     from actlabel import select as rules
     from actlabel.annotate import annotate
@@ -65,17 +46,14 @@ def run_pipeline(
     from actlabel.refine import MIN_REVIEWS, refine_labels
     from actlabel.selection import current_state, recommended_budget, select_for_review
 
-    shared: dict[str, Any] = {
-        "base_url": base_url, "concurrency": concurrency, "max_cost": max_cost,
-        "max_run_tokens": max_run_tokens, "limit": limit, "progress": progress,
-    }  # fmt: skip
-    lines = [str(annotate(store, model=model, cot=cot, **shared))]
+    model, progress, seed = opts.model, opts.progress, opts.seed
+    lines = [str(annotate(store, opts.annotate_options()))]
     reviewed = store.reviewed_count()
     multi = store.task.multi_label  # refine and the learned critic are single-label; its critic is per-label
     if not multi and reviewed >= MIN_REVIEWS and (model is None or ModelSpec.parse(model).can("embedded")):
         lines.append(str(refine_labels(store, progress=progress)))
-    strategy = strategy or (None if multi else default_strategy(model, reviewed))
-    lines.append(str(critique(store, model=critic_model, strategy=strategy, **shared)))
+    strategy = opts.strategy or (None if multi else default_strategy(model, reviewed))
+    lines.append(str(critique(store, opts.critique_options(strategy))))
 
     state = current_state(store)
     pending = int((state.selected & ~state.reviewed).sum())
@@ -86,7 +64,12 @@ def run_pipeline(
         return "\n".join(lines)
     plan = json.loads(store.get_meta(PLAN_META) or "null")
     if plan is None:
-        plan = {"budget": budget, "rounds": rounds or DEFAULT_ROUNDS, "max_budget": max_budget, "total": None}
+        plan = {
+            "budget": opts.budget,
+            "rounds": opts.rounds or DEFAULT_ROUNDS,
+            "max_budget": opts.max_budget,
+            "total": None,
+        }
         store.set_meta(PLAN_META, json.dumps(plan))
     n = store.count_items()
     auto = str(plan["budget"]).strip().lower() == "auto"
@@ -112,7 +95,11 @@ def run_pipeline(
         return "\n".join(lines)
     size = -(-left // rounds_left)
     lines.append(
-        str(select_for_review(store, budget=str(size), rule=rule, uniform=uniform, seed=seed + done_rounds))
+        str(
+            select_for_review(
+                store, budget=str(size), rule=opts.rule, uniform=opts.uniform, seed=seed + done_rounds
+            )
+        )
     )
     lines.append(
         f"round {main_rounds_done + 1} of {plan['rounds']}: review it (`actlabel review {store.root}`), then run again"

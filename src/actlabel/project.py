@@ -206,12 +206,16 @@ class Project:
 
         serve(self.store, **opts)
 
-    def run(self, **opts: Any) -> str:
-        """`actlabel run`: what is due of annotate, refine, critique and the next review round (pipeline.py)."""
+    def run(self, options: Any = None, /, **kwargs: Any) -> str:
+        """`actlabel run`: what is due of annotate, refine, critique and the next review round
+        (pipeline.py): an options.RunOptions, or its fields as keyword arguments (model=,
+        budget=, rounds=, rule=, ...)."""
+        from actlabel.options import RunOptions, stage_options
         from actlabel.pipeline import run_pipeline
 
+        opts = stage_options(RunOptions, options, kwargs)  # a mistake is refused before the lock
         with self.writing("run") as store:
-            return run_pipeline(store, **opts)
+            return run_pipeline(store, opts)
 
     def plan(self, **opts: Any) -> str:
         """Dry run: one real prompt per stage, and calls, tokens and cost for the whole dataset."""

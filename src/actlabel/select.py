@@ -620,6 +620,27 @@ _PERCENT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
 _COUNT = re.compile(r"^\s*([+-]?\d+)\s*$")
 
 
+def parse_budget(spec: str | int) -> tuple[str, float]:
+    """``("share", p)`` for ``"20%"``, ``("count", n)`` for ``"500"``; ValueError otherwise. The
+    form alone: whether a count fits the project is budget_from_spec's question."""
+    text = str(spec)
+    m = _PERCENT.match(text)
+    if m:
+        pct = float(m.group(1))
+        if pct < 0:
+            raise ValueError(f"budget {text.strip()!r} is negative")
+        if pct > 100:
+            raise ValueError(f"budget {text.strip()!r} is more than 100% of the items")
+        return "share", pct
+    m = _COUNT.match(text)
+    if m:
+        count = int(m.group(1))
+        if count < 0:
+            raise ValueError(f"budget {text.strip()!r} is negative")
+        return "count", count
+    raise ValueError(f"budget {text.strip()!r} is not a percentage like '20%' or a whole number like '500'")
+
+
 def budget_from_spec(spec: str | int, n_items: int) -> int:
     """Parse a budget: ``"20%"`` (share of the items) or ``"500"`` (a count).
 
@@ -630,25 +651,13 @@ def budget_from_spec(spec: str | int, n_items: int) -> int:
         raise ValueError(f"number of items must be a whole number >= 0, got {n_items!r}")
     if n_items == 0:
         raise ValueError("cannot set a budget: the project has no items")
-    text = str(spec)
-    m = _PERCENT.match(text)
-    if m:
-        pct = float(m.group(1))
-        if pct < 0:
-            raise ValueError(f"budget {text.strip()!r} is negative")
-        if pct > 100:
-            raise ValueError(f"budget {text.strip()!r} is more than 100% of the items")
-        count = math.floor(pct / 100.0 * n_items + 0.5)
-        return max(count, 1) if pct > 0 else 0
-    m = _COUNT.match(text)
-    if m:
-        count = int(m.group(1))
-        if count < 0:
-            raise ValueError(f"budget {text.strip()!r} is negative")
-        if count > n_items:
-            raise ValueError(f"budget {count} is larger than the {n_items} items")
-        return count
-    raise ValueError(f"budget {text.strip()!r} is not a percentage like '20%' or a whole number like '500'")
+    kind, value = parse_budget(spec)
+    if kind == "share":
+        count = math.floor(value / 100.0 * n_items + 0.5)
+        return max(count, 1) if value > 0 else 0
+    if value > n_items:
+        raise ValueError(f"budget {int(value)} is larger than the {n_items} items")
+    return int(value)
 
 
 def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tuple[float, float]:
