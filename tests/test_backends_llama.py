@@ -377,3 +377,29 @@ def test_a_native_crash_names_its_cause():
             run(iso.chat(chat("hello", choices=("positive", "negative"))))
     finally:
         iso.close()
+
+
+@pytest.mark.slow
+def test_auto_scoring_reads_each_choice_up_to_where_it_parts(smol, monkeypatch):
+    # two topics share their first token(s): "auto" scores each up to the token that tells them
+    # apart, decoding the shared prefix once; a choice with its own first token costs no decode
+    choices = ("money-fx", "money-supply", "earn")
+    request = chat("Dollar falls against the yen.", choices=choices)
+    prompt = smol.format_prompt(request.messages)
+    ptoks = smol.tokenize(prompt)
+    seqs = {c: smol._choice_tokens(ptoks, prompt, c) for c in choices}
+    shared = ll.common_prefix_len(np.asarray(seqs["money-fx"]), seqs["money-supply"])
+    assert shared >= 1 and seqs["earn"][0] != seqs["money-fx"][0]
+    decodes = []
+    real_decode = smol._decode
+    monkeypatch.setattr(
+        smol, "_decode", lambda toks, **kw: decodes.append(list(toks)) or real_decode(toks, **kw)
+    )
+    r = run(smol.chat(request))
+    assert decodes[1:] == [seqs["money-fx"][:shared]]  # the prompt, then the shared prefix once
+    scored = {"money-fx": shared + 1, "money-supply": shared + 1, "earn": 1}
+    raw = {c: reference_sequence_logprob(smol.model_path, ptoks, seqs[c][: scored[c]]) for c in choices}
+    m = max(raw.values())
+    lse = m + math.log(sum(math.exp(v - m) for v in raw.values()))
+    for c in choices:
+        assert r.choice_logprobs[c] == pytest.approx(raw[c] - lse, abs=2e-3)

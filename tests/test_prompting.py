@@ -113,6 +113,30 @@ def test_annotation_messages_use_examples_as_prior_turns() -> None:
     assert other[:-1] == msgs[:-1]
 
 
+def test_a_long_label_list_is_named_after_the_item_only() -> None:
+    topics = [Label(f"topic-{i:02d}-{'x' * 8}") for i in range(20)]  # 20 names, 399 characters
+    examples = [Example(lab.name, f"an example about {lab.name}") for lab in topics]
+    t = Task(labels=topics, text_columns=["text"], examples=examples)
+    assert prompting.long_label_list(t)
+    msgs = prompting.annotation_messages(t, item("which one?"), cot=False)
+    names = prompting.label_names(topics)
+    assert names in msgs[-1].plain_text and msgs[-1].plain_text.endswith(f"in the list: {names}.")
+    example_turns = [m.plain_text for m in msgs[1:-1:2]]
+    assert len(example_turns) == 20
+    assert all(
+        names not in turn and turn.endswith("exactly as written in the list above.") for turn in example_turns
+    )
+    assert sum(len(m.plain_text) for m in msgs) < 20 * len(names)  # the list is not repeated 21 times
+    # the new template keys this task's cache; a short list's prompts and key are as before
+    assert "annotate_direct_listed" in prompting.annotate_templates(t)
+    short = task(examples=[Example("positive", "Great day!")])
+    assert not prompting.long_label_list(short)
+    assert prompting.annotate_templates(short) == prompting.ANNOTATE_TEMPLATES
+    assert (
+        "positive, negative, neutral" in prompting.annotation_messages(short, item(), cot=False)[1].plain_text
+    )
+
+
 def test_cot_messages_ask_for_an_answer_line() -> None:
     t = task(examples=[Example("neutral", "It rains")])
     msgs = prompting.annotation_messages(t, item(), cot=True)

@@ -579,7 +579,7 @@ async def annotate_async(
     check_scale_options(llm_spec, batch=opts.batch, engine=opts.engine)
     if spec == IMAGE_ANNOTATOR_SPEC:
         return _annotate_images(store, limit=opts.limit, progress=opts.progress)
-    stack = open_stage_model(store, llm_spec, opts, prompting.ANNOTATE_TEMPLATES)
+    stack = open_stage_model(store, llm_spec, opts, prompting.annotate_templates(store.task))
     async with model_in_use(stack, owned=backend is None):
         run = functools.partial(
             _annotate_llm,
@@ -659,7 +659,7 @@ async def _annotate_llm(
             f"{stack.spec} cannot see images: use an openai/ vision model, or the embedded default "
             f"(omit --model) for the offline image annotator"
         )
-    templates = prompting.templates_hash(prompting.ANNOTATE_TEMPLATES)
+    templates = prompting.templates_hash(prompting.annotate_templates(task))
     model_name = ModelSpec.composite(IMAGE_ANNOTATOR_SPEC, stack.spec).text if composite else stack.spec
     settings = settings_key(
         model_name, cot, templates, label_model=LABEL_MODEL_VERSION if label_model else None

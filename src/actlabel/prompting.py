@@ -136,6 +136,19 @@ def item_content(task: Task, item: Item, *, with_image: bool = True) -> tuple[st
 # ---- annotator prompts -------------------------------------------------------------------------
 
 ANNOTATE_TEMPLATES = ("annotate_system", "annotate_direct", "annotate_cot")
+#: a label list longer than this (names joined, in characters: about 50 tokens) is not repeated in
+#: the few-shot examples' turns, only after the item (see annotation_prefix)
+LONG_LABEL_NAMES = 200
+
+
+def long_label_list(task: Task) -> bool:
+    return len(label_names(task.labels)) > LONG_LABEL_NAMES
+
+
+def annotate_templates(task: Task) -> tuple[str, ...]:
+    """The templates this task's annotation prompts use (their hash keys cached answers and
+    stored settings, so a task whose prompts did not change keeps its cache)."""
+    return (*ANNOTATE_TEMPLATES, "annotate_direct_listed") if long_label_list(task) else ANNOTATE_TEMPLATES
 
 
 def annotation_messages(
@@ -155,8 +168,14 @@ def annotation_prefix(
     task: Task, *, cot: bool, root: Path | None = None, with_images: bool = True
 ) -> tuple[Message, ...]:
     """The turns every item's annotation prompt starts with: the system turn and the few-shot
-    examples. The same for all items of a run, so the annotator builds it once."""
+    examples. The same for all items of a run, so the annotator builds it once.
+
+    A long label list is named once in the system turn and once after the item, not after every
+    example: 52 Reuters topics with one example each made a 13,400-token prefix, 8,300 of them the
+    list repeated (docs/benchmarks.md, "Many labels")."""
     body = "annotate_cot" if cot else "annotate_direct"
+    if not cot and long_label_list(task):
+        body = "annotate_direct_listed"
     names = label_names(task.labels)
     messages = [system_message(task, "annotate_system")]
     text_column = (task.text_columns or ["text"])[0]
