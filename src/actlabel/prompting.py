@@ -156,8 +156,9 @@ def annotation_messages(
 ) -> tuple[Message, ...]:
     """System turn, few-shot examples as prior turns, then the item.
 
-    The answer rule (with the label list) is repeated after every input: it costs about 20 tokens
-    per item that a local model must evaluate, and it is worth it: Qwen2.5-0.5B labelled 0.578 of
+    The answer rule (with the label list; after the item only when the list is long) is repeated
+    after every input: it costs about 20 tokens per item that a local model must evaluate, and it
+    is worth it: Qwen2.5-0.5B labelled 0.578 of
     90 tweets this way and 0.456 with the rule stated once in the system turn (docs/benchmarks.md,
     "Embedded annotator")."""
     prefix = annotation_prefix(task, cot=cot, root=root, with_images=with_images)
