@@ -112,23 +112,18 @@ def recall_by_class(gold: list[str], pred: list[str], names: list[str]) -> dict[
 def evaluate(project: Project, seeds: int) -> dict[str, object]:
     store = project.store
     names = list(store.task.label_names)
-    rows = store.conn.execute(
-        "SELECT i.item_id, i.gold_label, a.label, a.probs FROM items i JOIN "
-        "(SELECT item_rowid, max(id) AS id FROM annotations GROUP BY item_rowid) l ON l.item_rowid = i.rowid "
-        "JOIN annotations a ON a.id = l.id WHERE a.status = 'ok' ORDER BY i.rowid"
-    ).fetchall()
-    params = json.loads(
-        store.conn.execute(
-            "SELECT params FROM runs WHERE stage = 'annotate' AND params LIKE '%pass_of%' ORDER BY run_id DESC"
-        ).fetchone()[0]
-    )["label_model"]
-    ids = [r[0] for r in rows]
-    gold = [r[1] for r in rows]
-    stored = [r[2] for r in rows]
-    llm = lm.safe_log(np.array([[json.loads(r[3])[n] for n in names] for r in rows]))
+    current = store.current_annotations(with_probs=True)
+    gold_of = store.gold_labels()
+    item_of = {it.rowid: it for it in store.iter_items(list(current))}
+    runs = [r for r in store.runs("annotate") if "pass_of" in (r["params"] or "")]
+    params = json.loads(runs[-1]["params"])["label_model"]
+    ids = [item_of[r].item_id for r in current]
+    gold = [gold_of[r] for r in current]
+    stored = [a.label for a in current.values()]
+    llm = lm.safe_log(np.array([[json.loads(a.probs)[n] for n in names] for a in current.values()]))
     log_prior = np.array(params["log_prior"])
     g = np.array([names.index(x) for x in gold])
-    out: dict[str, object] = {"items": len(rows), "how": params["how"]}
+    out: dict[str, object] = {"items": len(ids), "how": params["how"]}
 
     def acc(pred_idx: np.ndarray, mask: np.ndarray | None = None) -> float:
         m = np.ones(len(g), bool) if mask is None else mask
@@ -145,9 +140,7 @@ def evaluate(project: Project, seeds: int) -> dict[str, object]:
     out["pred counts label model"] = {n: stored.count(n) for n in names}
     from actlabel.models.features import cached_text_features
 
-    items = list(store.iter_items())
-    by_id = {it.item_id: it for it in items}
-    x = cached_text_features([by_id[i].data["text"] for i in ids], store.root)
+    x = cached_text_features([item_of[r].data["text"] for r in current], store.root)
     examples = store.task.examples
     ex_x = cached_text_features([e.text for e in examples], store.root)
     ex_y = np.array([names.index(e.label) for e in examples])

@@ -225,25 +225,15 @@ def evaluate(
 
 def state(store) -> tuple[list[int], dict[int, str], dict[int, str], dict[int, float]]:
     """rowids in order, gold, machine label, machine confidence of the current annotations."""
-    gold = dict(store.conn.execute("SELECT rowid, gold_label FROM items").fetchall())
-    machine, conf = {}, {}
-    for rowid, _id, label, c, status in store.conn.execute(
-        "SELECT item_rowid, max(id), label, confidence, status FROM annotations GROUP BY item_rowid"
-    ):
-        if status == "ok":
-            machine[rowid], conf[rowid] = label, c
+    gold = store.gold_labels()
+    current = store.current_annotations()
+    machine = {rowid: a.label for rowid, a in current.items()}
+    conf = {rowid: a.confidence for rowid, a in current.items()}
     return sorted(machine), gold, machine, conf
 
 
 def critic_e(store, strategy: str) -> dict[int, float]:
-    return {
-        r[0]: r[2]
-        for r in store.conn.execute(
-            "SELECT item_rowid, max(id), error_prob FROM critiques WHERE strategy = ? AND status = 'ok' "
-            "GROUP BY item_rowid",
-            (strategy,),
-        )
-    }
+    return {r: e for r, (e,) in store.latest_critiques(("error_prob",), strategy=strategy).items()}
 
 
 def stage_seconds(store, stage: str, strategy: str | None = None) -> float:
@@ -276,7 +266,7 @@ def open_project(
 
 def learned_rows(store, ids, gold, machine, reviews: int, seed: int, rows: list[Row]) -> None:
     rng = np.random.default_rng(seed)
-    have = {r[0] for r in store.conn.execute("SELECT item_rowid FROM reviews")}
+    have = set(store.current_reviews())
     picked = set(rng.choice(ids, size=min(reviews, len(ids) - 20), replace=False).tolist())
     new = [r for r in picked if r not in have]
     store.add_reviews(
@@ -684,10 +674,10 @@ def run_stacked(name: str, args) -> StackedReport:
         seconds = time.monotonic() - t0
         e = critic_e(proj.store, "consistency")
         raws = {
-            r[0]: json.loads(r[2])
-            for r in proj.store.conn.execute(
-                "SELECT item_rowid, max(id), raw FROM critiques WHERE strategy = 'consistency' GROUP BY item_rowid"
-            )
+            r: json.loads(raw)
+            for r, (raw,) in proj.store.latest_critiques(
+                ("raw",), strategy="consistency", ok_only=False
+            ).items()
         }
         proj.close()
         cons = np.array([e[r] for r in ids])

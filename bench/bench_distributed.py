@@ -113,7 +113,7 @@ def make_project(root: Path, n: int) -> Project:
 
 def integrity(store: Any, n: int) -> tuple[int, int]:
     """(items lost, records duplicated) of the latest annotate run set."""
-    per_item = dict(store.conn.execute("SELECT item_rowid, count(*) FROM annotations GROUP BY item_rowid"))
+    per_item = store.records_per_item("annotations")
     return n - len(per_item), sum(c - 1 for c in per_item.values())
 
 

@@ -51,14 +51,8 @@ def load_project(root: Path) -> dict:
         state = current_state(store)
         items = {it.rowid: it for it in store.iter_items()}
         conf = store.latest("annotations", ["confidence"], "status = 'ok'")
-        strategies = [
-            r[0] for r in store.conn.execute("SELECT DISTINCT strategy FROM critiques WHERE status = 'ok'")
-        ]
-        critic = {
-            s: store.latest("critiques", ["error_prob"], f"strategy = '{s}' AND status = 'ok'")
-            for s in strategies
-            if s.replace("-", "").isalnum()
-        }
+        strategies = sorted({s for s, _model in store.latest_critiques_per_critic(("error_prob",))})
+        critic = {s: store.latest_critiques(("error_prob",), strategy=s) for s in strategies}
         is_image = store.task.image_column is not None
     rowids = [int(r) for r in state.rowids]
     keep = [k for k, m in enumerate(state.machine_label) if m is not None and items[rowids[k]].gold_label]

@@ -119,11 +119,7 @@ def build_subset(src: Path, root: Path, name: str, keep_items: Any, keep_test: A
             root, list(task.labels), instructions=task.instructions, examples=list(task.examples)
         )
     project.import_file(data / "items.csv", text_columns=["text"], gold_column="gold")
-    conn = project.store.conn
-    conn.execute("ATTACH DATABASE ? AS src", (str(src / "actlabel.db"),))
-    conn.execute("INSERT OR IGNORE INTO model_calls SELECT * FROM src.model_calls")
-    conn.commit()
-    conn.execute("DETACH DATABASE src")
+    project.store.response_cache().copy_from(src / "actlabel.db")
     n = project.store.count_items()
     (root / "pool.json").write_text(json.dumps({"dataset": name, "size": n, "source": source}))
     return project
@@ -289,15 +285,11 @@ def _copy(pool: Path, tag: str) -> Path:
     return dst
 
 
-def _reviewed(store: Any) -> int:
-    return int(store.conn.execute("SELECT count(DISTINCT item_rowid) FROM reviews").fetchone()[0])
-
-
 def _learn(store: Any) -> None:
     from actlabel.critique import critique
     from actlabel.refine import MIN_REVIEWS, refine_labels
 
-    if _reviewed(store) >= MIN_REVIEWS:
+    if store.reviewed_count() >= MIN_REVIEWS:
         refine_labels(store, progress=False)
     critique(store, strategy="learned", progress=False)
 
@@ -415,13 +407,11 @@ def pool_baselines(name: str, pool: Path, seeds: list[int], done: set[str]) -> N
             critique(store, strategy="consistency", progress=False)
             secs = time.perf_counter() - t0
             snap = _snapshot(store)
+            current = store.current_annotations()
             conf = np.array(
                 [
-                    r[0] if r[0] is not None else np.nan
-                    for r in store.conn.execute(
-                        "SELECT a.confidence FROM items i LEFT JOIN (SELECT item_rowid, max(id) AS id FROM annotations "
-                        "GROUP BY item_rowid) l ON l.item_rowid = i.rowid LEFT JOIN annotations a ON a.id = l.id ORDER BY i.rowid"
-                    )
+                    current[r].confidence if r in current and current[r].confidence is not None else np.nan
+                    for r in store.item_rowids()
                 ]
             )
         wrong = snap["machine"] != snap["gold"]
@@ -474,7 +464,7 @@ def run_random(name: str, pool: Path, seed: int, budget: int) -> dict:
         simulate_review(store, source="gold", error_rate=0.0, seed=seed)
         raw = _snapshot(store)
         raw = dict(raw, machine=plain["machine"])
-        if _reviewed(store) >= MIN_REVIEWS:
+        if store.reviewed_count() >= MIN_REVIEWS:
             refine_labels(store, progress=False)
         snap = _snapshot(store)
         x, tx, ty = _features(project, run)
@@ -523,9 +513,9 @@ def run_act(
         simulate_review(store, source="gold", error_rate=0.0, seed=seed)
         _learn(store)
         rounds = 1
-        while rounds <= n_rounds and _reviewed(store) < target:
+        while rounds <= n_rounds and store.reviewed_count() < target:
             left = n_rounds + 1 - rounds
-            size = max(1, -(-(target - _reviewed(store)) // left))
+            size = max(1, -(-(target - store.reviewed_count()) // left))
             select_for_review(store, budget=str(size), rule=rule, uniform=share, seed=seed + rounds)
             simulate_review(store, source="gold", error_rate=0.0, seed=seed)
             _learn(store)

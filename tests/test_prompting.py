@@ -127,8 +127,16 @@ def test_a_long_label_list_is_named_after_the_item_only() -> None:
         names not in turn and turn.endswith("exactly as written in the list above.") for turn in example_turns
     )
     assert sum(len(m.plain_text) for m in msgs) < 20 * len(names)  # the list is not repeated 21 times
+    # chain of thought likewise: the examples' turns point at the list, the item's names it
+    cot = prompting.annotation_messages(t, item("which one?"), cot=True)
+    assert cot[-1].plain_text.endswith(f"Answer: <one of {names}>")
+    assert all(
+        names not in m.plain_text and m.plain_text.endswith("<one of the labels listed above>")
+        for m in cot[1:-1:2]
+    )
+    assert sum(len(m.plain_text) for m in cot) < 20 * len(names)
     # the new template keys this task's cache; a short list's prompts and key are as before
-    assert "annotate_direct_listed" in prompting.annotate_templates(t)
+    assert {"annotate_direct_listed", "annotate_cot_listed"} <= set(prompting.annotate_templates(t))
     short = task(examples=[Example("positive", "Great day!")])
     assert not prompting.long_label_list(short)
     assert prompting.annotate_templates(short) == prompting.ANNOTATE_TEMPLATES

@@ -70,6 +70,10 @@ def test_latest_record_wins_and_old_records_stay(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not one of the task's labels"):
         store.add_review(r2, "zzz", reviewer="bob", source="web")
     assert store.count("reviews") == 2
+    assert store.records_per_item("annotations") == {r1: 2}
+    assert store.records_per_item("reviews") == {r2: 2}
+    with pytest.raises(ValueError, match="unknown stage table"):
+        store.records_per_item("items; DROP TABLE items")
 
 
 def test_named_queries_read_the_current_record_of_each_item(tmp_path: Path) -> None:
@@ -174,6 +178,22 @@ def test_response_cache_roundtrip(tmp_path: Path) -> None:
     cache.put("k", "openai/x", {"text": "hello"}, 3, 1)
     assert cache.get("k") == {"text": "hello"}
     assert len(cache) == 1
+
+
+def test_response_cache_copies_another_projects_answers_without_replacing_its_own(tmp_path: Path) -> None:
+    source = Store.create(tmp_path / "src", make_task())
+    source.response_cache().put("shared", "openai/x", {"text": "theirs"}, 3, 1)
+    source.response_cache().put("only-theirs", "openai/x", {"text": "new"}, 3, 1)
+    source.close()
+    store = Store.create(tmp_path / "p", make_task())
+    cache = store.response_cache()
+    cache.put("shared", "openai/x", {"text": "ours"}, 3, 1)  # still buffered: flushed first, kept
+    assert cache.copy_from(tmp_path / "src" / DB_NAME) == 1
+    assert cache.get("shared") == {"text": "ours"}
+    assert cache.get("only-theirs") == {"text": "new"}
+    assert len(cache) == 2
+    assert cache.copy_from(tmp_path / "src" / DB_NAME) == 0
+    assert store.conn.execute("PRAGMA database_list").fetchall()[-1][1] == "main"  # detached
 
 
 def _rows_on_disk(root: Path) -> int:

@@ -152,7 +152,7 @@ class RunOptions(StageOptions):
         if self.rounds is not None and self.rounds < 1:
             raise UserError(f"--rounds must be at least 1, not {self.rounds}")
         for flag, spec in (("--budget", self.budget), ("--max-budget", self.max_budget)):
-            if spec is None or (flag == "--budget" and str(spec).strip().lower() == "auto"):
+            if spec is None or (flag == "--budget" and rules.is_auto_budget(spec)):
                 continue
             try:
                 rules.parse_budget(spec)

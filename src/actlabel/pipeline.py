@@ -72,7 +72,7 @@ def run_pipeline(store: Store, opts: RunOptions) -> str:
         }
         store.set_meta(PLAN_META, json.dumps(plan))
     n = store.count_items()
-    auto = str(plan["budget"]).strip().lower() == "auto"
+    auto = rules.is_auto_budget(plan["budget"])
     if auto and store.get_meta("pilot") is None:
         lines.append(str(select_for_review(store, budget="auto", seed=seed)))
         lines.append(f"review the pilot (`actlabel review {store.root}`), then run again")

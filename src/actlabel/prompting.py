@@ -148,7 +148,9 @@ def long_label_list(task: Task) -> bool:
 def annotate_templates(task: Task) -> tuple[str, ...]:
     """The templates this task's annotation prompts use (their hash keys cached answers and
     stored settings, so a task whose prompts did not change keeps its cache)."""
-    return (*ANNOTATE_TEMPLATES, "annotate_direct_listed") if long_label_list(task) else ANNOTATE_TEMPLATES
+    if long_label_list(task):
+        return (*ANNOTATE_TEMPLATES, "annotate_direct_listed", "annotate_cot_listed")
+    return ANNOTATE_TEMPLATES
 
 
 def annotation_messages(
@@ -175,8 +177,8 @@ def annotation_prefix(
     example: 52 Reuters topics with one example each made a 13,400-token prefix, 8,300 of them the
     list repeated (docs/benchmarks.md, "Many labels")."""
     body = "annotate_cot" if cot else "annotate_direct"
-    if not cot and long_label_list(task):
-        body = "annotate_direct_listed"
+    if long_label_list(task):
+        body += "_listed"
     names = label_names(task.labels)
     messages = [system_message(task, "annotate_system")]
     text_column = (task.text_columns or ["text"])[0]

@@ -620,6 +620,11 @@ _PERCENT = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*%\s*$")
 _COUNT = re.compile(r"^\s*([+-]?\d+)\s*$")
 
 
+def is_auto_budget(spec: str | int | None) -> bool:
+    """Whether a budget asks for a pilot first and a size learned from it (``--budget auto``)."""
+    return spec is not None and str(spec).strip().lower() == "auto"
+
+
 def parse_budget(spec: str | int) -> tuple[str, float]:
     """``("share", p)`` for ``"20%"``, ``("count", n)`` for ``"500"``; ValueError otherwise. The
     form alone: whether a count fits the project is budget_from_spec's question."""

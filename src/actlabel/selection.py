@@ -205,7 +205,7 @@ def select_for_review(
     rnd = _next_round(store)
     beta_value = rules.DEFAULT_BETA if beta is None else beta
 
-    if str(budget).strip().lower() == "auto":
+    if rules.is_auto_budget(budget):
         pilot = json.loads(store.get_meta(PILOT_META) or "null")
         if pilot is None:
             return _select_pilot(store, state, rnd, seed, pilot_size, params)

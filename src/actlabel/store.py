@@ -296,6 +296,20 @@ class ResponseCache:
         self._store.flush_calls()
         return self._store.conn.execute("SELECT count(*) FROM model_calls").fetchone()[0]
 
+    def copy_from(self, db: str | Path) -> int:
+        """Add every answer another project's database holds that this one lacks (a benchmark pool
+        re-imported under new ids keeps its paid answers). Returns how many were new."""
+        store = self._store
+        store.flush_calls()
+        before = store.conn.total_changes
+        store.conn.execute("ATTACH DATABASE ? AS src", (str(db),))
+        try:
+            with store.transaction():
+                store.conn.execute("INSERT OR IGNORE INTO model_calls SELECT * FROM src.model_calls")
+        finally:
+            store.conn.execute("DETACH DATABASE src")
+        return store.conn.total_changes - before
+
 
 class Store:
     """One project: a folder holding `actlabel.db`. Open with `Store.open(dir)` or `Store.create(dir, task)`."""
@@ -1000,6 +1014,13 @@ class Store:
         if table not in STAGE_TABLES:
             raise ValueError(f"unknown stage table {table!r}")
         return int(self.conn.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0)
+
+    def records_per_item(self, table: str) -> dict[int, int]:
+        """item_rowid -> how many records `table` holds for it (current or not): what a crash or
+        a retry duplicated, what an interrupted run never wrote."""
+        if table not in STAGE_TABLES:
+            raise ValueError(f"unknown stage table {table!r}")
+        return dict(self.conn.execute(f"SELECT item_rowid, count(*) FROM {table} GROUP BY item_rowid"))
 
     def reviewed_count(self) -> int:
         """How many items have a human label."""
