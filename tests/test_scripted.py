@@ -191,6 +191,11 @@ def test_parse_failure_keeps_raw_text_never_invents():
     assert out.raw_text == "nope" and out.raw_texts == ("blah", "meh", "nope")
     assert out.attempts == 3 and "not a label" in out.error
     assert len({r.seed for r in b.requests}) == 3
+    # the answer step of a two-step call (reasoning first): both steps' text is what is stored
+    two_step = out.after("Because it says so.", "\nAnswer:")
+    assert two_step.raw_text == "Because it says so.\nAnswer:nope"
+    assert two_step.raw_texts == ("Because it says so.", "blah", "meh", "nope")
+    assert two_step.attempts == 4 and two_step.error == out.error and two_step.response is out.response
 
 
 def test_parse_retries_include_transient_retries():

@@ -494,13 +494,7 @@ class LLMAnnotator:
         )
         done = await call_with_parse(backend, finish, self._direct, self.max_parse_retries)
         if isinstance(done, ParseFailure):
-            return ParseFailure(
-                text + "\nAnswer:" + done.raw_text,
-                done.error,
-                done.response,
-                done.attempts + 1,
-                (text, *done.raw_texts),
-            )
+            return done.after(text, "\nAnswer:")
         return LabelAnswer(
             done.value.label,
             done.value.confidence,

@@ -143,6 +143,37 @@ def _reduce(per_item: torch.Tensor, reduction: str) -> torch.Tensor:
     return per_item.sum() / b if b > 0 else per_item.sum()
 
 
+def _check_options(lam: float, max_weight: float | None, reduction: str) -> tuple[float, float | None]:
+    _check_reduction(reduction)
+    return _check_lam(lam), _check_max_weight(max_weight)
+
+
+def _check_shapes(
+    logits: torch.Tensor,
+    axis: str,
+    machine_labels: torch.Tensor,
+    human_labels: torch.Tensor,
+    reviewed: torch.Tensor,
+    review_prob: torch.Tensor,
+    *,
+    labels_2d: bool,
+) -> tuple[int, int]:
+    """(batch, classes or labels) of the logits; ValueError naming the first tensor of another shape."""
+    if logits.ndim != 2:
+        raise ValueError(f"logits must have shape (batch, {axis}), got {tuple(logits.shape)}")
+    b, k = logits.shape
+    label_shape = (b, k) if labels_2d else (b,)
+    for name, t, shape in (
+        ("machine_labels", machine_labels, label_shape),
+        ("human_labels", human_labels, label_shape),
+        ("reviewed", reviewed, (b,)),
+        ("review_prob", review_prob, (b,)),
+    ):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    return b, k
+
+
 def act_loss(
     logits: torch.Tensor,
     machine_labels: torch.Tensor,
@@ -176,20 +207,10 @@ def act_loss(
     import torch
     import torch.nn.functional as F
 
-    lam = _check_lam(lam)
-    max_weight = _check_max_weight(max_weight)
-    _check_reduction(reduction)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (batch, classes), got {tuple(logits.shape)}")
-    b, k = logits.shape
-    for name, t in (
-        ("machine_labels", machine_labels),
-        ("human_labels", human_labels),
-        ("reviewed", reviewed),
-        ("review_prob", review_prob),
-    ):
-        if tuple(t.shape) != (b,):
-            raise ValueError(f"{name} must have shape ({b},), got {tuple(t.shape)}")
+    lam, max_weight = _check_options(lam, max_weight, reduction)
+    b, k = _check_shapes(
+        logits, "classes", machine_labels, human_labels, reviewed, review_prob, labels_2d=False
+    )
     d = reviewed.to(device=logits.device, dtype=torch.bool)
     m = machine_labels.to(device=logits.device, dtype=torch.long)
     h = human_labels.to(device=logits.device, dtype=torch.long)
@@ -256,20 +277,10 @@ def act_bce_loss(
     import torch
     import torch.nn.functional as F
 
-    lam = _check_lam(lam)
-    max_weight = _check_max_weight(max_weight)
-    _check_reduction(reduction)
-    if logits.ndim != 2:
-        raise ValueError(f"logits must have shape (batch, labels), got {tuple(logits.shape)}")
-    b, k = logits.shape
-    for name, t, shape in (
-        ("machine_labels", machine_labels, (b, k)),
-        ("human_labels", human_labels, (b, k)),
-        ("reviewed", reviewed, (b,)),
-        ("review_prob", review_prob, (b,)),
-    ):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    lam, max_weight = _check_options(lam, max_weight, reduction)
+    b, k = _check_shapes(
+        logits, "labels", machine_labels, human_labels, reviewed, review_prob, labels_2d=True
+    )
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     logits = logits.to(work)
     d = reviewed.to(device=logits.device, dtype=torch.bool)

@@ -177,15 +177,9 @@ class IsotonicCalibrator:
     ) -> IsotonicCalibrator:
         from sklearn.isotonic import IsotonicRegression
 
-        x = _prob_array(error_prob, "error_prob")
-        y = _bool_array(outcome, "outcome", x.size).astype(float)
-        w = _weights(sample_weight, x.size)
-        keep = w > 0
-        x, y, w = x[keep], y[keep], w[keep]
-        if x.size == 0:
-            raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
+        x, y, w = _calibration_data(error_prob, outcome, sample_weight)
         fitted = IsotonicRegression(y_min=self.y_min, y_max=self.y_max, out_of_bounds="clip").fit(
-            x, y, sample_weight=w
+            x, y.astype(float), sample_weight=w
         )
         self.x_thresholds_ = np.asarray(fitted.X_thresholds_, dtype=float)
         self.y_thresholds_ = np.asarray(fitted.y_thresholds_, dtype=float)
@@ -198,6 +192,19 @@ class IsotonicCalibrator:
         return np.interp(x, self.x_thresholds_, self.y_thresholds_)
 
     __call__ = predict
+
+
+def _calibration_data(
+    error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(error_prob, outcome as bool, weight) of the items with a positive weight; ValueError if none."""
+    x = _prob_array(error_prob, "error_prob")
+    y = _bool_array(outcome, "outcome", x.size)
+    w = _weights(sample_weight, x.size)
+    keep = w > 0
+    if not keep.any():
+        raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
+    return x[keep], y[keep], w[keep]
 
 
 class PlattCalibrator:
@@ -224,11 +231,7 @@ class PlattCalibrator:
     def fit(
         self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
     ) -> PlattCalibrator:
-        x = _prob_array(error_prob, "error_prob")
-        y = _bool_array(outcome, "outcome", x.size)
-        w = _weights(sample_weight, x.size)
-        if w.sum() <= 0:
-            raise ValueError("cannot fit a calibrator on zero items (or all weights zero)")
+        x, y, w = _calibration_data(error_prob, outcome, sample_weight)
         s = logit(x, self.eps)
         n_pos, n_neg = float(w[y].sum()), float(w[~y].sum())
         t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))

@@ -161,6 +161,18 @@ def _rng(seed: SeedLike) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
 
 
+def _checked_probs(review_prob: np.ndarray, *, one_dimensional: bool = False) -> np.ndarray:
+    """review_prob as floats; ValueError naming the first value outside [0, 1] (or NaN)."""
+    pi = np.asarray(review_prob, dtype=float)
+    if one_dimensional and pi.ndim != 1:
+        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
+    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
+    if bad.any():
+        i = int(np.flatnonzero(bad.ravel())[0])
+        raise ValueError(f"review_prob must be in [0, 1]; got {pi.ravel()[i].item()!r} at index {i}")
+    return pi
+
+
 def _seed_value(seed: SeedLike) -> int | None:
     return int(seed) if isinstance(seed, int | np.integer) else None
 
@@ -315,13 +327,7 @@ def sample_systematic(
     positively correlated: their count varied 6x as much as under Poisson sampling
     (docs/statistics.md section 2).  Kept for comparison; :func:`select` uses the pivotal design.
     """
-    pi = np.asarray(review_prob, dtype=float)
-    if pi.ndim != 1:
-        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
-    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    pi = _checked_probs(review_prob, one_dimensional=True)
     rng = _rng(seed)
     certain = pi >= 1.0
     chosen = certain.copy()
@@ -354,13 +360,7 @@ def sample_pivotal(review_prob: np.ndarray, seed: SeedLike = 0, *, max_size: int
     (docs/statistics.md section 2).  O(N) in a Python loop over the fractional units (0.3 s for
     a million items).
     """
-    pi = np.asarray(review_prob, dtype=float)
-    if pi.ndim != 1:
-        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
-    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    pi = _checked_probs(review_prob, one_dimensional=True)
     rng = _rng(seed)
     chosen = pi >= 1.0
     order = rng.permutation(np.flatnonzero((pi > 0.0) & (pi < 1.0)))
@@ -417,11 +417,7 @@ def sample_poisson(review_prob: np.ndarray, seed: SeedLike = 0) -> np.ndarray:
     the budget is *not* hard, which is why :func:`select` uses :func:`sample_pivotal`.
     Provided for simulations and for checking variance formulas.
     """
-    pi = np.asarray(review_prob, dtype=float)
-    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
-    if bad.any():
-        i = int(np.flatnonzero(bad.ravel())[0])
-        raise ValueError(f"review_prob must be in [0, 1]; got {pi.ravel()[i].item()!r} at index {i}")
+    pi = _checked_probs(review_prob)
     return _rng(seed).random(pi.shape) < pi
 
 

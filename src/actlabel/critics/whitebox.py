@@ -142,13 +142,7 @@ class CoTLogitCritic(Strategy):
             yes_no_request(ctx.messages(target, "critic_analysis"), prefix), wrong_probability
         )
         if isinstance(second, ParseFailure):
-            return ParseFailure(
-                analysis + "\n\n" + second.raw_text,
-                second.error,
-                second.response,
-                second.attempts + 1,
-                (analysis, *second.raw_texts),
-            )
+            return second.after(analysis, "\n\n")
         e = second.value
         reason = stated_reason(analysis) or f"P(wrong)={e:.2f} after the analysis"
         stated = stated_label(analysis, ctx.labels)

@@ -131,6 +131,17 @@ class ParseFailure:
 
     ok = False
 
+    def after(self, first: str, joiner: str) -> ParseFailure:
+        """This failure as the second step of a two-step call whose first step answered `first`
+        (reasoning, then the answer): the stored raw text is both, joined."""
+        return ParseFailure(
+            first + joiner + self.raw_text,
+            self.error,
+            self.response,
+            self.attempts + 1,
+            (first, *self.raw_texts),
+        )
+
 
 #: temperature used for re-asks when the request was greedy: enough to change a degenerate answer,
 #: small enough to stay on task

@@ -159,15 +159,9 @@ class RunUsage:
 
     def run_fields(self) -> dict[str, float]:
         """The counters under the names of the store's `runs` table: store.finish_run(id, **u.run_fields())."""
-        with self._lock:
-            return {
-                "calls": self.calls,
-                "cache_hits": self.cache_hits,
-                "failures": self.failed_calls,
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "cost": round(self.cost, 6),
-            }
+        snap = self.snapshot()
+        counters = ("calls", "cache_hits", "input_tokens", "output_tokens", "cost")
+        return {**{k: snap[k] for k in counters}, "failures": snap["failed_calls"]}
 
     def summary(self) -> str:
         """One line for logs and progress: 'calls 120 (cache 30) | tokens 51k in / 2k out | $0.0123'."""

@@ -112,6 +112,24 @@ def labelstudio_config_path(out: str | Path) -> Path:
     return out.with_name(f"{out.stem}.labelstudio.xml")
 
 
+def add_label_question(view: ET.Element, labels: list[Any], target: str, *, multi_label: bool) -> None:
+    """The `label` question of a Label Studio view: one choice per label, its description as the
+    hint; checkboxes (`choice="multiple"`) for a multi-label task."""
+    choices = ET.SubElement(
+        view,
+        "Choices",
+        name=QUESTION,
+        toName=target,
+        choice="multiple" if multi_label else "single",
+        showInLine="true",
+    )
+    for label in labels:
+        attrs = {"value": label.name}
+        if label.description:
+            attrs["hint"] = label.description
+        ET.SubElement(choices, "Choice", attrs)
+
+
 def labelstudio_config(
     labels: list[Any], has_text: bool = True, has_image: bool = False, *, multi_label: bool = False
 ) -> str:
@@ -124,19 +142,7 @@ def labelstudio_config(
         ET.SubElement(view, "Image", name="image", value="$image")
     ET.SubElement(view, "Header", value="Machine label and critic")
     ET.SubElement(view, "Text", name="critic", value="$critic_note")
-    choices = ET.SubElement(
-        view,
-        "Choices",
-        name=QUESTION,
-        toName="text" if has_text else "image",
-        choice="multiple" if multi_label else "single",
-        showInLine="true",
-    )
-    for label in labels:
-        attrs = {"value": label.name}
-        if label.description:
-            attrs["hint"] = label.description
-        ET.SubElement(choices, "Choice", attrs)
+    add_label_question(view, labels, "text" if has_text else "image", multi_label=multi_label)
     ET.indent(view)
     return ET.tostring(view, encoding="unicode") + "\n"
 

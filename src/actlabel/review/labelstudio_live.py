@@ -170,19 +170,7 @@ def live_config(
     if has_image:
         ET.SubElement(view, "Image", name="image", value="$image")
     target = "text" if has_text else "image"
-    choices = ET.SubElement(
-        view,
-        "Choices",
-        name=adapters.QUESTION,
-        toName=target,
-        choice="multiple" if multi_label else "single",
-        showInLine="true",
-    )
-    for label in labels:
-        attrs = {"value": label.name}
-        if label.description:
-            attrs["hint"] = label.description
-        ET.SubElement(choices, "Choice", attrs)
+    adapters.add_label_question(view, labels, target, multi_label=multi_label)
     ET.SubElement(
         view, "Header", value="actlabel critic (sort by prediction score, ascending: most suspicious first)"
     )
