@@ -150,7 +150,6 @@ def _check_options(lam: float, max_weight: float | None, reduction: str) -> tupl
 
 def _check_shapes(
     logits: torch.Tensor,
-    axis: str,
     machine_labels: torch.Tensor,
     human_labels: torch.Tensor,
     reviewed: torch.Tensor,
@@ -158,7 +157,9 @@ def _check_shapes(
     *,
     labels_2d: bool,
 ) -> tuple[int, int]:
-    """(batch, classes or labels) of the logits; ValueError naming the first tensor of another shape."""
+    """(batch, classes or labels) of the logits; ValueError naming the first tensor of another shape.
+    labels_2d: multi-label, the labels are (batch, labels) 0/1 matrices."""
+    axis = "labels" if labels_2d else "classes"
     if logits.ndim != 2:
         raise ValueError(f"logits must have shape (batch, {axis}), got {tuple(logits.shape)}")
     b, k = logits.shape
@@ -208,9 +209,7 @@ def act_loss(
     import torch.nn.functional as F
 
     lam, max_weight = _check_options(lam, max_weight, reduction)
-    b, k = _check_shapes(
-        logits, "classes", machine_labels, human_labels, reviewed, review_prob, labels_2d=False
-    )
+    b, k = _check_shapes(logits, machine_labels, human_labels, reviewed, review_prob, labels_2d=False)
     d = reviewed.to(device=logits.device, dtype=torch.bool)
     m = machine_labels.to(device=logits.device, dtype=torch.long)
     h = human_labels.to(device=logits.device, dtype=torch.long)
@@ -278,9 +277,7 @@ def act_bce_loss(
     import torch.nn.functional as F
 
     lam, max_weight = _check_options(lam, max_weight, reduction)
-    b, k = _check_shapes(
-        logits, "labels", machine_labels, human_labels, reviewed, review_prob, labels_2d=True
-    )
+    b, k = _check_shapes(logits, machine_labels, human_labels, reviewed, review_prob, labels_2d=True)
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     logits = logits.to(work)
     d = reviewed.to(device=logits.device, dtype=torch.bool)
