@@ -9,6 +9,8 @@ constrained-choice reading of the label probabilities. Variants:
 - completion: no chat template, a plain few-shot text ("Tweet: ...\\nSentiment: negative" per
   example), the label read as the next word;
 - one turn: the same text as a single user turn of the chat template;
+- rule first: the chat turns with the answer rule before each input instead of after it (the
+  rule then joins the cached prefix: about 40 tokens evaluated per item instead of about 63);
 - ensembles: the sum of the formats' log-probabilities (each format's bias differs).
 For each, accuracy of the argmax ("raw") and after dividing by the pool's mean distribution
 (the label model's prior correction), per-label recall and the predicted counts.
@@ -31,8 +33,8 @@ from actlabel.models.llama_local import LlamaBackend, log_softmax, resolve_local
 from actlabel.store import Item
 from actlabel.task import Example, Label, Task
 
-FORMATS = ("chat turns", "completion", "one turn")
-ENSEMBLES = {"chat turns + completion": ("chat turns", "completion"), "all three": FORMATS}
+FORMATS = ("chat turns", "completion", "one turn", "rule first")
+ENSEMBLES = {"chat turns + completion": ("chat turns", "completion"), "all four": FORMATS}
 
 
 def demo_task_and_pool(seed: int, n: int) -> tuple[Task, list[str], np.ndarray]:
@@ -69,6 +71,8 @@ class Formats:
         if fmt == "chat turns":
             item = Item(rowid=1, item_id="x", data={"text": text}, image_path=None, gold_label=None)
             return self._choices(prompting.annotation_messages(self.task, item, cot=False))
+        if fmt == "rule first":
+            return self._choices(self._rule_first(text))
         body = self.head + self.shots + f"Tweet: {text.strip()}\nSentiment:"
         if fmt == "one turn":
             return self._choices((Message.text("user", body),))
@@ -77,6 +81,16 @@ class Formats:
         # the first token of " label" after the prompt (the three labels' first tokens differ)
         scores = np.array([first[self.backend.tokenize(body + " " + n)[len(tokens)]] for n in self.names])
         return scores - np.logaddexp.reduce(scores)
+
+    def _rule_first(self, text: str) -> tuple[Message, ...]:
+        rule = f"Answer with the label only, exactly as written in the list: {', '.join(self.names)}."
+        turns = [prompting.system_message(self.task, "annotate_system")]
+        for e in self.task.examples:
+            turns.append(
+                Message.text("user", f"{rule}\n\n{prompting.render_input([('text', e.text)], False)}")
+            )
+            turns.append(Message.text("assistant", e.label))
+        return (*turns, Message.text("user", f"{rule}\n\n{prompting.render_input([('text', text)], False)}"))
 
     def _choices(self, messages: tuple[Message, ...]) -> np.ndarray:
         r = self.backend.chat_sync(ChatRequest(messages=messages, choices=tuple(self.names), max_tokens=8))
