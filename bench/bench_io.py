@@ -21,6 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from benchdoc import machine_line, write_section  # noqa: E402
 
+from actlabel.store import CURRENT_QUERY  # noqa: E402
+
 PHASE = r"""
 import json, resource, sys, time
 from actlabel.project import Project
@@ -103,16 +105,6 @@ print(json.dumps({"rows": len(rows), "seconds": elapsed, "peak_mb": resource.get
 """
 
 
-def _current_sql() -> str:
-    """The SQL of Store.iter_current, so the naive export runs the very same query."""
-    import inspect
-
-    from actlabel.store import Store
-
-    source = inspect.getsource(Store.iter_current)
-    return source.split('sql = """', 1)[1].split('"""', 1)[0]
-
-
 def make_inputs(folder: Path, rows: int) -> tuple[Path, Path, Path]:
     """Write the inputs in a child process: Linux keeps a process's peak RSS across fork and exec,
     so a parent that held a million rows would put its own peak under every phase's figure."""
@@ -165,7 +157,7 @@ def phase(kind: str, proj: Path, path: Path) -> dict:
     elif kind == "naive-same-cache":
         script, args = NAIVE, [str(proj), str(path), store_cache_pragma()]
     elif kind == "naive-export":
-        script = NAIVE_EXPORT.replace("SQL = None", f"SQL = {_current_sql()!r}", 1)
+        script = NAIVE_EXPORT.replace("SQL = None", f"SQL = {CURRENT_QUERY!r}", 1)
         args = [str(proj / "actlabel.db"), str(path)]
     else:
         script, args = PHASE, [kind, str(proj), str(path)]

@@ -27,6 +27,7 @@ from actlabel.cli import main
 from actlabel.project import Project
 
 from .conftest import LABELS, TWEETS, write_csv
+from .test_store import schema_4_project
 
 
 def cli(*args: str | Path):
@@ -307,6 +308,26 @@ def test_a_read_only_project_is_one_line_and_still_readable(tmp_path: Path) -> N
         assert json.loads(r.stdout)["items"] == len(TWEETS)
         r = run("export", root, tmp_path / "out.csv", unprivileged=True)
         assert r.returncode == 0, r.stderr
+    finally:
+        os.chmod(db, 0o644)
+    assert db.read_bytes() == before
+
+
+def test_a_read_only_project_of_the_previous_schema_is_read_without_migrating(tmp_path: Path) -> None:
+    schema_4_project(tmp_path / "p", [("x", '{"text": "one"}'), ("y", '{"text": "two"}')])
+    db = tmp_path / "p" / "actlabel.db"
+    before = db.read_bytes()
+    os.chmod(db, 0o444)
+    try:
+        r = run("status", tmp_path / "p", "--json", unprivileged=True)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["items"] == 2
+        r = run("export", tmp_path / "p", tmp_path / "out.csv", unprivileged=True)
+        assert r.returncode == 0, r.stderr
+        r = run(
+            "import", tmp_path / "p", write_csv(tmp_path / "more.csv", [{"text": "x"}]), unprivileged=True
+        )
+        assert_subprocess_one_line(r, "read-only")
     finally:
         os.chmod(db, 0o644)
     assert db.read_bytes() == before

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from actlabel.errors import NotAProject, ProjectBusy, UserError
-from actlabel.store import DB_NAME, MIGRATIONS, Store
+from actlabel.store import DB_NAME, FORMAT, MIGRATIONS, Store
 from actlabel.task import Label, Task
 
 
@@ -52,6 +52,71 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(UserError, match="newer actlabel"):
         Store.open(tmp_path / "p")
+
+
+def schema_4_project(root: Path, items: list[tuple[str, str]]) -> None:
+    """A project as the last release before the item_id index left the column wrote it."""
+    root.mkdir()
+    conn = sqlite3.connect(root / DB_NAME, isolation_level=None)
+    for script in MIGRATIONS[:4]:
+        conn.executescript(script)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+    conn.execute("INSERT INTO meta VALUES ('task', ?)", (make_task().to_json(),))
+    conn.execute("INSERT INTO runs (stage, started_at) VALUES ('import', 0)")
+    conn.executemany(
+        "INSERT INTO items (rowid, item_id, data, run_id) VALUES (?, ?, ?, 1)",
+        [(10 + 3 * i, item_id, data) for i, (item_id, data) in enumerate(items)],
+    )
+    conn.close()
+
+
+def test_schema_5_moves_item_id_uniqueness_to_a_named_index_and_keeps_every_row(tmp_path: Path) -> None:
+    items = [("x", '{"text": "one"}'), ("y", '{"text": "two"}'), ("z", '{"text": "three"}')]
+    schema_4_project(tmp_path / "p", items)
+    with Store.open(tmp_path / "p") as store:
+        assert store.conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+        assert store.conn.execute("SELECT rowid, item_id, data FROM items ORDER BY rowid").fetchall() == [
+            (10, "x", '{"text": "one"}'),
+            (13, "y", '{"text": "two"}'),
+            (16, "z", '{"text": "three"}'),
+        ]
+        assert store._has_index("items_item_id")
+        assert store.conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        with store.transaction():
+            assert store.insert_items([("y", "{}", None, None), ("w", "{}", None, None)], 1) == 1
+        with pytest.raises(sqlite3.IntegrityError):
+            store.conn.execute("INSERT INTO items (item_id, data, run_id) VALUES ('x', '{}', 1)")
+
+
+def test_a_first_import_builds_the_item_id_index_once_at_the_end(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "p", make_task())
+    with store.transaction(), store.deferred_item_index() as deferred:
+        assert deferred and not store._has_index("items_item_id")
+        store.insert_items([(f"id{i}", "{}", None, None) for i in range(50)], 1)
+    assert store._has_index("items_item_id") and store.count_items() == 50
+    # a second import keeps the index and checks every id against it
+    with store.transaction(), store.deferred_item_index() as deferred:
+        assert not deferred and store._has_index("items_item_id")
+        assert store.insert_items([("id3", "{}", None, None), ("new", "{}", None, None)], 2) == 1
+    store.close()
+
+
+def test_a_failed_first_import_keeps_the_index_and_no_row(tmp_path: Path) -> None:
+    store = Store.create(tmp_path / "p", make_task())
+    with pytest.raises(RuntimeError), store.transaction(), store.deferred_item_index():
+        store.insert_items([("a", "{}", None, None)], 1)
+        raise RuntimeError("the file was cut")
+    assert store._has_index("items_item_id") and store.count_items() == 0
+    # ids repeated within a first import fail the index build: one line, nothing stored
+    with (
+        pytest.raises(UserError, match="repeats within the import"),
+        store.transaction(),
+        store.deferred_item_index(),
+    ):
+        store.insert_items([("a", "{}", None, None), ("a", "{}", None, None)], 1)
+    assert store._has_index("items_item_id") and store.count_items() == 0
+    store.close()
 
 
 def test_latest_record_wins_and_old_records_stay(tmp_path: Path) -> None:
@@ -193,7 +258,7 @@ def test_response_cache_copies_another_projects_answers_without_replacing_its_ow
     assert cache.get("only-theirs") == {"text": "new"}
     assert len(cache) == 2
     assert cache.copy_from(tmp_path / "src" / DB_NAME) == 0
-    assert store.conn.execute("PRAGMA database_list").fetchall()[-1][1] == "main"  # detached
+    assert "src" not in [row[1] for row in store.conn.execute("PRAGMA database_list")]  # detached
 
 
 def _rows_on_disk(root: Path) -> int:

@@ -135,7 +135,9 @@ def import_path(
             _batch_to_records(path, first_row, batch, roles, labels, seen, root, multi_label_names)
             for first_row, batch in batches
         )
-        with store.transaction():
+        # a first import appends rows whose ids are unique among themselves (_SeenIds): the item_id
+        # index is built once at the end
+        with store.transaction(), store.deferred_item_index():
             try:
                 for records in prepared:
                     if check_existing:
