@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Self
 
 import numpy as np
 
@@ -159,7 +159,34 @@ def expected_calibration_error(
 # calibration
 
 
-class IsotonicCalibrator:
+class _CalibratorBase:
+    """fit / predict of a calibrator: the inputs checked once here (`_calibration_data`: items
+    with a positive weight), the map itself in `_fit` / `_predict` of each method."""
+
+    #: the learned attribute that says the calibrator is fitted
+    _fitted_attr = ""
+
+    def fit(
+        self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> Self:
+        self._fit(*_calibration_data(error_prob, outcome, sample_weight))
+        return self
+
+    def predict(self, error_prob: np.ndarray) -> np.ndarray:
+        if not hasattr(self, self._fitted_attr):
+            raise ValueError(f"{type(self).__name__} is not fitted yet: call fit first")
+        return self._predict(_prob_array(error_prob, "error_prob"))
+
+    __call__ = predict
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class IsotonicCalibrator(_CalibratorBase):
     """Monotone (non-decreasing) map from error_prob to P(error): scikit-learn's
     ``IsotonicRegression`` (pool-adjacent-violators).
 
@@ -172,26 +199,19 @@ class IsotonicCalibrator:
         self.y_min = y_min
         self.y_max = y_max
 
-    def fit(
-        self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
-    ) -> IsotonicCalibrator:
+    _fitted_attr = "x_thresholds_"
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
         from sklearn.isotonic import IsotonicRegression
 
-        x, y, w = _calibration_data(error_prob, outcome, sample_weight)
         fitted = IsotonicRegression(y_min=self.y_min, y_max=self.y_max, out_of_bounds="clip").fit(
             x, y.astype(float), sample_weight=w
         )
         self.x_thresholds_ = np.asarray(fitted.X_thresholds_, dtype=float)
         self.y_thresholds_ = np.asarray(fitted.y_thresholds_, dtype=float)
-        return self
 
-    def predict(self, error_prob: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "x_thresholds_"):
-            raise ValueError("IsotonicCalibrator is not fitted yet: call fit first")
-        x = _prob_array(error_prob, "error_prob")
+    def _predict(self, x: np.ndarray) -> np.ndarray:
         return np.interp(x, self.x_thresholds_, self.y_thresholds_)
-
-    __call__ = predict
 
 
 def _calibration_data(
@@ -207,7 +227,7 @@ def _calibration_data(
     return x[keep], y[keep], w[keep]
 
 
-class PlattCalibrator:
+class PlattCalibrator(_CalibratorBase):
     """Logistic recalibration: P(error) = sigmoid(a * logit(e) + b).
 
     On the logit of the critic's probability (identity at a = 1, b = 0), fitted by Newton's method
@@ -228,10 +248,9 @@ class PlattCalibrator:
         self.tol = tol
         self.eps = eps
 
-    def fit(
-        self, error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None = None
-    ) -> PlattCalibrator:
-        x, y, w = _calibration_data(error_prob, outcome, sample_weight)
+    _fitted_attr = "coef_"
+
+    def _fit(self, x: np.ndarray, y: np.ndarray, w: np.ndarray) -> None:
         s = logit(x, self.eps)
         n_pos, n_neg = float(w[y].sum()), float(w[~y].sum())
         t = np.where(y, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
@@ -271,15 +290,9 @@ class PlattCalibrator:
         self.coef_ = float(theta[0])
         self.intercept_ = float(theta[1])
         self.n_iter_ = n_iter
-        return self
 
-    def predict(self, error_prob: np.ndarray) -> np.ndarray:
-        if not hasattr(self, "coef_"):
-            raise ValueError("PlattCalibrator is not fitted yet: call fit first")
-        s = logit(_prob_array(error_prob, "error_prob"), self.eps)
-        return sigmoid(self.coef_ * s + self.intercept_)
-
-    __call__ = predict
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        return sigmoid(self.coef_ * logit(x, self.eps) + self.intercept_)
 
 
 Calibrator = IsotonicCalibrator | PlattCalibrator
@@ -496,25 +509,25 @@ def budget_curve(error_prob: np.ndarray, is_error: np.ndarray, budgets: np.ndarr
     return _curve(fixed, b, n, int(y.sum()))
 
 
+def _reference_curve_inputs(
+    is_error: np.ndarray, budgets: np.ndarray, name: str
+) -> tuple[np.ndarray, int, int]:
+    """(budgets checked, N, errors) for a curve that needs no critic; ValueError naming `name`."""
+    y = _bool_array(is_error, "is_error")
+    if y.size == 0:
+        raise ValueError(f"{name} needs at least one item")
+    return _check_budgets(budgets, y.size), y.size, int(y.sum())
+
+
 def random_budget_curve(is_error: np.ndarray, budgets: np.ndarray) -> BudgetCurve:
     """Expected curve for B uniformly random reviews: fixed(B) = B * errors / N (closed form)."""
-    y = _bool_array(is_error, "is_error")
-    n = y.size
-    if n == 0:
-        raise ValueError("random_budget_curve needs at least one item")
-    b = _check_budgets(budgets, n)
-    k = int(y.sum())
+    b, n, k = _reference_curve_inputs(is_error, budgets, "random_budget_curve")
     return _curve(b * k / n, b, n, k)
 
 
 def oracle_budget_curve(is_error: np.ndarray, budgets: np.ndarray) -> BudgetCurve:
     """Curve of a perfect critic: fixed(B) = min(B, errors)."""
-    y = _bool_array(is_error, "is_error")
-    n = y.size
-    if n == 0:
-        raise ValueError("oracle_budget_curve needs at least one item")
-    b = _check_budgets(budgets, n)
-    k = int(y.sum())
+    b, n, k = _reference_curve_inputs(is_error, budgets, "oracle_budget_curve")
     return _curve(np.minimum(b, k).astype(float), b, n, k)
 
 

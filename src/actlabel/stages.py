@@ -21,7 +21,7 @@ from actlabel.models.base import Backend, ModelError
 from actlabel.models.cache import CachedBackend
 from actlabel.models.retry import ParseFailure
 from actlabel.models.spec import IMAGE_ANNOTATOR_SPEC, ModelSpec
-from actlabel.models.usage import MeteredBackend, PriceTable, RunUsage
+from actlabel.models.usage import CallCounts, MeteredBackend, PriceTable, RunUsage
 from actlabel.options import StageOptions
 from actlabel.store import Item, Store
 
@@ -184,19 +184,14 @@ def stage_run(
 
 
 @dataclass(kw_only=True)
-class StageResult:
-    """What every item stage reports: how many items ended how, and what the model calls cost.
-    AnnotateResult and CritiqueResult add what only they know (accuracy, AUROC vs gold)."""
+class StageResult(CallCounts):
+    """What every item stage reports: how many items ended how, and what the model calls cost
+    (CallCounts). AnnotateResult and CritiqueResult add what only they know (accuracy, AUROC vs gold)."""
 
     done: int = 0
     failed: int = 0
     skipped: int = 0
     left: int = 0
-    calls: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
     elapsed: float = 0.0
     stopped: str | None = None
     run_id: int | None = None
@@ -204,13 +199,7 @@ class StageResult:
 
     def take_usage(self, usage: RunUsage, engine: Any, run_id: int) -> None:
         """Copy the run's call counters and the engine's time and stop reason."""
-        snap = usage.snapshot()
-        self.calls, self.cache_hits = snap["calls"], snap["cache_hits"]
-        self.input_tokens, self.output_tokens, self.cost = (
-            snap["input_tokens"],
-            snap["output_tokens"],
-            snap["cost"],
-        )
+        self.copy_counts(usage.counts())
         self.elapsed, self.stopped, self.run_id = engine.elapsed, engine.cap_reason, run_id
 
     def line(self, head: str, extra: Sequence[str] = ()) -> str:

@@ -17,7 +17,7 @@ import json
 import threading
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -104,21 +104,33 @@ class PriceTable:
         return (input_tokens * p[0] + output_tokens * p[1]) / 1_000_000
 
 
-@dataclass
-class RunUsage:
+@dataclass(kw_only=True)
+class CallCounts:
+    """What a run's model calls were and cost: RunUsage counts them as they happen, every stage's
+    result (stages.StageResult) reports them, and the store's `runs` row keeps them."""
+
+    calls: int = 0
+    cache_hits: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+
+    def copy_counts(self, other: CallCounts) -> None:
+        for f in fields(CallCounts):
+            setattr(self, f.name, getattr(other, f.name))
+
+
+@dataclass(kw_only=True)
+class RunUsage(CallCounts):
     """Counters for one run. `input_tokens`/`output_tokens`/`cost` count only calls actually made;
     answers served from the cache are counted in `cache_hits` and `saved_cost`."""
 
     prices: PriceTable = field(default_factory=PriceTable)
-    calls: int = 0
-    cache_hits: int = 0
     failed_calls: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost: float = 0.0
     saved_cost: float = 0.0
     unpriced: set[str] = field(default_factory=set)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # reentrant: snapshot() reads counts() under it, so that one snapshot is of one moment
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def record(self, spec: str, response: ChatResponse) -> None:
         u = response.usage
@@ -144,24 +156,27 @@ class RunUsage:
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
+    def counts(self) -> CallCounts:
+        """The call counters as they are now (cost rounded to 1e-6 dollars), read under the lock."""
+        with self._lock:
+            now = CallCounts()
+            now.copy_counts(self)
+        now.cost = round(now.cost, 6)
+        return now
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {
-                "calls": self.calls,
-                "cache_hits": self.cache_hits,
+                **asdict(self.counts()),
                 "failed_calls": self.failed_calls,
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "cost": round(self.cost, 6),
                 "saved_cost": round(self.saved_cost, 6),
                 "unpriced": sorted(self.unpriced),
             }
 
     def run_fields(self) -> dict[str, float]:
         """The counters under the names of the store's `runs` table: store.finish_run(id, **u.run_fields())."""
-        snap = self.snapshot()
-        counters = ("calls", "cache_hits", "input_tokens", "output_tokens", "cost")
-        return {**{k: snap[k] for k in counters}, "failures": snap["failed_calls"]}
+        with self._lock:
+            return {**asdict(self.counts()), "failures": self.failed_calls}
 
     def summary(self) -> str:
         """One line for logs and progress: 'calls 120 (cache 30) | tokens 51k in / 2k out | $0.0123'."""
