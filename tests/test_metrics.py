@@ -97,7 +97,7 @@ def test_ece_is_small_for_a_calibrated_forecaster_and_weights_count() -> None:
 def test_metric_validation() -> None:
     with pytest.raises(ValueError, match=r"prob must be in \[0, 1\]; got -0.1 at index 1"):
         expected_calibration_error(np.array([0.2, -0.1]), np.array([0, 1]))
-    with pytest.raises(ValueError, match="outcome must have length 2"):
+    with pytest.raises(ValueError, match=r"outcome must have shape \(2,\), got \(3,\)"):
         expected_calibration_error(np.array([0.2, 0.1]), np.array([0, 1, 1]))
     with pytest.raises(ValueError, match="is_error must be boolean or 0/1; got 2 at index 0"):
         error_detection_auroc(np.array([0.2, 0.1]), np.array([2, 1]))

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from actlabel.validate import bool_array, prob_array
+
 if TYPE_CHECKING:  # pragma: no cover - typing only; torch is optional
     import torch
 
@@ -60,22 +62,8 @@ def _check_max_weight(max_weight: float | None) -> float | None:
 
 
 def _np_reviewed_prob(reviewed: np.ndarray, review_prob: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    d = np.asarray(reviewed)
-    if d.shape != (n,):
-        raise ValueError(f"reviewed must have shape ({n},), got {d.shape}")
-    if d.dtype != bool:
-        ok = np.isin(d, (0, 1))
-        if not ok.all():
-            i = int(np.flatnonzero(~ok)[0])
-            raise ValueError(f"reviewed must be boolean or 0/1; got {d[i].item()!r} at index {i}")
-        d = d.astype(bool)
-    pi = np.asarray(review_prob, dtype=float)
-    if pi.shape != (n,):
-        raise ValueError(f"review_prob must have shape ({n},), got {pi.shape}")
-    bad = ~np.isfinite(pi) | (pi < 0) | (pi > 1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"review_prob must be in [0, 1]; got {pi[i].item()!r} at index {i}")
+    d = bool_array(reviewed, "reviewed", n)
+    pi = prob_array(review_prob, "review_prob", n)
     bad = d & (pi <= 0)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -24,35 +24,10 @@ from typing import Literal, Self
 import numpy as np
 
 from actlabel.logistic import logit, sigmoid, two_sided_z
+from actlabel.validate import bool_array, prob_array
 
 # ----------------------------------------------------------------------------------------------
 # validation helpers
-
-
-def _prob_array(x: np.ndarray, name: str) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
-    bad = ~np.isfinite(a) | (a < 0) | (a > 1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{name} must be in [0, 1]; got {a[i].item()!r} at index {i}")
-    return a
-
-
-def _bool_array(x: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
-    if n is not None and a.shape[0] != n:
-        raise ValueError(f"{name} must have length {n}, got {a.shape[0]}")
-    if a.dtype != bool:
-        ok = np.isin(a, (0, 1))
-        if not ok.all():
-            i = int(np.flatnonzero(~ok)[0])
-            raise ValueError(f"{name} must be boolean or 0/1; got {a[i].item()!r} at index {i}")
-        a = a.astype(bool)
-    return a
 
 
 def _weights(sample_weight: np.ndarray | None, n: int) -> np.ndarray:
@@ -84,7 +59,7 @@ def error_detection_auroc(error_prob: np.ndarray, is_error: np.ndarray) -> float
     e = np.asarray(error_prob, dtype=float)
     if e.ndim != 1 or (~np.isfinite(e)).any():
         raise ValueError("error_prob must be a 1-D array of finite numbers")
-    y = _bool_array(is_error, "is_error", e.size)
+    y = bool_array(is_error, "is_error", e.size)
     n1 = int(y.sum())
     n0 = y.size - n1
     if n1 == 0 or n0 == 0:
@@ -114,8 +89,8 @@ def reliability_diagram(
     ``sample_weight`` (e.g. 1/pi on reviewed items) makes the means weighted, so the diagram
     estimates the whole population's calibration from a non-uniform sample.
     """
-    p = _prob_array(prob, "prob")
-    y = _bool_array(outcome, "outcome", p.size).astype(float)
+    p = prob_array(prob, "prob")
+    y = bool_array(outcome, "outcome", p.size).astype(float)
     w = _weights(sample_weight, p.size)
     if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
         raise ValueError(f"n_bins must be a whole number >= 1, got {n_bins!r}")
@@ -175,7 +150,7 @@ class _CalibratorBase:
     def predict(self, error_prob: np.ndarray) -> np.ndarray:
         if not hasattr(self, self._fitted_attr):
             raise ValueError(f"{type(self).__name__} is not fitted yet: call fit first")
-        return self._predict(_prob_array(error_prob, "error_prob"))
+        return self._predict(prob_array(error_prob, "error_prob"))
 
     __call__ = predict
 
@@ -218,8 +193,8 @@ def _calibration_data(
     error_prob: np.ndarray, outcome: np.ndarray, sample_weight: np.ndarray | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(error_prob, outcome as bool, weight) of the items with a positive weight; ValueError if none."""
-    x = _prob_array(error_prob, "error_prob")
-    y = _bool_array(outcome, "outcome", x.size)
+    x = prob_array(error_prob, "error_prob")
+    y = bool_array(outcome, "outcome", x.size)
     w = _weights(sample_weight, x.size)
     keep = w > 0
     if not keep.any():
@@ -350,8 +325,8 @@ def ece_before_after(
     on the other folds, and the ECE is computed on the pooled out-of-fold predictions.
     ``n_folds = 1`` fits and evaluates on the same items (in-sample: optimistic, shown as such).
     """
-    e = _prob_array(error_prob, "error_prob")
-    y = _bool_array(outcome, "outcome", e.size)
+    e = prob_array(error_prob, "error_prob")
+    y = bool_array(outcome, "outcome", e.size)
     w = _weights(sample_weight, e.size)
     if isinstance(n_folds, bool) or not isinstance(n_folds, int | np.integer) or n_folds < 1:
         raise ValueError(f"n_folds must be a whole number >= 1, got {n_folds!r}")
@@ -403,10 +378,10 @@ def annotation_quality_gain(
     always right unless ``human_correct`` says otherwise.  B = number reviewed.
     efficiency = errors fixed / min(B, errors): 1 means an oracle critic would have done no better.
     """
-    mc = _bool_array(machine_correct, "machine_correct")
+    mc = bool_array(machine_correct, "machine_correct")
     n = mc.size
-    r = _bool_array(reviewed_mask, "reviewed_mask", n)
-    hc = np.ones(n, dtype=bool) if human_correct is None else _bool_array(human_correct, "human_correct", n)
+    r = bool_array(reviewed_mask, "reviewed_mask", n)
+    hc = np.ones(n, dtype=bool) if human_correct is None else bool_array(human_correct, "human_correct", n)
     if n == 0:
         raise ValueError("annotation_quality_gain needs at least one item")
     final = np.where(r, hc, mc)
@@ -489,8 +464,8 @@ def budget_curve(error_prob: np.ndarray, is_error: np.ndarray, budgets: np.ndarr
     expectation over a random tie-break: of a tied group of size g holding k errors, taking j
     items fixes j * k / g errors on average.
     """
-    e = _prob_array(error_prob, "error_prob")
-    y = _bool_array(is_error, "is_error", e.size)
+    e = prob_array(error_prob, "error_prob")
+    y = bool_array(is_error, "is_error", e.size)
     n = e.size
     if n == 0:
         raise ValueError("budget_curve needs at least one item")
@@ -513,7 +488,7 @@ def _reference_curve_inputs(
     is_error: np.ndarray, budgets: np.ndarray, name: str
 ) -> tuple[np.ndarray, int, int]:
     """(budgets checked, N, errors) for a curve that needs no critic; ValueError naming `name`."""
-    y = _bool_array(is_error, "is_error")
+    y = bool_array(is_error, "is_error")
     if y.size == 0:
         raise ValueError(f"{name} needs at least one item")
     return _check_budgets(budgets, y.size), y.size, int(y.sum())
@@ -701,10 +676,10 @@ def residual_error_estimate(
     Reviews must be complete: an item selected but skipped by the reviewer counts as unreviewed,
     which is only valid if skipping is unrelated to the label being wrong.
     """
-    e = _prob_array(error_prob, "error_prob")
+    e = prob_array(error_prob, "error_prob")
     n = e.size
-    d = _bool_array(reviewed, "reviewed", n)
-    pi = _prob_array(review_prob, "review_prob")
+    d = bool_array(reviewed, "reviewed", n)
+    pi = prob_array(review_prob, "review_prob")
     if pi.size != n:
         raise ValueError(f"review_prob must have length {n}, got {pi.size}")
     if interval not in ("adjusted", "wald"):
@@ -724,7 +699,7 @@ def residual_error_estimate(
     if not ok.all():
         i = int(np.flatnonzero(d)[np.flatnonzero(~ok)[0]])
         raise ValueError(f"is_error must be 0/1 on reviewed items; got {y_rev[~ok][0].item()!r} at item {i}")
-    ood = np.zeros(n, dtype=bool) if out_of_design is None else _bool_array(out_of_design, "out_of_design", n)
+    ood = np.zeros(n, dtype=bool) if out_of_design is None else bool_array(out_of_design, "out_of_design", n)
     ood &= d
     pi = pi.copy()
     # an outside review of an item the design could never draw (pi = 0): the HT sample cannot stand
@@ -885,9 +860,9 @@ def residual_error_estimate_over_rounds(
     Rounds whose draw left some unreviewed item at p = 0 cannot estimate T and are skipped; with
     none left the result is :func:`residual_error_estimate` on the last round (not identifiable).
     """
-    e = _prob_array(error_prob, "error_prob")
+    e = prob_array(error_prob, "error_prob")
     n = e.size
-    d = _bool_array(reviewed, "reviewed", n)
+    d = bool_array(reviewed, "reviewed", n)
     y = np.asarray(is_error, dtype=float)
     if y.shape != (n,):
         raise ValueError(f"is_error must have length {n} (all items), got {y.shape}")
@@ -899,8 +874,8 @@ def residual_error_estimate_over_rounds(
     sampled_low = errors_low = 0  # reviews at p < 0.5 in the rounds used, and the errors among them
     last = None
     for r in rounds:
-        pop = _bool_array(r.population, "population", n)
-        drawn = _bool_array(r.drawn, "drawn", n) & pop
+        pop = bool_array(r.population, "population", n)
+        drawn = bool_array(r.drawn, "drawn", n) & pop
         drawn_any |= drawn
         prob = np.asarray(r.prob, dtype=float)
         if prob.shape != (n,):

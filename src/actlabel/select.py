@@ -41,6 +41,7 @@ from typing import Literal
 import numpy as np
 
 from actlabel.logistic import sigmoid, two_sided_z
+from actlabel.validate import bool_array, prob_array
 
 Rule = Literal["threshold", "exponential", "normalized"]
 Design = Literal["pivotal", "systematic"]
@@ -113,29 +114,6 @@ class BudgetRecommendation:
 # validation helpers (one-line messages that name the problem)
 
 
-def _as_error_prob(error_prob: np.ndarray) -> np.ndarray:
-    e = np.asarray(error_prob, dtype=float)
-    if e.ndim != 1:
-        raise ValueError(f"error_prob must be a 1-D array, got shape {e.shape}")
-    bad = ~np.isfinite(e) | (e < 0.0) | (e > 1.0)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"error_prob must be in [0, 1]; got {e[i].item()!r} at index {i}")
-    return e
-
-
-def _as_mask(mask: np.ndarray, n: int, name: str) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.shape != (n,):
-        raise ValueError(f"{name} must have shape ({n},), got {m.shape}")
-    if m.dtype != bool:
-        if not np.isin(m, (0, 1)).all():
-            i = int(np.flatnonzero(~np.isin(m, (0, 1)))[0])
-            raise ValueError(f"{name} must be boolean or 0/1; got {m[i].item()!r} at index {i}")
-        m = m.astype(bool)
-    return m
-
-
 def _check_budget(budget: int, n: int, what: str = "items") -> int:
     if isinstance(budget, bool) or not isinstance(budget, int | np.integer):
         if isinstance(budget, float) and budget.is_integer():
@@ -159,18 +137,6 @@ def _check_uniform(uniform: float) -> float:
 
 def _rng(seed: SeedLike) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-
-
-def _checked_probs(review_prob: np.ndarray, *, one_dimensional: bool = False) -> np.ndarray:
-    """review_prob as floats; ValueError naming the first value outside [0, 1] (or NaN)."""
-    pi = np.asarray(review_prob, dtype=float)
-    if one_dimensional and pi.ndim != 1:
-        raise ValueError(f"review_prob must be a 1-D array, got shape {pi.shape}")
-    bad = ~np.isfinite(pi) | (pi < 0.0) | (pi > 1.0)
-    if bad.any():
-        i = int(np.flatnonzero(bad.ravel())[0])
-        raise ValueError(f"review_prob must be in [0, 1]; got {pi.ravel()[i].item()!r} at index {i}")
-    return pi
 
 
 def _seed_value(seed: SeedLike) -> int | None:
@@ -282,7 +248,7 @@ def inclusion_probabilities(
     ``seed`` only matters for the threshold rule (random tie-break at the boundary).
     Returns ``(pi, params)`` where params holds ``threshold`` / ``alpha`` / ``beta`` / ``scale``.
     """
-    e = _as_error_prob(error_prob)
+    e = prob_array(error_prob, "error_prob")
     n = e.size
     budget = _check_budget(budget, n)
     u = _check_uniform(uniform)
@@ -327,7 +293,7 @@ def sample_systematic(
     positively correlated: their count varied 6x as much as under Poisson sampling
     (docs/statistics.md section 2).  Kept for comparison; :func:`select` uses the pivotal design.
     """
-    pi = _checked_probs(review_prob, one_dimensional=True)
+    pi = prob_array(review_prob, "review_prob")
     rng = _rng(seed)
     certain = pi >= 1.0
     chosen = certain.copy()
@@ -360,7 +326,7 @@ def sample_pivotal(review_prob: np.ndarray, seed: SeedLike = 0, *, max_size: int
     (docs/statistics.md section 2).  O(N) in a Python loop over the fractional units (0.3 s for
     a million items).
     """
-    pi = _checked_probs(review_prob, one_dimensional=True)
+    pi = prob_array(review_prob, "review_prob")
     rng = _rng(seed)
     chosen = pi >= 1.0
     order = rng.permutation(np.flatnonzero((pi > 0.0) & (pi < 1.0)))
@@ -417,7 +383,7 @@ def sample_poisson(review_prob: np.ndarray, seed: SeedLike = 0) -> np.ndarray:
     the budget is *not* hard, which is why :func:`select` uses :func:`sample_pivotal`.
     Provided for simulations and for checking variance formulas.
     """
-    pi = _checked_probs(review_prob)
+    pi = prob_array(review_prob, "review_prob", any_shape=True)
     return _rng(seed).random(pi.shape) < pi
 
 
@@ -492,9 +458,9 @@ def select_round(
     ``added_budget`` is 0, so that an empty round does not discard the previous round's
     weights; otherwise it is only checked for shape.
     """
-    e = _as_error_prob(error_prob)
+    e = prob_array(error_prob, "error_prob")
     n = e.size
-    reviewed = _as_mask(already_reviewed, n, "already_reviewed")
+    reviewed = bool_array(already_reviewed, "already_reviewed", n)
     remaining = np.flatnonzero(~reviewed)
     added_budget = _check_budget(added_budget, remaining.size, "items not yet reviewed")
     prior = None
@@ -565,7 +531,7 @@ def round_split_variance(
     last round (say u B_r = 2 uniform items) makes V large however big the earlier rounds were;
     ``uniform`` may be one share for every round or one per round.
     """
-    e = _as_error_prob(error_prob)
+    e = prob_array(error_prob, "error_prob")
     b = [int(x) for x in budgets]
     if not b or any(x < 0 for x in b):
         raise ValueError(f"budgets must be a non-empty list of whole numbers >= 0, got {budgets!r}")
