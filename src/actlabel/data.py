@@ -334,19 +334,25 @@ def _resolve_roles(
     ]:
         if name is not None and name not in available:
             raise UserError(f"{path}: {role} column {name!r} not found (columns: {', '.join(columns)})")
-    if gold_column is None and "gold" not in (image_column, id_column) and "label" in available:
-        gold_column = None  # a column called "label" is not assumed to be gold: the user says so with --gold
+    # a column called "label" is not taken for gold: the user says so with --gold
     if not text_columns and image_column is None:
-        others = [c for c in columns if c not in (id_column, gold_column)]
-        if "text" in others:
-            text_columns = ["text"]
-        elif len(others) == 1:
-            text_columns = others
-        else:
+        text_columns = default_text_columns(columns, id_column, gold_column)
+        if text_columns is None:
             raise UserError(
                 f"{path}: say which column holds the text with --text (columns: {', '.join(columns)})"
             )
     return ColumnRoles(list(text_columns), image_column, id_column, gold_column)
+
+
+def default_text_columns(
+    columns: Sequence[str], id_column: str | None, gold_column: str | None
+) -> list[str] | None:
+    """The text column when the user names none (files here, DataFrames in frame.py): "text",
+    else the only column that is neither the id nor the gold; None when that is not clear."""
+    others = [c for c in columns if c not in (id_column, gold_column)]
+    if "text" in others:
+        return ["text"]
+    return others if len(others) == 1 else None
 
 
 def _is_blank(value: Any) -> bool:

@@ -187,12 +187,8 @@ def _roles(frame: Any, text: Any, image: str | None, id_col: str | None, gold: s
         if name is not None and name not in columns:
             raise UserError(f"{role} column {name!r} not found (columns: {shown})")
     if not texts and image is None:
-        others = [c for c in columns if c not in (id_col, gold)]
-        if "text" in others:
-            texts = ["text"]
-        elif len(others) == 1:
-            texts = others
-        else:
+        texts = data_io.default_text_columns(columns, id_col, gold)
+        if texts is None:
             raise UserError(f"say which column holds the text with text=... (columns: {shown})")
     return _Roles(texts, image, id_col, gold)
 

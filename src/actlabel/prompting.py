@@ -21,12 +21,12 @@ import functools
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from actlabel.models.base import ImagePart, Message, TextPart, TokenLogprob
 from actlabel.store import Item
-from actlabel.task import Label, Task
+from actlabel.task import Example, Label, Task
 
 PROMPTS_DIR = Path(__file__).parent / "prompts"
 #: long documents are cut to this many characters so a prompt fits a small local context window
@@ -181,22 +181,23 @@ def annotation_prefix(
         body += "_listed"
     names = label_names(task.labels)
     messages = [system_message(task, "annotate_system")]
+    for ex, shown, image in _example_inputs(task, root, with_images):
+        messages.append(Message("user", _content(render(body, input=shown, label_names=names), image)))
+        messages.append(Message.text("assistant", f"Answer: {ex.label}" if cot else ex.label))
+    return tuple(messages)
+
+
+def _example_inputs(
+    task: Task, root: Path | None, with_images: bool
+) -> Iterator[tuple[Example, str, str | None]]:
+    """(example, its input as the prompt shows it, its image or None) for each few-shot example
+    the model can see: an image-only example is left out for a text-only model."""
     text_column = (task.text_columns or ["text"])[0]
     for ex in task.examples:
         image = resolve_image(ex.image, root) if (ex.image and with_images) else None
         fields = [(text_column, ex.text)] if ex.text.strip() else []
-        if not fields and image is None:
-            continue  # an image-only example is useless to a text-only model
-        messages.append(
-            Message(
-                "user",
-                _content(
-                    render(body, input=render_input(fields, image is not None), label_names=names), image
-                ),
-            )
-        )
-        messages.append(Message.text("assistant", f"Answer: {ex.label}" if cot else ex.label))
-    return tuple(messages)
+        if fields or image is not None:
+            yield ex, render_input(fields, image is not None), image
 
 
 def annotation_item_turn(task: Task, item: Item, *, cot: bool, with_images: bool = True) -> Message:
@@ -221,15 +222,8 @@ def label_question_messages(
     llama.cpp keeps that prefix in its KV cache and evaluates only the short question per label."""
     names = label_names(task.labels)
     messages = [system_message(task, "annotate_multilabel_system")]
-    text_column = (task.text_columns or ["text"])[0]
-    for ex in task.examples:
-        image = resolve_image(ex.image, root) if (ex.image and with_images) else None
-        fields = [(text_column, ex.text)] if ex.text.strip() else []
-        if not fields and image is None:
-            continue
-        body = render(
-            "annotate_multilabel_set", input=render_input(fields, image is not None), label_names=names
-        )
+    for ex, shown, image in _example_inputs(task, root, with_images):
+        body = render("annotate_multilabel_set", input=shown, label_names=names)
         messages.append(Message("user", _content(body, image)))
         messages.append(Message.text("assistant", ", ".join(ex.label_set()) or "none"))
     text, image = item_content(task, item, with_image=with_images)

@@ -296,6 +296,25 @@ CURRENT_QUERY = f"""
 """
 
 
+#: each stage table's record columns: those a record must give, then the optional ones with their
+#: defaults (`Store._add_records`; created_at is stamped by the store)
+_RECORD_COLUMNS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
+    "annotations": (
+        ("item_rowid", "run_id", "model", "label", "status"),
+        {"confidence": None, "reasoning": None, "raw": None, "error": None, "probs": None},
+    ),
+    "critiques": (
+        ("item_rowid", "run_id", "model", "strategy", "error_prob", "status"),
+        {"proposed_label": None, "rationale": None, "raw": None, "error": None},
+    ),
+    "selections": (("item_rowid", "run_id", "round", "selected", "review_prob"), {"round_prob": None}),
+    "reviews": (
+        ("item_rowid", "reviewer", "label", "source"),
+        {"duration_ms": None, "selected_when_reviewed": None},
+    ),
+}
+
+
 class ResponseCache:
     """The content-addressed model response cache, as `models.cache.CachedBackend` expects it.
 
@@ -746,48 +765,23 @@ class Store:
 
     # ---- stage records ---------------------------------------------------------------------
     def add_annotations(self, records: Iterable[dict[str, Any]]) -> None:
-        now = time.time()
-        with self.transaction():
-            self.conn.executemany(
-                "INSERT INTO annotations (item_rowid, run_id, model, label, confidence, reasoning, raw, status, error,"
-                " created_at, probs) VALUES (:item_rowid, :run_id, :model, :label, :confidence, :reasoning, :raw,"
-                " :status, :error, :created_at, :probs)",
-                (
-                    {
-                        "confidence": None,
-                        "reasoning": None,
-                        "raw": None,
-                        "error": None,
-                        "created_at": now,
-                        "probs": None,
-                    }
-                    | r
-                    for r in records
-                ),
-            )
+        self._add_records("annotations", records)
 
     def add_critiques(self, records: Iterable[dict[str, Any]]) -> None:
-        now = time.time()
-        with self.transaction():
-            self.conn.executemany(
-                "INSERT INTO critiques (item_rowid, run_id, model, strategy, error_prob, proposed_label, rationale, raw,"
-                " status, error, created_at) VALUES (:item_rowid, :run_id, :model, :strategy, :error_prob,"
-                " :proposed_label, :rationale, :raw, :status, :error, :created_at)",
-                (
-                    {"proposed_label": None, "rationale": None, "raw": None, "error": None, "created_at": now}
-                    | r
-                    for r in records
-                ),
-            )
+        self._add_records("critiques", records)
 
     def add_selections(self, records: Iterable[dict[str, Any]]) -> None:
-        now = time.time()
+        self._add_records("selections", records)
+
+    def _add_records(self, table: str, records: Iterable[dict[str, Any]]) -> None:
+        """Insert stage records (dicts by column name) in one transaction, each stamped with this
+        moment; the optional columns a record leaves out take their defaults (_RECORD_COLUMNS)."""
+        required, optional = _RECORD_COLUMNS[table]
+        columns = (*required, *optional, "created_at")
+        sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(':' + c for c in columns)})"
+        base = {**optional, "created_at": time.time()}
         with self.transaction():
-            self.conn.executemany(
-                "INSERT INTO selections (item_rowid, run_id, round, selected, review_prob, round_prob, created_at)"
-                " VALUES (:item_rowid, :run_id, :round, :selected, :review_prob, :round_prob, :created_at)",
-                ({"round_prob": None, "created_at": now} | r for r in records),
-            )
+            self.conn.executemany(sql, (base | r for r in records))
 
     def add_review(
         self, item_rowid: int, label: str, *, reviewer: str, source: str, duration_ms: int | None = None
@@ -801,18 +795,9 @@ class Store:
         return int(cur.lastrowid)
 
     def add_reviews(self, records: Iterable[dict[str, Any]]) -> None:
-        now = time.time()
-        rows = []
-        for r in records:
-            r = r | {"label": self.review_label(r["item_rowid"], r["label"])}
-            rows.append({"duration_ms": None, "created_at": now, "selected_when_reviewed": None} | r)
-        with self.transaction():
-            self.conn.executemany(
-                "INSERT INTO reviews (item_rowid, reviewer, label, source, duration_ms, created_at,"
-                " selected_when_reviewed) VALUES (:item_rowid, :reviewer, :label, :source, :duration_ms,"
-                " :created_at, :selected_when_reviewed)",
-                rows,
-            )
+        # every label checked before anything is written
+        rows = [r | {"label": self.review_label(r["item_rowid"], r["label"])} for r in records]
+        self._add_records("reviews", rows)
 
     def review_label(self, item_rowid: int, label: Any) -> str:
         """The stored form of a review's label, or UserError when it is not the task's: one of
