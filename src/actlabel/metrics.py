@@ -763,39 +763,21 @@ def residual_error_estimate(
         var += _pseudo_count_variance(p_star, e_bar, lam, z)
         g = _calibrated_sq_error(e[pos], lam)
         var = max(var, float((c[pos] * g).sum()))
-    se0 = math.sqrt(var)
-    lower, upper = t_hat - z * se0, t_hat + z * se0
-    g_unrev = float(_calibrated_sq_error(e[unrev], lam).sum())
-    se = math.sqrt(var)
-    lower = min(max(lower, 0.0), float(n_u))
-    upper = min(max(upper, 0.0), float(n_u))
-    note = f"prediction-powered Horvitz-Thompson estimate, {interval} interval"
-    if lam != 1.0:
-        note += f", lam {lam:.2f}"
-    if ood.any():
-        note += f"; {int(ood.sum())} reviews outside the selection counted as found, not reweighted"
     low = p_r < 0.5
-    n_low, err_low = int(low.sum()), int(y_r[low].sum())
-    note += _few_errors_note(err_low, n_low)
-    return ResidualErrorEstimate(
-        estimate=t_hat,
-        lower=lower,
-        upper=upper,
-        std_error=se,
-        confidence=float(confidence),
-        n_unreviewed=n_u,
+    return _identified_estimate(
+        f"prediction-powered Horvitz-Thompson estimate, {interval} interval",
+        t_hat=t_hat,
+        var=var,
+        z=z,
+        confidence=confidence,
+        e_unrev=e[unrev],
         n_reviewed=n_rev,
-        errors_found=found,
-        total_errors_estimate=t_hat + found,
-        model_estimate=model,
-        identifiable=True,
-        note=note,
-        raw_estimate=t_hat,
+        found=found,
         lam=lam,
         n_out_of_design=int(ood.sum()),
-        uniform_reviews_to_halve=_reviews_to_halve(
-            var, g_unrev, n_u, z, float(e[unrev].mean()) if n_u else 0.0, lam, interval == "adjusted"
-        ),
+        errors_low=int(y_r[low].sum()),
+        sampled_low=int(low.sum()),
+        adjusted=interval == "adjusted",
     )
 
 
@@ -906,46 +888,80 @@ def residual_error_estimate_over_rounds(
         w /= w.sum()
     t_hat = float(sum(wi * est.estimate for wi, (est, _) in zip(w, per_round, strict=True)))
     var = float(sum(wi**2 * est.std_error**2 for wi, (est, _) in zip(w, per_round, strict=True)))
-    se = math.sqrt(var)
-    n_u = int((~d).sum())
-    lower = min(max(t_hat - z * se, 0.0), float(n_u))
-    upper = min(max(t_hat + z * se, 0.0), float(n_u))
     main = per_round[int(np.argmax(w))][0]
     shares = ", ".join(f"{wi:.0%}" for wi in w)
-    note = f"prediction-powered Horvitz-Thompson estimate over {len(per_round)} rounds (weights {shares}), {interval} interval"
-    if main.lam != 1.0:
-        note += f", lam {main.lam:.2f}"
-    outside = int((d & ~drawn_any).sum())
-    if outside:
-        note += f"; {outside} reviews outside the selection counted as found, not reweighted"
+    return _identified_estimate(
+        f"prediction-powered Horvitz-Thompson estimate over {len(per_round)} rounds (weights {shares}), "
+        f"{interval} interval",
+        t_hat=t_hat,
+        var=var,
+        z=z,
+        confidence=confidence,
+        e_unrev=e[~d],
+        n_reviewed=int(d.sum()),
+        found=int(y[d].sum()),
+        lam=main.lam,
+        n_out_of_design=int((d & ~drawn_any).sum()),
+        errors_low=errors_low,
+        sampled_low=sampled_low,
+        adjusted=interval == "adjusted",
+        combined=True,
+    )
+
+
+def _identified_estimate(
+    note: str,
+    *,
+    t_hat: float,
+    var: float,
+    z: float,
+    confidence: float,
+    e_unrev: np.ndarray,
+    n_reviewed: int,
+    found: int,
+    lam: float,
+    n_out_of_design: int,
+    errors_low: int,
+    sampled_low: int,
+    adjusted: bool,
+    combined: bool = False,
+) -> ResidualErrorEstimate:
+    """An identifiable estimate: its interval t_hat +- z sqrt(var) clipped to [0, unreviewed items],
+    the note's common tail (lam, reviews outside the selection, few errors among the draws with
+    review_prob < 0.5) and how many uniform reviews would halve the interval."""
+    n_u = int(e_unrev.size)
+    se = math.sqrt(var)
+    if lam != 1.0:
+        note += f", lam {lam:.2f}"
+    if n_out_of_design:
+        note += f"; {n_out_of_design} reviews outside the selection counted as found, not reweighted"
     note += _few_errors_note(errors_low, sampled_low)
-    g_unrev = float(_calibrated_sq_error(e[~d], main.lam).sum())
     return ResidualErrorEstimate(
         estimate=t_hat,
-        lower=lower,
-        upper=upper,
+        lower=min(max(t_hat - z * se, 0.0), float(n_u)),
+        upper=min(max(t_hat + z * se, 0.0), float(n_u)),
         std_error=se,
         confidence=float(confidence),
         n_unreviewed=n_u,
-        n_reviewed=int(d.sum()),
-        errors_found=int(y[d].sum()),
-        total_errors_estimate=t_hat + int(y[d].sum()),
-        model_estimate=float(e[~d].sum()),
+        n_reviewed=n_reviewed,
+        errors_found=found,
+        total_errors_estimate=t_hat + found,
+        model_estimate=float(e_unrev.sum()),
         identifiable=True,
         note=note,
         raw_estimate=t_hat,
-        lam=main.lam,
-        n_out_of_design=outside,
+        lam=lam,
+        n_out_of_design=n_out_of_design,
         uniform_reviews_to_halve=_reviews_to_halve(
             var,
-            g_unrev,
+            float(_calibrated_sq_error(e_unrev, lam).sum()),
             n_u,
             z,
-            float(e[~d].mean()) if n_u else 0.0,
-            main.lam,
-            interval == "adjusted",
-            combined=True,
-        ),  # fmt: skip
+            float(e_unrev.mean()) if n_u else 0.0,
+            lam,
+            adjusted,
+            combined=combined,
+        ),
     )
 
 
