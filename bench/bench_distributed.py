@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchdoc import machine_line, write_section  # noqa: E402
+from benchdoc import machine_line, publish  # noqa: E402
 
 from actlabel import batch as batch_mod  # noqa: E402
 from actlabel import distributed  # noqa: E402
@@ -317,9 +317,7 @@ endpoints behind one spec) or for `local/` models, where each worker runs a mode
 node's cores and throughput grows with nodes until the single store writer (SQLite, thousands of
 records per second in batches) is reached.
 """
-    print(body)
-    if not args.no_write:
-        write_section("Beyond one machine", body)
+    publish("Beyond one machine", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from bench_scale import RESPONDER  # noqa: E402
-from benchdoc import machine_line, write_section  # noqa: E402
+from benchdoc import machine_line, publish  # noqa: E402
 
 SECTION = "Endpoint client vs a plain client"
 LABELS = ["positive", "negative", "neutral"]
@@ -377,9 +377,7 @@ def main() -> None:
             *(f"| {k} | {v:.2f} | {share:.0%} |" for k, v, share in ranked),
         ]
     text = "\n".join(lines)
-    print(text)
-    if not args.no_write:
-        write_section(SECTION, text)
+    publish(SECTION, text, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchdoc import machine_line, write_section  # noqa: E402
+from benchdoc import machine_line, publish  # noqa: E402
 
 from actlabel import datasets  # noqa: E402
 from actlabel import label_model as lm  # noqa: E402
@@ -167,9 +167,7 @@ def main() -> None:
         results.append(res)
     command = "python bench/bench_label_anchors.py " + " ".join(sys.argv[1:])
     body = render(results, command.strip())
-    print(body)
-    if not args.no_write:
-        write_section("Label anchors", body)
+    publish("Label anchors", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import os
 import time
 
 import numpy as np
-from benchdoc import machine_line, write_section
+from benchdoc import machine_line, publish
 
 from actlabel import prompting
 from actlabel.datasets import load_reuters_r52
@@ -134,9 +134,7 @@ def main() -> None:
         f"{args.items} other training documents drawn at random (seed {args.seed}); local/{args.model}, "
         "the LLM's own answer (no label model).\n\n" + "\n".join(table)
     )
-    print(body)
-    if not args.no_write:
-        write_section("Many labels", body)
+    publish("Many labels", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

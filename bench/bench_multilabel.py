@@ -36,7 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from benchdoc import machine_line, write_section  # noqa: E402
+from benchdoc import machine_line, publish  # noqa: E402
 
 from actlabel import multilabel  # noqa: E402
 from actlabel import select as rules  # noqa: E402
@@ -259,9 +259,7 @@ def main() -> None:
             cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("Multi-label (NRC emotions)", body)
+    publish("Multi-label (NRC emotions)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import argparse
 import time
 
 import numpy as np
-from benchdoc import machine_line, write_section
+from benchdoc import machine_line, publish
 
 from actlabel import datasets, prompting
 from actlabel.demo import SPECS, TWEETS_MIN_AGREEMENT
@@ -179,9 +179,7 @@ def main() -> None:
             f"{' / '.join(map(str, counts))} | {secs:.2f} |"
         )
     body = "\n".join(lines)
-    print(body)
-    if not args.no_write:
-        write_section("Prompt formats (embedded annotator, tweets)", body)
+    publish("Prompt formats (embedded annotator, tweets)", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchdoc import machine_line, write_section  # noqa: E402
+from benchdoc import machine_line, publish  # noqa: E402
 
 from actlabel.store import Store  # noqa: E402
 from actlabel.task import Label, Task  # noqa: E402
@@ -308,9 +308,7 @@ the queue build over all items, {startup_s:.1f} s. Every answered save was in th
 latency is mostly queueing behind the other {args.reviewers - 1} requests. Real reviewers spend
 seconds per item, which the paced runs approach.
 """
-    print(body)
-    if not args.no_write:
-        write_section("Review app", body)
+    publish("Review app", body, write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_annotator import build_project, recall_by_class  # noqa: E402
-from benchdoc import machine_line, write_section  # noqa: E402
+from benchdoc import machine_line, publish  # noqa: E402
 
 from actlabel.annotate import LLMAnnotator, annotate_async  # noqa: E402
 from actlabel.models import load_backend  # noqa: E402
@@ -161,9 +161,7 @@ def main() -> None:
         backend.close()
         project.close()
     text = render(results, args, names, time.time() - started)
-    print(text)
-    if not args.no_write:
-        write_section("Similar few-shot examples", text)
+    publish("Similar few-shot examples", text, write=not args.no_write)
 
 
 def render(results, args, names, elapsed: float) -> str:

@@ -40,3 +40,10 @@ def write_section(title: str, body: str) -> None:
         else:
             text = text.rstrip("\n") + "\n\n" + section
         DOC.write_text(text.rstrip("\n") + "\n")
+
+
+def publish(title: str, body: str, *, write: bool = True) -> None:
+    """Print a benchmark's section and, unless `write` is false (its --no-write), put it in the doc."""
+    print(body)
+    if write:
+        write_section(title, body)
